@@ -1,0 +1,82 @@
+"""Save and load converted models: unique tensors in safetensors plus the recursion spec.
+
+``save_pretrained`` of transformers writes every tied alias or drops them with a warning, and cannot
+re-tie on load. Here each unique parameter is written once under its first name; loading rebuilds the
+architecture, converts it with ``initialize=False`` (no SVD is recomputed) and fills the unique tensors,
+so ties are restored by construction.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.initialization import no_init_weights
+
+from rrt.recursive.convert import convert_to_recursive, recursion_spec_of
+from rrt.utils.atomic import atomic_write_text
+
+WEIGHTS = "model.safetensors"
+SPEC = "recursion.json"
+
+
+def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and persistent buffer once, under its first name."""
+    state = {name: p.detach().contiguous() for name, p in model.named_parameters()}
+    for name, buffer in model.named_buffers():
+        leaf = name.rpartition(".")[2]
+        owner = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        if leaf not in owner._non_persistent_buffers_set:
+            state[name] = buffer.detach().contiguous()
+    return state
+
+
+def save_converted(model: nn.Module, directory: str | Path, tokenizer=None) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(directory)
+    spec = recursion_spec_of(model)
+    atomic_write_text(directory / SPEC, json.dumps({"recursion": spec.to_dict() if spec else None}, indent=2))
+    tmp = directory / (WEIGHTS + ".tmp")
+    save_file({k: v.cpu() for k, v in unique_state(model).items()}, str(tmp), metadata={"format": "pt"})
+    tmp.replace(directory / WEIGHTS)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return directory
+
+
+def is_saved_model_dir(directory: str | Path) -> bool:
+    return (Path(directory) / SPEC).exists() and (Path(directory) / WEIGHTS).exists()
+
+
+def load_converted(directory: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the saved (converted or plain) model with its ties and adapters; identical logits."""
+    directory = Path(directory)
+    if not is_saved_model_dir(directory):
+        raise FileNotFoundError(f"{directory} is not a saved rrt model (expected {SPEC} and {WEIGHTS})")
+    config = AutoConfig.from_pretrained(directory)
+    with no_init_weights():  # every tensor is overwritten below; random init would only cost time
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.tie_weights()  # skipped under no_init_weights; a tied LM head must alias the embedding again
+    spec = recursion_spec_of(model)
+    if spec is not None:
+        convert_to_recursive(model, spec, initialize=False)
+    state = load_file(str(directory / WEIGHTS))
+    expected = unique_state(model)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{directory}: weights do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    with torch.no_grad():  # in-place copies keep every tied Parameter object (and its storage) shared
+        for name, tensor in state.items():
+            _target(model, name).copy_(tensor)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _target(model: nn.Module, name: str) -> torch.Tensor:
+    module_path, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_path) if module_path else model
+    return getattr(module, leaf)

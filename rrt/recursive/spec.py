@@ -1,0 +1,93 @@
+"""What a conversion does, as plain data: loops, looping order, init strategy, relaxation.
+
+These dataclasses are what Hydra's ``recursion``/``init``/``lora`` groups fill in and what a saved model
+stores in ``recursion.json``. ``validate`` runs before any weight is touched, so a bad combination fails
+with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+INITS = ("stepwise", "average", "lower", "upper", "random")
+NORM_INITS = ("source", "average", "choice", "zero")
+LOOPINGS = ("cycle", "sequence")
+LORA_INITS = ("svd", "zero")
+ADAPTERS = ("lora", "lamda")
+SVD_METHODS = ("full", "lowrank")
+
+
+@dataclass
+class LoRASpec:
+    """Depth-wise relaxation: one adapter per effective depth on every shared linear.
+
+    ``rank`` 0 means strict recursion (no adapters). ``ranks`` overrides the rank per component group
+    (q, kv, o, ffn) as in the paper's Table G.1. The adapter scale is always exactly 1, so the SVD init
+    reproduces ``W_depth`` (PEFT's ``lora_alpha / r`` would silently rescale it).
+    """
+
+    rank: int = 0
+    init: str = "svd"  # svd: truncated SVD of (W_depth - W_shared); zero: A random, B = 0
+    adapter: str = "lora"  # lora: B A; lamda: B S A with A frozen, S (r x r) trained, B frozen over time
+    ranks: dict[str, int | None] = field(default_factory=lambda: {"q": None, "kv": None, "o": None, "ffn": None})
+    svd: str = "full"  # full: torch.linalg.svd; lowrank: torch.svd_lowrank (see benchmarks/conversion.py)
+    freeze_shared: bool = False  # train only adapters (the paper trains everything)
+    lamda_freeze_b_at: float = 0.25  # lamda: fraction of training steps after which B (PMB) is frozen
+
+    def rank_for(self, group: str) -> int:
+        override = (self.ranks or {}).get(group)
+        return self.rank if override is None else int(override)
+
+    @property
+    def enabled(self) -> bool:
+        return any(self.rank_for(g) > 0 for g in ("q", "kv", "o", "ffn"))
+
+
+@dataclass
+class RecursionSpec:
+    """L layers -> K = L / loops shared layers executed ``loops`` times."""
+
+    loops: int = 2
+    looping: str = "cycle"  # cycle: 1..K,1..K (the paper); sequence: 1,1,2,2,...
+    init: str = "stepwise"
+    norm_init: str = "source"  # source: like the linears; average / choice (first of group) / zero (App. F)
+    lora: LoRASpec = field(default_factory=LoRASpec)
+    seed: int = 0  # for random init and standard (zero-residual) adapter init
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RecursionSpec":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["lora"] = LoRASpec(**dict(values.get("lora") or {}))
+        return cls(**values)
+
+    def validate(self, num_layers: int | None = None) -> None:
+        """Raise ValueError naming the bad value and what would be valid."""
+        _choice("init", self.init, INITS)
+        _choice("norm_init", self.norm_init, NORM_INITS)
+        _choice("looping", self.looping, LOOPINGS)
+        _choice("lora.init", self.lora.init, LORA_INITS)
+        _choice("lora.adapter", self.lora.adapter, ADAPTERS)
+        _choice("lora.svd", self.lora.svd, SVD_METHODS)
+        if self.loops < 1:
+            raise ValueError(f"recursion.loops must be >= 1, got {self.loops}")
+        for group in ("q", "kv", "o", "ffn"):
+            if self.lora.rank_for(group) < 0:
+                raise ValueError(
+                    f"lora rank for {group!r} is {self.lora.rank_for(group)}; ranks must be >= 0 (0 = strict recursion)"
+                )
+        if num_layers is not None and num_layers % self.loops:
+            valid = [b for b in range(1, num_layers + 1) if num_layers % b == 0]
+            raise ValueError(
+                f"recursion.loops={self.loops} does not divide the model's {num_layers} layers; "
+                f"valid values: {valid}"
+            )
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"unknown {name} {value!r}; supported: {list(options)}")
