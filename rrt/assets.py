@@ -45,6 +45,13 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _share(directory: Path) -> None:
+    """mkdtemp and some writers make files private; the cache is shared by jobs and users."""
+    directory.chmod(0o755)
+    for path in directory.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     """Create directory ``target`` with ``build(tmp_dir)`` exactly once, atomically, under a lock."""
     if target.is_dir():
@@ -55,7 +62,7 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
         try:
             build(tmp)
-            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared by jobs and users
+            _share(tmp)
             os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

