@@ -1,0 +1,292 @@
+"""The paper's tables rebuilt from run records, each side by side with the paper's own numbers.
+
+Every builder returns a :class:`PaperTable` whose ``frame`` has, per paper row (its setting in this project's
+names), a ``paper`` row, then an ``ours`` and a ``delta`` (ours - paper) row per model found in the runs. ``ours`` is
+the mean over the complete runs with that setting (``n_runs``); NaN where there is none. ``checks`` says whether
+the paper's conclusions hold, computed from both sources' rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.checks import Check, best, greater, largest_is_worse, verdict
+from analysis.columns import AVG, BASES, PAPER_PPL, TASK_COLUMNS
+from analysis.load import Runs
+from analysis.matching import TIER, budget_tiers, early_exit_setting, matching, paper_setting, paper_tiers
+from analysis.paper import paper_table
+
+PAPER_MODEL = "Gemma 2B"  # the paper's main model and the closest relative of our gemma-3-270m
+ACCURACY = [*TASK_COLUMNS, AVG]
+SETTING_COLUMNS = ["variant", "loops", "init", "pretrained", "lora_rank", "lora_init", "distill", TIER, "uptrained",
+                   "early_exit", "early_exit_coef", "early_exit_kd", "early_exit_train", "early_exit_data",
+                   "early_exit_freeze", "engine", "exit_loop"]
+ENGINES = {"static": "vanilla", "csb": "csb", "cdb": "cdb"}
+
+
+@dataclass
+class PaperTable:
+    name: str
+    title: str
+    frame: pd.DataFrame
+    checks: pd.DataFrame
+    basis: str | None
+    note: str
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One paper row: its values, the setting our runs must have, the exit loop to read, and display-only keys."""
+
+    paper: pd.Series
+    setting: dict[str, Any]
+    exit_loop: int | None = None
+    show: dict[str, Any] = field(default_factory=dict)
+
+
+Ours = Callable[[pd.DataFrame, dict[int | None, pd.DataFrame], _Row], dict[str, float]]
+
+
+def _ours_accuracy(matched: pd.DataFrame, by_exit: dict[int | None, pd.DataFrame], row: _Row) -> dict[str, float]:
+    return {column: matched[column].mean() for column in [*ACCURACY, "ppl", "loss"]}
+
+
+def _compare(runs: Runs, rows: list[_Row], values: list[str], ours: Ours = _ours_accuracy,
+             delta: list[str] = ACCURACY) -> tuple[pd.DataFrame, list[str]]:
+    summaries = {exit_loop: _summary(runs, exit_loop) for exit_loop in {row.exit_loop for row in rows} | {None, 1}}
+    models = sorted(summaries[None]["model"].dropna().unique())
+    out = []
+    for group, row in enumerate(rows):
+        base = {**row.setting, **row.show, "exit_loop": row.exit_loop, "_group": group}
+        paper = {column: row.paper.get(column, np.nan) for column in values}
+        out.append({**base, "source": "paper", "model": row.paper.get("model", PAPER_MODEL),
+                    "n_runs": np.nan, "n_emb": row.paper.get("n_emb", np.nan), **paper})
+        for model in models or [np.nan]:
+            mine = {k: v[v["model"] == model] if models else v for k, v in summaries.items()}
+            matched = matching(mine[row.exit_loop], row.setting)
+            values_ours = ours(matched, mine, row)
+            out.append({**base, "source": "ours", "model": model, "n_runs": len(matched),
+                        "n_emb": matched["n_emb"].mean() if len(matched) else np.nan, **values_ours})
+            out.append({**base, "source": "delta", "model": model})
+    frame = pd.DataFrame(out)
+    settings = [c for c in SETTING_COLUMNS if c in frame and frame[c].notna().any()]
+    columns = [*settings, "source", "model", "n_runs", "n_emb", *values, "ppl", "loss", "_group"]
+    frame = frame.reindex(columns=list(dict.fromkeys(c for c in columns if c in frame)))
+    return _fill_deltas(frame, delta), models
+
+
+def _fill_deltas(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Delta rows = ours - paper, per paper row (``_group``) and model; each delta row follows its ours row."""
+    paper = frame[frame["source"] == "paper"].set_index("_group")
+    ours, delta = frame["source"] == "ours", frame["source"] == "delta"
+    for column in columns:
+        frame.loc[delta, column] = (frame.loc[ours, column].to_numpy(dtype=float)
+                                    - frame.loc[delta, "_group"].map(paper[column]).to_numpy(dtype=float))
+    return frame
+
+
+def _summary(runs: Runs, exit_loop: int | None) -> pd.DataFrame:
+    summary = runs.summary(exit_loop)
+    summary[TIER] = budget_tiers(summary)
+    if "token_budget" in summary:
+        budget = pd.to_numeric(summary["token_budget"], errors="coerce")
+        summary["uptrained"] = (budget > 0).where(budget.notna())
+    if "model" not in summary:
+        summary["model"] = np.nan
+    return summary
+
+
+def _basis(frame: pd.DataFrame) -> str | None:
+    ours = frame[frame["source"] == "ours"]
+    return next((b for b in BASES if b in ours and ours[b].notna().any()), None)
+
+
+def _score(frame: pd.DataFrame, basis: str | None) -> pd.Series:
+    """Higher is better: the paper's Avg for paper rows; ours by ``basis`` (perplexity / loss negated)."""
+    score = frame[AVG].where(frame["source"] == "paper") if AVG in frame else pd.Series(np.nan, index=frame.index)
+    if basis is not None:
+        sign = 1 if BASES[basis] else -1
+        score = score.fillna((sign * frame[basis]).where(frame["source"] == "ours"))
+    return score
+
+
+def _checks(frame: pd.DataFrame, models: list[str], checks: list[Check], basis: str | None) -> pd.DataFrame:
+    frame = frame.assign(score=_score(frame, basis))
+    paper = frame[frame["source"] == "paper"]
+    table = {"check": [c.text for c in checks], "paper": [verdict(c.answer(paper)) for c in checks]}
+    for model in models or ["(no runs)"]:
+        ours = frame[(frame["source"] == "ours") & (frame["model"] == model)]
+        table[f"ours ({model})"] = [verdict(c.answer(ours)) for c in checks]
+    table["ours scored by"] = [basis or "n.a."] * len(checks)
+    return pd.DataFrame(table)
+
+
+def _note(basis: str | None, extra: str = "") -> str:
+    scored = {AVG: "ours: lm-eval 7-task scores (percent)",
+              "ppl": "ours: no 7-task lm-eval scores in the runs, so our runs are compared by held-out perplexity "
+                     "(column ppl, lower is better) in the checks",
+              "loss": "ours: no lm-eval scores or perplexities in the runs, so our runs are compared by the last "
+                      "training cross-entropy (column loss, lower is better) in the checks",
+              None: "ours: no complete run matches any row"}[basis]
+    return "; ".join(part for part in (scored, extra) if part)
+
+
+def _table(name: str, title: str, runs: Runs, rows: list[_Row], values: list[str], checks: list[Check],
+           extra_note: str = "") -> PaperTable:
+    frame, models = _compare(runs, rows, values)
+    return _finish(name, title, frame, models, checks, extra_note)
+
+
+def _finish(name: str, title: str, frame: pd.DataFrame, models: list[str], checks: list[Check], extra_note: str = "") -> PaperTable:
+    basis = _basis(frame)
+    return PaperTable(name, title, frame.drop(columns="_group").reset_index(drop=True),
+                      _checks(frame, models, checks, basis), basis, _note(basis, extra_note))
+
+
+def _paper(name: str, model: str | None) -> pd.DataFrame:
+    paper = paper_table(name)
+    return paper[paper["model"] == model].reset_index(drop=True) if model and "model" in paper else paper
+
+
+def _full_n_emb(paper: pd.DataFrame) -> dict[str, float]:
+    full = paper[(paper["pt"] == True) & paper["loops"].isna()]  # noqa: E712 (a column of True/False/NaN)
+    return full.groupby("model")["n_emb"].max().to_dict()
+
+
+def _uptrained(row: pd.Series) -> dict[str, Any]:
+    return {"uptrained": bool(pd.notna(row.get("ntok")))}
+
+
+def _rows(paper: pd.DataFrame, tiers: bool = False) -> list[_Row]:
+    full = _full_n_emb(paper) if "pt" in paper else {}
+    tier = paper_tiers(paper["ntok"]) if tiers else None
+    out = []
+    for i, row in paper.iterrows():
+        setting = {**paper_setting(row, full.get(row.get("model"))), **(_uptrained(row) if "ntok" in paper else {})}
+        if tier is not None:
+            setting[TIER] = tier[i]
+        out.append(_Row(row, setting))
+    return out
+
+
+PPL_VALUES = [*ACCURACY, *PAPER_PPL]
+STEP, AVERAGE, LOWER = "stepwise", "average", "lower"
+RECURSIVE_B2 = {"variant": "recursive", "loops": 2, "pretrained": True, "lora_rank": 0}
+
+
+def table_2(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
+    checks = [Check("Uptraining lowers the full-size model's score (original > uptrained)",
+                    greater({"variant": "full", TIER: "original"}, {"variant": "full", TIER: 0}))]
+    return _table("2", "Table 2: full-size models, original vs uptrained", runs, _rows(_paper("2", model), tiers=True),
+                  PPL_VALUES, checks, "budget tiers: paper 15B / 60B = our smallest / next token_budget; original = token_budget 0")
+
+
+def table_d1(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
+    rows = [_Row(row, {"variant": "full", "uptrained": False}) for _, row in _paper("D.1", model).iterrows()]
+    return _table("D.1", "Table D.1: pretrained checkpoints (ours: the original model, not uptrained)", runs, rows, ACCURACY, [])
+
+
+def table_f1(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
+    checks = [
+        Check("Stepwise is the best init for strict recursion (B=2)", best(RECURSIVE_B2, "init", STEP)),
+        Check("Recursive (Stepwise, B=2) beats the reduced-size model", greater({**RECURSIVE_B2, "init": STEP}, {"variant": "reduced", "loops": 2})),
+        Check("Pretrained init (Stepwise) beats random init (B=2)", greater({**RECURSIVE_B2, "init": STEP}, {"variant": "recursive", "loops": 2, "init": "random"})),
+        Check("Full-size model beats every recursive one", greater({"variant": "full"}, {**RECURSIVE_B2, "init": STEP})),
+    ]
+    return _table("F.1", "Table F.1: looped-layer initialization (strict recursion)", runs, _rows(_paper("F.1", model)), PPL_VALUES, checks)
+
+
+def table_g2(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
+    relaxed = {"variant": "recursive", "loops": 2, "lora_init": "svd"}
+    checks = [
+        Check("Average is the best init for relaxed models (largest SVD rank)", best(relaxed, "init", AVERAGE, largest="lora_rank")),
+        Check("SVD beats zero LoRA init (Average, rank 512)", greater({**relaxed, "init": AVERAGE, "lora_rank": 512}, {"variant": "recursive", "init": AVERAGE, "lora_rank": 512, "lora_init": "zero"})),
+        Check("Relaxation helps Average init (rank 512 SVD > strict)", greater({**relaxed, "init": AVERAGE, "lora_rank": 512}, {**RECURSIVE_B2, "init": AVERAGE})),
+    ]
+    return _table("G.2", "Table G.2: relaxed models (init x rank x LoRA init)", runs, _rows(_paper("G.2", model)), PPL_VALUES, checks)
+
+
+def table_i1(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
+    step = {**RECURSIVE_B2, "init": STEP, TIER: 0}
+    checks = [
+        Check("KD (forward KL) helps strict recursion", greater({**step, "distill": "forward_kl"}, {**step, "distill": "none"})),
+        Check("KD (forward KL) helps the relaxed model (Average, r=256)", greater(
+            {"init": AVERAGE, "lora_rank": 256, "distill": "forward_kl"}, {"init": AVERAGE, "lora_rank": 256, "distill": "none"})),
+        Check("Longer uptraining helps (60B vs 15B tier, no KD)", greater({**step, TIER: 1, "distill": "none"}, {**step, "distill": "none"})),
+    ]
+    return _table("I.1", "Table I.1: longer uptraining and KD loss", runs, _rows(_paper("I.1", model), tiers=True), PPL_VALUES,
+                  checks, "budget tiers: paper 15B / 60B = our smallest / next token_budget")
+
+
+def table_j1(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
+    """Table J.1 (incl. Table 3's rows) with Table 3's before-EE row as the baseline; exit loop 1 = loop-1 output."""
+    del model  # J.1 is Gemma-only
+    base = {**RECURSIVE_B2, "init": STEP, "uptrained": True}
+    before = paper_table("3").iloc[[0]]
+    rows = [_Row(r, {**base, "early_exit": "none"}) for _, r in before.iterrows()]
+    rows += [_Row(r, {**base, **early_exit_setting(r)}, None if r["output"] == "final" else 1) for _, r in paper_table("J.1").iterrows()]
+    agg = {"early_exit": "aggressive", "early_exit_coef": 0.1, "early_exit_kd": False, "early_exit_train": "post",
+           "early_exit_data": "overlap", "early_exit_freeze": False}
+    weighted = {**agg, "early_exit": "weighted"}
+    del weighted["early_exit_coef"]
+    final = {"exit_loop": None}
+    checks = [
+        Check("Aggressive EE (0.1) keeps the final output (>= before EE)", greater({**agg, **final}, {"early_exit": "none"}, or_equal=True)),
+        Check("Weighted EE hurts the final output", greater({"early_exit": "none"}, {**weighted, **final})),
+        Check("Aggressive EE (0.1): loop-1 output is weaker than the final", greater({**agg, **final}, {**agg, "exit_loop": 1})),
+    ]
+    return _table("J.1", "Table J.1 / Table 3: early-exit training (final and loop-1 outputs)", runs, rows, PPL_VALUES, checks)
+
+
+MID1, MID2 = "Avg@loop1", "Avg@loop2"
+
+
+def _ours_throughput(matched: pd.DataFrame, by_exit: dict[int | None, pd.DataFrame], row: _Row) -> dict[str, float]:
+    loop1 = by_exit[1]
+    column = f"thr:{row.show['engine']}"
+    return {**_ours_accuracy(matched, by_exit, row),
+            MID1: loop1.loc[loop1["run_id"].isin(matched["run_id"]), AVG].mean(),
+            "throughput": matched[column].mean() if column in matched else np.nan}
+
+
+def table_k2(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
+    """Simulated throughput (paper) vs ours per engine; runs match by architecture and exit loss only (KD and
+    budgets change accuracy, not speed). Speed-up = throughput / the same model's vanilla full-size throughput."""
+    paper = _paper("K.2", model).rename(columns={"acc_last": AVG, "acc_mid1": MID1, "acc_mid2": MID2})
+    paper["throughput"] = paper[["thr_slimpajama", "thr_redpajama", "thr_pg19"]].mean(axis=1)
+    rows = []
+    for _, row in paper.iterrows():
+        setting = {k: v for k, v in paper_setting(row).items() if k != "distill"}
+        if setting["variant"] == "recursive":
+            setting.update({k: v for k, v in early_exit_setting(row).items() if k in ("early_exit", "early_exit_coef")})
+        rows.append(_Row(row, setting, show={"engine": ENGINES[row["batching"]]}))
+    values = [AVG, MID1, MID2, "throughput", "speedup_vanilla"]
+    frame, models = _compare(runs, rows, values, ours=_ours_throughput, delta=[])
+    ours = frame["source"] == "ours"
+    vanilla = frame[ours & (frame["variant"] == "full") & (frame["engine"] == "vanilla")].groupby("model")["throughput"].mean()
+    frame.loc[ours, "speedup_vanilla"] = frame.loc[ours, "throughput"] / frame.loc[ours, "model"].map(vanilla)
+    frame = _fill_deltas(frame, [AVG, MID1, "speedup_vanilla"])
+    recursive = {"variant": "recursive", "lora_rank": 0, "engine": "cdb"}
+    checks = [
+        Check("Recursive + CDB beats the vanilla full-size model's throughput", greater(recursive, {"variant": "full", "engine": "vanilla"}, "throughput")),
+        Check("Continuous sequence batching beats vanilla (full-size)", greater({"variant": "full", "engine": "csb"}, {"variant": "full", "engine": "vanilla"}, "throughput")),
+        Check("Throughput falls as the LoRA rank grows (Average, Agg 0.1)", largest_is_worse(
+            {"variant": "recursive", "loops": 2, "init": AVERAGE, "early_exit_coef": 0.1}, "lora_rank", "throughput")),
+    ]
+    return _finish("K.2", "Table K.2 / Fig. 8: throughput (paper: simulated A100; ours: measured engines)", frame, models,
+                   checks, "throughput in tokens/s, paper = mean over SlimP/RedP/PG19; speedup_vanilla = / the vanilla full-size row")
+
+
+BUILDERS: dict[str, Callable[..., PaperTable]] = {
+    "2": table_2, "D.1": table_d1, "F.1": table_f1, "G.2": table_g2, "I.1": table_i1, "J.1": table_j1, "K.2": table_k2,
+}
+
+
+def build_all(runs: Runs, model: str | None = PAPER_MODEL) -> dict[str, PaperTable]:
+    """Every table, compared with paper rows of ``model`` (None: all the paper's models)."""
+    return {name: builder(runs, model) for name, builder in BUILDERS.items()}
