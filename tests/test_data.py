@@ -1,0 +1,237 @@
+"""Packing, resumable batches, DDP sharding, jsonl / .jsonl.zst streaming and the DataModule (no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zstandard
+from tokenizers import Tokenizer, models, pre_tokenizers
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerFast
+
+from rrt.data.batches import PackedBatches, batches_per_epoch, eval_batches, train_batches
+from rrt.data.datamodule import TextDataModule
+from rrt.data.jsonl import expand_files, read_texts
+from rrt.data.packing import RowPacker, cached_rows, pack_documents
+from rrt.data.streaming import StreamingBatches
+
+BOS, EOS = 1, 2
+WORDS = [f"w{i}" for i in range(200)]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("RRT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path) -> str:
+    """A real (word-level) fast tokenizer saved like a checkpoint: token id = 3 + word number."""
+    vocab = {"<unk>": 0, "<bos>": BOS, "<eos>": EOS, **{word: 3 + i for i, word in enumerate(WORDS)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
+                                        unk_token="<unk>")
+    tokenizer.save_pretrained(tmp_path / "tok")
+    return str(tmp_path / "tok")
+
+
+def doc(number: int, length: int) -> str:
+    """Document ``number`` (< 150): its first word identifies it, the rest are filler words 150..199."""
+    return " ".join([WORDS[number]] + [WORDS[150 + (number + k) % 50] for k in range(1, length)])
+
+
+def doc_numbers(rows) -> set[int]:
+    """Numbers of the documents whose first word occurs in ``rows``."""
+    return {t - 3 for t in np.asarray(rows).flatten().tolist() if 3 <= t < 153}
+
+
+def write_jsonl(path: Path, texts: list[str], field: str = "text", zstd: bool = False) -> Path:
+    lines = "".join(json.dumps({field: text, "meta": {"redpajama_set_name": "RedPajamaBook"}}) + "\n"
+                    for text in texts).encode()
+    path.write_bytes(zstandard.ZstdCompressor().compress(lines) if zstd else lines)
+    return path
+
+
+# ---------------------------------------------------------------- packing
+
+
+def test_packer_rows_start_with_bos_and_keep_every_token_but_the_tail():
+    docs = [list(range(10, 10 + n)) for n in (3, 9, 1, 14, 6)]
+    packer = RowPacker(seq_len=5, bos=BOS, eos=EOS)
+    rows = [row for tokens in docs for row in packer.add(tokens)]
+    stream = [t for tokens in docs for t in (BOS, *tokens, EOS)]
+    assert all(row.dtype == np.int32 and row.shape == (5,) and row[0] == BOS for row in rows)
+    flat_without_bos = [t for row in rows for t in row if t != BOS]
+    stream_without_bos = [t for t in stream if t != BOS]
+    assert flat_without_bos == stream_without_bos[: len(flat_without_bos)]
+    assert len(stream_without_bos) - len(flat_without_bos) < 5  # only the final partial row is dropped
+
+
+def test_packer_puts_each_document_bos_right_before_its_first_token():
+    packer = RowPacker(seq_len=4, bos=BOS, eos=EOS)
+    rows = np.stack([row for tokens in ([10, 11], [20, 21, 22, 23, 24], [30]) for row in packer.add(tokens)])
+    assert rows.tolist() == [[BOS, 10, 11, EOS], [BOS, 20, 21, 22], [BOS, 23, 24, EOS]]  # tail [BOS, 30, EOS] dropped
+
+
+def test_pack_documents_with_a_real_tokenizer(tokenizer_dir):
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    rows = pack_documents(["w0 w1 w2", "w3 w4"], tokenizer, seq_len=4)
+    assert rows.tolist() == [[BOS, 3, 4, 5], [BOS, EOS, BOS, 6]]
+
+
+def test_cached_rows_are_written_once_and_reused(cache, tokenizer_dir):
+    calls = []
+
+    def texts():
+        calls.append(1)
+        return [doc(i, 7) for i in range(20)]
+
+    first = cached_rows(texts, "ab" * 32, tokenizer_dir, 8)
+    second = cached_rows(texts, "ab" * 32, tokenizer_dir, 8)
+    expected = pack_documents(texts(), PreTrainedTokenizerFast.from_pretrained(tokenizer_dir), 8)
+    assert len(calls) == 2 and np.array_equal(first, expected) and np.array_equal(second, expected)
+    assert len(list((cache / "packed").rglob("*.npy"))) == 1
+
+
+# ---------------------------------------------------------------- resumable batches and sharding
+
+
+def numbered_rows(n: int, seq_len: int = 3) -> np.ndarray:
+    """Row i is filled with i, so batches tell which rows they hold."""
+    return np.repeat(np.arange(n, dtype=np.int32)[:, None], seq_len, axis=1)
+
+
+def take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def test_train_batches_are_deterministic_and_cover_each_epoch_once():
+    rows = numbered_rows(23)
+    per_epoch = batches_per_epoch(23, 4, 1)
+    first = take(train_batches(rows, 4, seed=7), 2 * per_epoch)
+    again = take(train_batches(rows, 4, seed=7), 2 * per_epoch)
+    other_seed = take(train_batches(rows, 4, seed=8), per_epoch)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other_seed))
+    epoch0 = np.concatenate(first[:per_epoch])[:, 0]
+    epoch1 = np.concatenate(first[per_epoch:])[:, 0]
+    assert len(set(epoch0)) == len(epoch0) == per_epoch * 4  # no row twice within an epoch
+    assert not np.array_equal(epoch0, epoch1)  # a new permutation each epoch
+
+
+def test_resume_from_any_batch_equals_uninterrupted():
+    rows = numbered_rows(50)
+    full = take(train_batches(rows, 4, seed=3, rank=1, world=2), 30)
+    for start in (0, 5, 6, 17):
+        resumed = take(train_batches(rows, 4, seed=3, rank=1, world=2, start_batch=start), 30 - start)
+        assert all(np.array_equal(a, b) for a, b in zip(full[start:], resumed))
+
+
+def test_ddp_ranks_get_disjoint_rows_and_equal_batch_counts():
+    rows = numbered_rows(41)
+    per_epoch = batches_per_epoch(41, 3, 4)
+    seen = [np.concatenate(take(train_batches(rows, 3, seed=0, rank=r, world=4), per_epoch))[:, 0] for r in range(4)]
+    assert all(len(s) == per_epoch * 3 for s in seen)
+    assert len(set(np.concatenate(seen))) == sum(len(s) for s in seen)
+
+
+def test_loader_workers_keep_the_single_process_order():
+    rows = numbered_rows(40)
+    expected = take(train_batches(rows, 4, seed=1, start_batch=3), 12)
+    loader = DataLoader(PackedBatches(rows, 4, seed=1, start_batch=3), batch_size=None, num_workers=2)
+    got = take(iter(loader), 12)
+    assert all(torch.equal(g["input_ids"], torch.from_numpy(e.astype(np.int64))) for g, e in zip(got, expected))
+    assert got[0]["input_ids"].dtype == torch.long
+
+
+def test_eval_batches_are_evenly_spaced_disjoint_and_capped():
+    rows = numbered_rows(100)
+    ranks = [eval_batches(rows, 5, max_batches=3, rank=r, world=2) for r in range(2)]
+    assert [len(b) for b in ranks] == [3, 3]
+    ids = np.concatenate([np.concatenate(b)[:, 0] for b in ranks])
+    assert len(set(ids)) == 30 and ids.min() == 0 and ids.max() >= 90
+
+
+def test_too_little_data_is_a_clear_error():
+    with pytest.raises(ValueError, match="smaller seq_len"):
+        next(train_batches(numbered_rows(5), 4, seed=0, world=2))
+
+
+# ---------------------------------------------------------------- jsonl and SlimPajama streaming
+
+
+def test_read_texts_from_jsonl_and_zst_with_a_custom_field(tmp_path):
+    texts = ["first doc", "second\nline", "third"]
+    plain = write_jsonl(tmp_path / "a.jsonl", texts, field="content")
+    packed = write_jsonl(tmp_path / "b.jsonl.zst", texts, field="content", zstd=True)
+    assert list(read_texts(plain, "content")) == texts == list(read_texts(packed, "content"))
+    with pytest.raises(KeyError, match="data.text_field"):
+        next(read_texts(plain, "text"))
+    assert expand_files([str(tmp_path / "*.jsonl*")]) == [plain, packed]
+    with pytest.raises(FileNotFoundError, match="train_files"):
+        expand_files([str(tmp_path / "missing*.jsonl")])
+
+
+@pytest.fixture
+def shards(tmp_path) -> list[Path]:
+    """Three SlimPajama-style shards of numbered documents (doc i starts with word i)."""
+    return [write_jsonl(tmp_path / f"chunk_{s}.jsonl.zst", [doc(s * 40 + i, 5 + i % 7) for i in range(40)], zstd=True)
+            for s in range(3)]
+
+
+def test_streaming_shards_by_rank_and_worker_without_overlap(tokenizer_dir, shards):
+    consumers = [StreamingBatches(shards, tokenizer_dir, 6, 2, seed=0, rank=r, world=2).consumer_batches(c, 4)
+                 for r, c in ((0, 0), (0, 1), (1, 2), (1, 3))]
+    docs = [doc_numbers(take(it, 10)) for it in consumers]
+    assert all(docs)
+    assert sum(len(d) for d in docs) == len(set().union(*docs))
+
+
+def test_streaming_resume_with_workers_equals_uninterrupted(tokenizer_dir, shards):
+    def run(start: int, n: int) -> list[torch.Tensor]:
+        dataset = StreamingBatches(shards, tokenizer_dir, 8, 2, seed=5, rank=1, world=2, start_batch=start)
+        loader = DataLoader(dataset, batch_size=None, num_workers=2)
+        return [batch["input_ids"] for batch in take(iter(loader), n)]
+
+    full = run(0, 60)  # more than one pass over this rank's text: epochs roll over
+    resumed = run(13, 47)
+    assert len(resumed) == 47 and all(torch.equal(a, b) for a, b in zip(full[13:], resumed))
+    assert all(batch.shape == (2, 8) and (batch[:, 0] == BOS).all() for batch in full)
+
+
+# ---------------------------------------------------------------- DataModule
+
+
+def test_datamodule_jsonl_contract(cache, tokenizer_dir, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [doc(i, 9) for i in range(60)])
+    val = write_jsonl(tmp_path / "val.jsonl.zst", [doc(i, 9) for i in range(100, 140)], zstd=True)
+    data = TextDataModule("jsonl", tokenizer_dir, seq_len=8, micro_batch_size=3, seed=2,
+                          train_files=[str(train)], val_files=[str(val)], val_batches=4)
+    assert data.tokens_per_micro_batch == 24
+    batches = take(iter(data.train_dataloader()), 100)  # > one epoch: never runs out
+    assert all(b["input_ids"].shape == (3, 8) and b["input_ids"].dtype == torch.long for b in batches)
+    resumed = take(iter(data.train_dataset(start_batch=37)), 63)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches[37:], resumed))
+    val_batches = list(data.val_dataloader())
+    assert len(val_batches) == 4 and all(b["input_ids"].shape == (3, 8) for b in val_batches)
+    assert not doc_numbers([b["input_ids"] for b in batches]) & doc_numbers([b["input_ids"] for b in val_batches])
+
+
+def test_datamodule_slimpajama_streams(cache, tokenizer_dir, shards):
+    data = TextDataModule("slimpajama", tokenizer_dir, seq_len=8, micro_batch_size=2,
+                          train_files=[str(shards[0].parent / "chunk_*.jsonl.zst")], val_files=[str(shards[2])])
+    assert isinstance(data.train_dataset(), StreamingBatches)
+    assert next(iter(data.train_dataloader()))["input_ids"].shape == (2, 8)
+
+
+def test_datamodule_rejects_bad_configs(tokenizer_dir):
+    with pytest.raises(ValueError, match="local_corpus"):
+        TextDataModule("pile", tokenizer_dir, 8, 2)
+    with pytest.raises(ValueError, match="train_files"):
+        TextDataModule("jsonl", tokenizer_dir, 8, 2)
