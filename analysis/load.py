@@ -94,15 +94,17 @@ def _long_frame(records: list[dict[str, Any]], section: str) -> pd.DataFrame:
 
 
 def _at_exit(frame: pd.DataFrame, exit_loop: int | None) -> pd.DataFrame:
-    """Rows at the given exit loop; for the final exit, rows without one or at the run's deepest loop."""
+    """Rows at the given exit loop; for the final exit, a run's rows without an exit loop, or else at its deepest."""
     if frame.empty:
         return frame
     if "exit_loop" not in frame:
         return frame if exit_loop is None else frame.iloc[0:0]
     if exit_loop is not None:
         return frame[frame["exit_loop"] == exit_loop]
+    unnamed = frame["exit_loop"].isna()
+    has_unnamed = unnamed.groupby(frame["run_id"]).transform("any")
     deepest = frame.groupby("run_id")["exit_loop"].transform("max")
-    return frame[frame["exit_loop"].isna() | (frame["exit_loop"] == deepest)]
+    return frame[unnamed | (~has_unnamed & (frame["exit_loop"] == deepest))]
 
 
 def _task_scores(evals: pd.DataFrame, exit_loop: int | None) -> pd.DataFrame:

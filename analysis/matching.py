@@ -42,6 +42,7 @@ def paper_setting(row: pd.Series, full_n_emb: float | None = None) -> dict[str, 
             keys["loops"] = round(full_n_emb / row["n_emb"])  # reduced-size = 1/B of the full model
     else:
         keys = {"variant": "full"}
+    keys["early_exit"] = "none"  # tables without an early-exit column trained none; J.1 / K.2 rows override it
     kd = row.get("kd")
     keys["distill"] = (row.get("kd_func") if _present(row.get("kd_func")) else "forward_kl") if _present(kd) and kd else "none"
     return {key: value for key, value in keys.items() if _present(value)}
@@ -77,9 +78,13 @@ def paper_tiers(ntok: pd.Series) -> pd.Series:
 
 
 def matching(summary: pd.DataFrame, keys: dict[str, Any]) -> pd.DataFrame:
-    """Runs of ``summary`` whose setting satisfies every constraint (missing keys take ``DEFAULTS``)."""
+    """Runs of ``summary`` whose setting satisfies every constraint (missing keys take ``DEFAULTS``; a None
+    constraint matches only missing values)."""
     mask = pd.Series(True, index=summary.index)
     for key, wanted in keys.items():
+        if not _present(wanted):  # e.g. exit_loop None = the final exit: the row must not name one either
+            mask &= summary[key].isna() if key in summary else True
+            continue
         if key in summary:
             values = summary[key].where(summary[key].notna(), DEFAULTS.get(key))
         else:

@@ -126,6 +126,10 @@ def _checks(frame: pd.DataFrame, models: list[str], checks: list[Check], basis: 
     return pd.DataFrame(table)
 
 
+BUDGET_NOTE = ("budget_tier: the paper's k-th smallest uptraining budget (15B, 60B) matches our k-th smallest token_budget "
+               "of the same model; original = not uptrained (token_budget 0)")
+
+
 def _note(basis: str | None, extra: str = "") -> str:
     scored = {AVG: "ours: lm-eval 7-task scores (percent)",
               "ppl": "ours: no 7-task lm-eval scores in the runs, so our runs are compared by held-out perplexity "
@@ -139,6 +143,7 @@ def _note(basis: str | None, extra: str = "") -> str:
 def _table(name: str, title: str, runs: Runs, rows: list[_Row], values: list[str], checks: list[Check],
            extra_note: str = "") -> PaperTable:
     frame, models = _compare(runs, rows, values)
+    extra_note = "; ".join(p for p in (extra_note, BUDGET_NOTE if TIER in frame else "") if p)
     return _finish(name, title, frame, models, checks, extra_note)
 
 
@@ -162,9 +167,10 @@ def _uptrained(row: pd.Series) -> dict[str, Any]:
     return {"uptrained": bool(pd.notna(row.get("ntok")))}
 
 
-def _rows(paper: pd.DataFrame, tiers: bool = False) -> list[_Row]:
+def _rows(paper: pd.DataFrame) -> list[_Row]:
+    """Rows with their settings; the paper's k-th smallest budget must match our k-th smallest (see matching)."""
     full = _full_n_emb(paper) if "pt" in paper else {}
-    tier = paper_tiers(paper["ntok"]) if tiers else None
+    tier = paper_tiers(paper["ntok"]) if "ntok" in paper else None
     out = []
     for i, row in paper.iterrows():
         setting = {**paper_setting(row, full.get(row.get("model"))), **(_uptrained(row) if "ntok" in paper else {})}
@@ -182,8 +188,8 @@ RECURSIVE_B2 = {"variant": "recursive", "loops": 2, "pretrained": True, "lora_ra
 def table_2(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
     checks = [Check("Uptraining lowers the full-size model's score (original > uptrained)",
                     greater({"variant": "full", TIER: "original"}, {"variant": "full", TIER: 0}))]
-    return _table("2", "Table 2: full-size models, original vs uptrained", runs, _rows(_paper("2", model), tiers=True),
-                  PPL_VALUES, checks, "budget tiers: paper 15B / 60B = our smallest / next token_budget; original = token_budget 0")
+    return _table("2", "Table 2: full-size models, original vs uptrained", runs, _rows(_paper("2", model)),
+                  PPL_VALUES, checks)
 
 
 def table_d1(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
@@ -219,16 +225,15 @@ def table_i1(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
             {"init": AVERAGE, "lora_rank": 256, "distill": "forward_kl"}, {"init": AVERAGE, "lora_rank": 256, "distill": "none"})),
         Check("Longer uptraining helps (60B vs 15B tier, no KD)", greater({**step, TIER: 1, "distill": "none"}, {**step, "distill": "none"})),
     ]
-    return _table("I.1", "Table I.1: longer uptraining and KD loss", runs, _rows(_paper("I.1", model), tiers=True), PPL_VALUES,
-                  checks, "budget tiers: paper 15B / 60B = our smallest / next token_budget")
+    return _table("I.1", "Table I.1: longer uptraining and KD loss", runs, _rows(_paper("I.1", model)), PPL_VALUES, checks)
 
 
 def table_j1(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
     """Table J.1 (incl. Table 3's rows) with Table 3's before-EE row as the baseline; exit loop 1 = loop-1 output."""
     del model  # J.1 is Gemma-only
-    base = {**RECURSIVE_B2, "init": STEP, "uptrained": True}
+    base = {**RECURSIVE_B2, "init": STEP, "uptrained": True, "distill": "none"}
     before = paper_table("3").iloc[[0]]
-    rows = [_Row(r, {**base, "early_exit": "none"}) for _, r in before.iterrows()]
+    rows = [_Row(r, {**base, "early_exit": "none", TIER: 0}) for _, r in before.iterrows()]
     rows += [_Row(r, {**base, **early_exit_setting(r)}, None if r["output"] == "final" else 1) for _, r in paper_table("J.1").iterrows()]
     agg = {"early_exit": "aggressive", "early_exit_coef": 0.1, "early_exit_kd": False, "early_exit_train": "post",
            "early_exit_data": "overlap", "early_exit_freeze": False}

@@ -1,0 +1,159 @@
+"""The paper's figures in its style, paper points beside ours: Fig. 4/5 (accuracy vs N-emb), loss curves per
+init (our ``metrics``; the paper prints no loss numbers), Fig. 8 (throughput vs accuracy)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from analysis.columns import AVG, BASES  # noqa: E402
+from analysis.load import Runs  # noqa: E402
+from analysis.matching import paper_setting  # noqa: E402
+from analysis.paper import paper_table  # noqa: E402
+from analysis.tables import PAPER_MODEL, PaperTable  # noqa: E402
+
+INIT_COLORS = {"stepwise": "tab:blue", "average": "tab:orange", "lower": "tab:green", "upper": "tab:olive",
+               "random": "tab:gray"}
+BASELINE_STYLE = {"full-size": dict(marker="*", color="black", s=160), "reduced-size": dict(marker="s", color="tab:red", s=70)}
+BASIS_LABEL = {AVG: "Few-shot accuracy, Avg of 7 tasks (%)", "ppl": "Held-out perplexity (lower is better)",
+               "loss": "Final training CE (lower is better)"}
+
+
+def kind(row: pd.Series) -> str:
+    """Legend label of a run or paper row: baseline, or recursive / relaxed with its init."""
+    variant = row.get("variant")
+    if variant == "full":
+        return "full-size"
+    if variant == "reduced":
+        return "reduced-size"
+    rank = row.get("lora_rank")
+    if pd.notna(rank) and rank > 0:
+        return f"relaxed ({row.get('init')}, {row.get('lora_init', 'svd')})"
+    return f"recursive ({row.get('init')})"
+
+
+def _scatter(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, label_ranks: bool = False) -> None:
+    for label, group in frame.groupby(frame.apply(kind, axis=1), sort=True):
+        group = group.sort_values(x)
+        if label in BASELINE_STYLE:
+            ax.scatter(group[x], group[y], label=label, zorder=3, **BASELINE_STYLE[label])
+            continue
+        init = label.split("(")[1].split(",")[0].rstrip(")")
+        style = dict(color=INIT_COLORS.get(init, "tab:purple"), marker="o" if label.startswith("recursive") else "^")
+        line = "-" if label.startswith("relaxed") and len(group) > 1 else ""
+        ax.plot(group[x], group[y], line, label=label, markersize=7, **style)
+        if label_ranks and "lora_rank" in group:
+            for _, point in group.dropna(subset=["lora_rank"]).iterrows():
+                if point["lora_rank"] > 0:
+                    ax.annotate(f"r{int(point['lora_rank'])}", (point[x], point[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+
+
+def _paper_points(model: str) -> pd.DataFrame:
+    """Fig. 5 / 7 data: F.1 (baselines, strict recursion per init) + G.2 relaxed rows, B=2, 15B."""
+    frames = []
+    for name in ("F.1", "G.2"):
+        paper = paper_table(name)
+        paper = paper[paper["model"] == model]
+        full = paper[(paper["pt"] == True) & paper["loops"].isna()]["n_emb"].max()  # noqa: E712
+        settings = pd.DataFrame([paper_setting(row, full) for _, row in paper.iterrows()], index=paper.index)
+        frames.append(pd.concat([paper[["n_emb", AVG]], settings], axis=1))
+    points = pd.concat(frames).drop_duplicates()
+    keep = (points["variant"] != "recursive") | ((points["loops"] == 2) & (points["pretrained"] == True))  # noqa: E712
+    return points[keep & ~((points["variant"] == "reduced") & (points["loops"] != 2))]
+
+
+def _ours_basis(summary: pd.DataFrame) -> str | None:
+    return next((b for b in BASES if b in summary and summary[b].notna().any()), None)
+
+
+def _finish_ours(ax: plt.Axes, basis: str | None) -> None:
+    if basis is None:
+        ax.text(0.5, 0.5, "no complete runs with scores", ha="center", va="center", transform=ax.transAxes)
+        return
+    ax.set_ylabel(BASIS_LABEL[basis])
+    if not BASES[basis]:
+        ax.invert_yaxis()  # better is up, as in the paper's panels
+    ax.legend(fontsize=7)
+
+
+def accuracy_vs_params(runs: Runs, model: str = PAPER_MODEL) -> Figure:
+    """Fig. 4/5 style: score vs non-embedding parameters, recursive / relaxed vs full-size and reduced-size."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    _scatter(left, _paper_points(model), "n_emb", AVG, label_ranks=True)
+    left.set(title=f"Paper: {model}, B=2, 15B tokens (Tables F.1, G.2)", xlabel="Non-embedding parameters (B)", ylabel=BASIS_LABEL[AVG])
+    left.legend(fontsize=7)
+    summary = runs.summary()
+    basis = _ours_basis(summary)
+    if basis is not None:
+        ours = summary.dropna(subset=[basis, "n_emb"]).groupby(
+            [c for c in ("model", "variant", "loops", "init", "lora_rank", "lora_init") if c in summary], dropna=False
+        )[["n_emb", basis]].mean().reset_index()
+        _scatter(right, ours, "n_emb", basis, label_ranks=True)
+    models = ", ".join(sorted(summary["model"].dropna().unique())) if "model" in summary else ""
+    right.set(title=f"Ours: {models or 'no runs'}", xlabel="Non-embedding parameters (B)")
+    _finish_ours(right, basis)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(runs: Runs) -> Figure:
+    """Training CE per step of every complete run, coloured by init (the paper's Fig. F.1 shows only curves)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    summary = runs.summary().set_index("run_id")
+    metrics = runs.metrics
+    column = "ce" if "ce" in metrics else ("loss" if "loss" in metrics else None)
+    if column is None or summary.empty:
+        ax.text(0.5, 0.5, "no training metrics in the runs", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    for run_id, curve in metrics.dropna(subset=[column]).groupby("run_id"):
+        if run_id not in summary.index:
+            continue
+        setting = summary.loc[run_id]
+        curve = curve.sort_values("step")
+        color = "black" if setting.get("variant") == "full" else INIT_COLORS.get(setting.get("init"), "tab:purple")
+        style = "--" if pd.notna(setting.get("lora_rank")) and setting.get("lora_rank", 0) > 0 else "-"
+        ax.plot(curve["step"], curve[column], style, color=color, label=f"{kind(setting)} [{run_id}]", linewidth=1.2)
+    ax.set(title="Ours: training loss per init (dashed: relaxed)", xlabel="Step", ylabel=f"Training {column}")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def throughput_vs_accuracy(table_k2: PaperTable) -> Figure:
+    """Fig. 8 style: throughput vs final accuracy; paper from Fig. 8's rows, ours from the K.2 table's ours rows."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    paper = paper_table("Fig. 8")
+    for _, row in paper.iterrows():
+        label = ("vanilla" if row["batching"] == "static" else "vanilla + CSB") if pd.isna(row["loops"]) else (
+            "recursive + CDB" if pd.isna(row["lora_rank"]) else f"relaxed r{int(row['lora_rank'])} + CDB")
+        left.scatter(row["throughput"], row["acc"], s=60, marker="*" if pd.isna(row["loops"]) else "o")
+        left.annotate(f"{label} (x{row['speedup_vanilla']:.2f})", (row["throughput"], row["acc"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    left.set(title="Paper Fig. 8: Gemma, simulated A100 throughput", xlabel="Throughput (tokens/s)", ylabel=BASIS_LABEL[AVG])
+    frame = table_k2.frame
+    ours = frame[(frame["source"] == "ours")].dropna(subset=["throughput"])
+    basis = table_k2.basis
+    if not ours.empty and basis is not None and ours[basis].notna().any():
+        for _, row in ours.dropna(subset=[basis]).drop_duplicates(["model", "variant", "lora_rank", "engine"]).iterrows():
+            right.scatter(row["throughput"], row[basis], s=60)
+            right.annotate(f"{kind(row)} + {row['engine']} (x{row['speedup_vanilla']:.2f})", (row["throughput"], row[basis]),
+                           textcoords="offset points", xytext=(4, 4), fontsize=7)
+        right.set_ylabel(BASIS_LABEL[basis])
+        if not BASES[basis]:
+            right.invert_yaxis()
+    else:
+        right.text(0.5, 0.5, "no runs with throughput and scores", ha="center", va="center", transform=right.transAxes)
+    right.set(title="Ours: measured throughput", xlabel="Throughput (tokens/s)")
+    fig.tight_layout()
+    return fig
+
+
+FIGURES = {"accuracy_vs_params": accuracy_vs_params, "loss_curves": loss_curves}
+
+
+def all_figures(runs: Runs, tables: dict[str, PaperTable]) -> dict[str, Figure]:
+    return {**{name: make(runs) for name, make in FIGURES.items()}, "throughput_vs_accuracy": throughput_vs_accuracy(tables["K.2"])}
