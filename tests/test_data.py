@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -235,3 +236,40 @@ def test_datamodule_rejects_bad_configs(tokenizer_dir):
         TextDataModule("pile", tokenizer_dir, 8, 2)
     with pytest.raises(ValueError, match="train_files"):
         TextDataModule("jsonl", tokenizer_dir, 8, 2)
+
+
+class _Recorder(L.LightningModule):
+    """Records every micro-batch it trains on."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen: list[torch.Tensor] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch["input_ids"].clone())
+        return (self.weight - batch["input_ids"].float().mean()) ** 2
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_lightning_resume_continues_exactly_where_it_stopped(cache, tokenizer_dir, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [doc(i, 9) for i in range(60)])
+
+    def fit(max_steps: int, ckpt_path: str | None = None) -> tuple[_Recorder, L.Trainer]:
+        data = TextDataModule("jsonl", tokenizer_dir, seq_len=8, micro_batch_size=2, seed=4, train_files=[str(train)],
+                              val_files=[str(train)])
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, accumulate_grad_batches=2,
+                            limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False)
+        module = _Recorder()
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        return module, trainer
+
+    uninterrupted, _ = fit(6)
+    first, trainer = fit(3)
+    trainer.save_checkpoint(tmp_path / "step3.ckpt")
+    resumed, _ = fit(6, ckpt_path=str(tmp_path / "step3.ckpt"))
+    assert len(uninterrupted.seen) == 12 and len(first.seen) == 6 and len(resumed.seen) == 6
+    assert all(torch.equal(a, b) for a, b in zip(uninterrupted.seen, first.seen + resumed.seen))
