@@ -13,7 +13,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from analysis.columns import AVG, BASES  # noqa: E402
 from analysis.load import Runs  # noqa: E402
-from analysis.matching import paper_setting  # noqa: E402
+from analysis.matching import ORIGINAL, TIER, budget_tiers, matching, paper_setting  # noqa: E402
 from analysis.paper import paper_table  # noqa: E402
 from analysis.tables import PAPER_MODEL, PaperTable  # noqa: E402
 
@@ -44,7 +44,8 @@ def _scatter(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, label_ranks: boo
             ax.scatter(group[x], group[y], label=label, zorder=3, **BASELINE_STYLE[label])
             continue
         init = label.split("(")[1].split(",")[0].rstrip(")")
-        style = dict(color=INIT_COLORS.get(init, "tab:purple"), marker="o" if label.startswith("recursive") else "^")
+        marker = "o" if label.startswith("recursive") else ("v" if label.endswith("zero)") else "^")
+        style = dict(color=INIT_COLORS.get(init, "tab:purple"), marker=marker)
         line = "-" if label.startswith("relaxed") and len(group) > 1 else ""
         ax.plot(group[x], group[y], line, label=label, markersize=7, **style)
         if label_ranks and "lora_rank" in group:
@@ -90,6 +91,10 @@ def accuracy_vs_params(runs: Runs, model: str = PAPER_MODEL) -> Figure:
     summary = runs.summary()
     basis = _ours_basis(summary)
     if basis is not None:
+        # as in the paper's panel: no KD, no early exit, the smallest uptraining budget (or the runs' only one)
+        summary = matching(summary.assign(**{TIER: budget_tiers(summary)}), {"distill": "none", "early_exit": "none"})
+        summary = summary[summary[TIER].isin([0, ORIGINAL]) | summary[TIER].isna()]
+        summary = summary[~((summary["variant"] == "full") & (summary[TIER] == ORIGINAL))]
         ours = summary.dropna(subset=[basis, "n_emb"]).groupby(
             [c for c in ("model", "variant", "loops", "init", "lora_rank", "lora_init") if c in summary], dropna=False
         )[["n_emb", basis]].mean().reset_index()
@@ -115,7 +120,8 @@ def loss_curves(runs: Runs) -> Figure:
             continue
         setting = summary.loc[run_id]
         curve = curve.sort_values("step")
-        color = "black" if setting.get("variant") == "full" else INIT_COLORS.get(setting.get("init"), "tab:purple")
+        baseline = {"full": "black", "reduced": "tab:red"}.get(setting.get("variant"))
+        color = baseline or INIT_COLORS.get(setting.get("init"), "tab:purple")
         style = "--" if pd.notna(setting.get("lora_rank")) and setting.get("lora_rank", 0) > 0 else "-"
         ax.plot(curve["step"], curve[column], style, color=color, label=f"{kind(setting)} [{run_id}]", linewidth=1.2)
     ax.set(title="Ours: training loss per init (dashed: relaxed)", xlabel="Step", ylabel=f"Training {column}")

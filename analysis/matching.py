@@ -68,13 +68,17 @@ def budget_tiers(summary: pd.DataFrame) -> pd.Series:
     budget = pd.to_numeric(summary["token_budget"], errors="coerce")
     model = summary["model"] if "model" in summary else pd.Series("", index=summary.index)
     rank = budget.where(budget > 0).groupby(model).rank(method="dense") - 1
-    return rank.astype(object).where(budget != 0, ORIGINAL)
+    return _tiers(rank, budget == 0)
 
 
 def paper_tiers(ntok: pd.Series) -> pd.Series:
     """The paper's budgets ranked the same way (NaN = not uptrained = ``original``)."""
-    rank = ntok.rank(method="dense") - 1
-    return rank.astype(object).where(ntok.notna(), ORIGINAL)
+    return _tiers(ntok.rank(method="dense") - 1, ntok.isna())
+
+
+def _tiers(rank: pd.Series, original: pd.Series) -> pd.Series:
+    values = [ORIGINAL if is_original else (int(r) if _present(r) else None) for r, is_original in zip(rank, original)]
+    return pd.Series(values, index=rank.index, dtype=object)
 
 
 def matching(summary: pd.DataFrame, keys: dict[str, Any]) -> pd.DataFrame:

@@ -1,0 +1,95 @@
+"""``python -m analysis.report <run dirs...> --out <dir>``: the paper's tables and figures from run records.
+
+Writes ``report.md`` (every table as Markdown, with its directional checks and notes), one CSV per table and per
+check list, ``runs.csv`` (one row per run) and the figures as PNGs. Corrupt or partial records are listed in the
+report by path and skipped; they never stop it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from analysis.figures import all_figures
+from analysis.load import Runs, load_runs
+from analysis.paper import provenance
+from analysis.paper import TABLES as PAPER_FILES
+from analysis.tables import PAPER_MODEL, PaperTable, build_all
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A frame as a Markdown table: all-empty columns dropped, NaN as blank, 4 significant digits."""
+    frame = frame.dropna(axis=1, how="all")
+    return frame.astype(object).where(frame.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval="")
+
+
+def _slug(name: str) -> str:
+    return name.replace(".", "").replace(" ", "").lower()
+
+
+def _table_section(table: PaperTable, csv: str) -> str:
+    source = provenance(table.name) if table.name in PAPER_FILES else ""
+    parts = [f"## {table.title}", f"*{table.note}.*", "", "Checks (paper's conclusion vs ours):", "",
+             markdown(table.checks) if len(table.checks) else "(none)", "",
+             f"Rows: `paper`, then per model `ours` (mean of `n_runs` complete runs; empty = no run) and `delta` "
+             f"(ours - paper). Full table: [{csv}]({csv}).", "", markdown(table.frame), ""]
+    if source:
+        parts += ["<sub>" + source.replace("\n", "; ") + "</sub>", ""]
+    return "\n".join(parts)
+
+
+def _problems_section(runs: Runs) -> str:
+    if not runs.problems:
+        return "No corrupt or partial records."
+    lines = [f"**{len(runs.problems)} record(s) skipped** (corrupt or partial; not counted anywhere):", ""]
+    lines += [f"- `{path}`: {reason}" for path, reason in runs.problems]
+    return "\n".join(lines)
+
+
+def write_report(roots: list[str | Path], out: str | Path, paper_model: str | None = PAPER_MODEL) -> Path:
+    """Build everything from the records under ``roots`` into ``out``; returns the report's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(*roots)  # logs a warning per skipped record
+    tables = build_all(runs, paper_model)
+    complete = int((runs.runs["status"] == "complete").sum()) if len(runs) else 0
+    sections = [
+        "# Relaxed Recursive Transformers: our runs vs the paper",
+        f"Runs under {', '.join(f'`{r}`' for r in roots)}: {len(runs)} loaded, {complete} complete "
+        f"(only complete runs enter the tables). Paper rows: {paper_model or 'all models'} (arXiv 2410.20672v3).",
+        "", _problems_section(runs), "", "## Runs", "", "See [runs.csv](runs.csv).", "",
+    ]
+    summary = runs.summary(complete_only=False)
+    summary.to_csv(out / "runs.csv", index=False)
+    for name, table in tables.items():
+        csv = f"table_{_slug(name)}.csv"
+        table.frame.to_csv(out / csv, index=False)
+        table.checks.to_csv(out / f"checks_{_slug(name)}.csv", index=False)
+        sections.append(_table_section(table, csv))
+    sections += ["## Figures", ""]
+    for name, figure in all_figures(runs, tables).items():
+        figure.savefig(out / f"{name}.png", dpi=120)
+        plt.close(figure)
+        sections += [f"![{name}]({name}.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(sections))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run directories or sweep directories (searched for record.json)")
+    parser.add_argument("--out", required=True, help="output directory for report.md, CSVs and PNGs")
+    parser.add_argument("--paper-model", default=PAPER_MODEL,
+                        help=f"paper rows to compare with (default {PAPER_MODEL!r}; 'all' for every model)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    path = write_report(args.runs, args.out, None if args.paper_model == "all" else args.paper_model)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
