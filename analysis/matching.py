@@ -93,7 +93,7 @@ def matching(summary: pd.DataFrame, keys: dict[str, Any]) -> pd.DataFrame:
             values = summary[key].where(summary[key].notna(), DEFAULTS.get(key))
         else:
             values = pd.Series([DEFAULTS.get(key)] * len(summary), index=summary.index, dtype=object)
-        mask &= values.map(lambda value: _equal(value, wanted))
+        mask &= values.map(lambda value: _equal(value, wanted)).astype(bool)
     return summary[mask]
 
 

@@ -99,3 +99,205 @@ def runs(records_root):
 @pytest.fixture(scope="module")
 def tables(runs):
     return build_all(runs)
+
+
+# --- the paper's numbers -------------------------------------------------------------------------------------------
+
+ROW_COUNTS = {"2": 9, "D.1": 7, "F.1": 23, "G.2": 60, "I.1": 12, "I.2": 47, "3": 9, "J.1": 22, "K.2": 42, "Fig. 8": 7}
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_paper_table_is_transcribed_whole_with_provenance(name):
+    assert len(paper_table(name)) == ROW_COUNTS[name]
+    header = provenance(name)
+    assert "rrt-paper.md §1." in header and "arXiv 2410.20672v3" in header
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(TABLES) if "Avg" in paper_table(n) and "LD" in paper_table(n)])
+def test_paper_avg_is_the_mean_of_the_seven_tasks(name):
+    table = paper_table(name)
+    error = (table[TASK_COLUMNS].mean(axis=1) - table["Avg"]).abs()
+    assert error.max() <= 0.1, table.loc[error > 0.1]
+
+
+def test_fig8_is_the_mean_throughput_of_k2():
+    k2 = paper_table("K.2")
+    gemma = k2[(k2["model"] == "Gemma 2B") & k2["loops"].isin([2]) & (k2["early_exit_coef"] == 0.1) | (k2["model"] == "Gemma 2B") & k2["loops"].isna()]
+    thr = gemma[["thr_slimpajama", "thr_redpajama", "thr_pg19"]].mean(axis=1).to_numpy()
+    fig8 = paper_table("Fig. 8")
+    assert np.abs(thr - fig8["throughput"].to_numpy()).max() < 1  # the paper truncates some means (2149.67 -> 2149)
+    assert gemma["acc_last"].tolist() == fig8["acc"].tolist()
+
+
+def test_paper_spot_values():
+    f1 = paper_table("F.1").set_index(["model", "loops", "init"])
+    assert f1.loc[("Gemma 2B", 2.0, "stepwise"), "Avg"] == 51.7
+    assert f1.loc[("Gemma 2B", 2.0, "random"), "pt"] == False  # noqa: E712
+    j1 = paper_table("J.1")
+    agg = j1[(j1["early_exit"] == "aggressive") & (j1["early_exit_coef"] == 0.1) & j1["early_exit_kd"] & (j1["output"] == "loop1")]
+    assert agg["Avg"].tolist() == [48.0]
+
+
+# --- loading -------------------------------------------------------------------------------------------------------
+
+
+def test_load_reports_and_skips_corrupt_records(runs, records_root):
+    assert {Path(p).parent.name for p, _ in runs.problems} == {"truncated", "partial"}
+    assert not runs.runs["run_id"].isin(["truncated", "partial"]).any()
+    assert len(runs.runs) == len(runs.runs["run_id"].unique())
+
+
+def test_summary_scores_in_percent_and_final_exit(synthetic_root):
+    runs = load_runs(synthetic_root)
+    assert len(runs) == len(SWEEP) + 1  # + the running one
+    summary = runs.summary().set_index("run_id")
+    assert "still-running" not in summary.index  # only complete runs by default
+    assert summary.loc["avg-r512", "Avg"] == pytest.approx(54.0)
+    assert summary.loc["avg-r512", "LD"] == pytest.approx(51.0)
+    assert summary.loc["avg-r512", "ppl"] == pytest.approx(200 / 54, abs=1e-4)
+    assert summary.loc["avg-r512", "loss"] == pytest.approx(10 - 5.4 + 1 / 4)
+    assert summary.loc["ee-agg", "Avg"] == pytest.approx(50.5)  # the final exit, not loop 1
+    assert runs.summary(exit_loop=1).set_index("run_id").loc["ee-agg", "Avg"] == pytest.approx(44.5)
+    assert summary.loc["full-15", "thr:csb"] == 150.0
+    assert runs.summary(complete_only=False)["run_id"].isin(["still-running"]).any()
+
+
+def test_avg_needs_all_seven_tasks(tmp_path):
+    record = RunRecord.create(tmp_path / "six", setting=dict(BASE_SETTING), status="complete")
+    record.append("evals", evals(50.0, None)[:6])
+    summary = load_runs(tmp_path).summary()
+    assert math.isnan(summary.loc[0, "Avg"]) and summary.loc[0, "LD"] == pytest.approx(47.0)
+
+
+def test_clashing_run_ids_are_qualified(tmp_path):
+    for sweep in ("sweep_a", "sweep_b"):
+        RunRecord.create(tmp_path / sweep / "0", setting=dict(BASE_SETTING), status="complete")
+    assert sorted(load_runs(tmp_path).runs["run_id"]) == ["sweep_a/0", "sweep_b/0"]
+
+
+def test_wandb_offline_run_is_read(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = wandb.init(project="rrt", dir=tmp_path / "run", config={"setting": {"init": "average", "lora_rank": 64}})
+    for step in range(3):
+        run.log({"step": step, "loss": 3.0 - step})
+    run.summary["ppl"] = 12.5
+    run.finish()
+    runs = load_runs(tmp_path)
+    assert not runs.problems
+    row = runs.runs.iloc[0]
+    assert row["status"] == "complete" and row["setting.init"] == "average" and row["setting.lora_rank"] == 64
+    assert row["summary.ppl"] == 12.5
+    assert runs.metrics.sort_values("step")["loss"].tolist() == [3.0, 2.0, 1.0]
+
+
+def test_run_with_a_record_is_not_read_twice_from_wandb(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb.init(project="rrt", dir=tmp_path / "run").finish()
+    RunRecord.create(tmp_path / "run", setting=dict(BASE_SETTING), status="complete")
+    assert load_runs(tmp_path).runs["run_id"].tolist() == ["run"]
+
+
+# --- tables --------------------------------------------------------------------------------------------------------
+
+EXPECTED_CHECKS = {  # ours, on the synthetic sweep
+    "2": ["yes"],
+    "F.1": ["yes", "yes", "yes", "yes"],
+    "G.2": ["yes", "no", "yes"],  # the sweep gives zero init the edge at rank 512
+    "I.1": ["yes", "n.a.", "yes"],  # no relaxed KD run
+    "J.1": ["yes", "yes", "yes"],
+    "K.2": ["yes", "yes", "n.a."],  # no relaxed throughput runs
+}
+
+
+def test_tables_have_paper_ours_delta_rows(tables):
+    for name, table in tables.items():
+        sources = table.frame["source"].tolist()
+        assert sources == ["paper", "ours", "delta"] * (len(sources) // 3), name
+        ours = table.frame[table.frame["source"] == "ours"]
+        missing = ours[ours["n_runs"] == 0]
+        value_columns = [c for c in ("Avg", "ppl", "loss") if c in ours]
+        assert missing[value_columns].isna().all().all(), f"{name}: a setting without runs must be NaN, not 0"
+
+
+def test_table_values_and_deltas(synthetic_root):
+    table = build_all(load_runs(synthetic_root))["F.1"].frame
+    step = table[(table["variant"] == "recursive") & (table["loops"] == 2) & (table["init"] == "stepwise")]
+    paper, ours, delta = (step[step["source"] == s].iloc[0] for s in ("paper", "ours", "delta"))
+    assert (paper["Avg"], ours["Avg"], ours["n_runs"], ours["model"]) == (51.7, 50.0, 1, "gemma3_270m")
+    assert delta["Avg"] == pytest.approx(50.0 - 51.7)
+    b3 = table[(table["loops"] == 3) & (table["source"] == "ours")]
+    assert len(b3) == 5 and b3["Avg"].isna().all() and (b3["n_runs"] == 0).all()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_CHECKS))
+def test_directional_checks(synthetic_root, name):
+    checks = build_all(load_runs(synthetic_root))[name].checks
+    assert checks["paper"].tolist() == ["yes"] * len(checks)
+    assert checks["ours (gemma3_270m)"].tolist() == EXPECTED_CHECKS[name]
+
+
+def test_fallback_to_perplexity_without_lm_eval(tmp_path):
+    tables = build_all(load_runs(write_sweep(tmp_path, with_evals=False)))
+    f1 = tables["F.1"]
+    assert f1.basis == "ppl" and "perplexity" in f1.note
+    assert f1.checks["ours (gemma3_270m)"].tolist() == ["yes", "yes", "yes", "yes"]
+    assert tables["J.1"].checks["ours (gemma3_270m)"].tolist() == ["yes", "yes", "yes"]  # loop 1 has the worse ppl
+
+
+def test_no_runs_gives_paper_rows_and_empty_ours(tmp_path):
+    tables = build_all(load_runs(tmp_path))
+    f1 = tables["F.1"]
+    assert f1.basis is None and set(f1.checks["ours ((no runs))"]) == {"n.a."}
+    assert f1.frame.loc[f1.frame["source"] == "ours", "n_runs"].eq(0).all()
+
+
+def test_all_paper_models(runs):
+    f1 = build_all(runs, model=None)["F.1"].frame
+    assert set(f1.loc[f1["source"] == "paper", "model"]) == {"Gemma 2B", "TinyLlama 1.1B", "Pythia 1B"}
+
+
+def test_k2_speedup_is_relative_to_our_vanilla(tables):
+    k2 = tables["K.2"].frame
+    cdb = k2[(k2["source"] == "ours") & (k2["engine"] == "cdb") & (k2["lora_rank"] == 0) & (k2["loops"] == 2)].iloc[0]
+    assert (cdb["throughput"], cdb["speedup_vanilla"]) == (260.0, 2.6)
+
+
+# --- figures and report --------------------------------------------------------------------------------------------
+
+
+def test_figures_show_paper_and_ours(runs, tables):
+    assert matplotlib.get_backend().lower() == "agg"
+    figures = all_figures(runs, tables)
+    assert set(figures) == {"accuracy_vs_params", "loss_curves", "throughput_vs_accuracy"}
+    paper, ours = figures["accuracy_vs_params"].axes
+    assert paper.get_title().startswith("Paper") and ours.get_title().startswith("Ours: gemma3_270m")
+    labels = {t.get_text() for t in ours.get_legend().get_texts()}
+    assert {"full-size", "reduced-size", "recursive (stepwise)", "relaxed (average, svd)"} <= labels
+    assert len(figures["loss_curves"].axes[0].lines) == len(runs.summary())
+
+
+def test_report_writes_tables_figures_and_lists_skipped_records(records_root, tmp_path):
+    from analysis.report import main
+
+    main([str(records_root), "--out", str(tmp_path / "report")])
+    out = tmp_path / "report"
+    text = (out / "report.md").read_text()
+    for title in ("Table 2", "Table D.1", "Table F.1", "Table G.2", "Table I.1", "Table J.1", "Table K.2"):
+        assert f"## {title}" in text
+    assert "2 record(s) skipped" in text and str(records_root / "truncated" / "record.json") in text
+    assert "| check " in text and "| source " in text
+    for name in ("accuracy_vs_params", "loss_curves", "throughput_vs_accuracy"):
+        assert (out / f"{name}.png").stat().st_size > 10_000
+    f1 = pd.read_csv(out / "table_f1.csv")
+    assert len(f1) == 33 and (out / "checks_g2.csv").exists() and (out / "runs.csv").exists()
+
+
+def test_report_on_an_empty_directory(tmp_path):
+    from analysis.report import write_report
+
+    text = write_report([tmp_path / "nothing"], tmp_path / "out").read_text()
+    assert "0 loaded" in text and "No corrupt or partial records." in text
