@@ -10,6 +10,7 @@ jsonl files (one ``{"id", "source", "text"}`` per line) and a manifest with size
 from __future__ import annotations
 
 import bz2
+import contextlib
 import hashlib
 import json
 import re
@@ -26,6 +27,7 @@ from rrt.data.fetch import npm_pack, pip_download, sha256_file
 from rrt.utils.atomic import atomic_write_text
 
 SPLITS = ("train", "heldout")
+FORMAT_VERSION = 2  # bump when reading or splitting changes, so stale caches are not reused
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,27 @@ def read_moby_dick(archive: Path) -> list[Document]:
 
 
 WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+_NON_PROSE = ("file:", "image:", "category:")
+# Table rows and media lines that survive strip_code (the "shortened" dump cuts some tables open).
+_MARKUP_LINE = re.compile(r"^\s*(\{\||\|\}|\|-|\||!)|\[\[(File|Image):|\{\{")
+
+
+def wiki_to_text(wikitext: str) -> str:
+    """Plain prose of an article: markup stripped, media links, references and tables dropped."""
+    import mwparserfromhell
+
+    code = mwparserfromhell.parse(wikitext)
+    drop = [link for link in code.filter_wikilinks() if str(link.title).strip().lower().startswith(_NON_PROSE)]
+    drop += code.filter_tags(matches=lambda node: node.tag in ("table", "ref", "gallery"))
+    for node in drop:
+        with contextlib.suppress(ValueError):  # already gone with an enclosing node
+            code.remove(node)
+    lines = code.strip_code().split("\n")
+    return _clean("\n".join(line for line in lines if not _MARKUP_LINE.search(line)))
 
 
 def read_wikipedia(wheel: Path) -> list[Document]:
-    """Main-namespace, non-redirect articles of gensim's test dump, wiki markup stripped, sorted by title."""
-    import mwparserfromhell
-
+    """Main-namespace, non-redirect articles of gensim's test dump as plain text, sorted by title."""
     with zipfile.ZipFile(wheel) as archive:
         xml = bz2.decompress(archive.read(WIKI_MEMBER))
     docs = []
@@ -96,8 +113,7 @@ def read_wikipedia(wheel: Path) -> list[Document]:
         fields = {child.tag.rpartition("}")[2]: child for child in page}
         if fields["ns"].text != "0" or "redirect" in fields:
             continue
-        wikitext = next(el.text or "" for el in page.iter() if el.tag.endswith("}text"))
-        body = _clean(mwparserfromhell.parse(wikitext).strip_code())
+        body = wiki_to_text(next(el.text or "" for el in page.iter() if el.tag.endswith("}text")))
         if len(body) >= 500:
             title = fields["title"].text
             docs.append(Document(title, "wikipedia", f"{title}\n\n{body}"))
@@ -134,7 +150,8 @@ class CorpusPaths:
 
 
 def _corpus_dir(root: Path, sources: Sequence[CorpusSource]) -> Path:
-    key = hashlib.sha256("\n".join(f"{s.name}={s.spec}" for s in sources).encode()).hexdigest()[:12]
+    described = [f"v{FORMAT_VERSION}", *(f"{source.name}={source.spec}" for source in sources)]
+    key = hashlib.sha256("\n".join(described).encode()).hexdigest()[:12]
     return root / "corpus" / f"local-{key}"
 
 
