@@ -1,21 +1,21 @@
 """The paper's figures in its style, paper points beside ours: Fig. 4/5 (accuracy vs N-emb), loss curves per
-init (our ``metrics``; the paper prints no loss numbers), Fig. 8 (throughput vs accuracy)."""
+init (our ``metrics``; the paper prints no loss numbers), Fig. 8 (throughput vs accuracy).
+
+Figures are plain ``matplotlib.figure.Figure`` objects (no pyplot state): ``savefig`` renders them with Agg,
+headless, and a notebook shows them with ``display(figure)``.
+"""
 
 from __future__ import annotations
 
-import matplotlib
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from analysis.columns import AVG, BASES  # noqa: E402
-from analysis.load import Runs  # noqa: E402
-from analysis.matching import ORIGINAL, TIER, budget_tiers, matching, paper_setting  # noqa: E402
-from analysis.paper import paper_table  # noqa: E402
-from analysis.tables import PAPER_MODEL, PaperTable  # noqa: E402
+from analysis.columns import AVG, BASES
+from analysis.load import Runs
+from analysis.matching import ORIGINAL, TIER, budget_tiers, matching, paper_setting
+from analysis.paper import paper_table
+from analysis.tables import PAPER_MODEL, PaperTable
 
 INIT_COLORS = {"stepwise": "tab:blue", "average": "tab:orange", "lower": "tab:green", "upper": "tab:olive",
                "random": "tab:gray"}
@@ -37,7 +37,7 @@ def kind(row: pd.Series) -> str:
     return f"recursive ({row.get('init')})"
 
 
-def _scatter(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, label_ranks: bool = False) -> None:
+def _scatter(ax: Axes, frame: pd.DataFrame, x: str, y: str, label_ranks: bool = False) -> None:
     for label, group in frame.groupby(frame.apply(kind, axis=1), sort=True):
         group = group.sort_values(x)
         if label in BASELINE_STYLE:
@@ -72,7 +72,7 @@ def _ours_basis(summary: pd.DataFrame) -> str | None:
     return next((b for b in BASES if b in summary and summary[b].notna().any()), None)
 
 
-def _finish_ours(ax: plt.Axes, basis: str | None) -> None:
+def _finish_ours(ax: Axes, basis: str | None) -> None:
     if basis is None:
         ax.text(0.5, 0.5, "no complete runs with scores", ha="center", va="center", transform=ax.transAxes)
         return
@@ -84,7 +84,8 @@ def _finish_ours(ax: plt.Axes, basis: str | None) -> None:
 
 def accuracy_vs_params(runs: Runs, model: str = PAPER_MODEL) -> Figure:
     """Fig. 4/5 style: score vs non-embedding parameters, recursive / relaxed vs full-size and reduced-size."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    left, right = fig.subplots(1, 2)
     _scatter(left, _paper_points(model), "n_emb", AVG, label_ranks=True)
     left.set(title=f"Paper: {model}, B=2, 15B tokens (Tables F.1, G.2)", xlabel="Non-embedding parameters (B)", ylabel=BASIS_LABEL[AVG])
     left.legend(fontsize=7)
@@ -108,7 +109,8 @@ def accuracy_vs_params(runs: Runs, model: str = PAPER_MODEL) -> Figure:
 
 def loss_curves(runs: Runs) -> Figure:
     """Training CE per step of every complete run, coloured by init (the paper's Fig. F.1 shows only curves)."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     summary = runs.summary().set_index("run_id")
     metrics = runs.metrics
     column = "ce" if "ce" in metrics else ("loss" if "loss" in metrics else None)
@@ -132,7 +134,8 @@ def loss_curves(runs: Runs) -> Figure:
 
 def throughput_vs_accuracy(table_k2: PaperTable) -> Figure:
     """Fig. 8 style: throughput vs final accuracy; paper from Fig. 8's rows, ours from the K.2 table's ours rows."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    left, right = fig.subplots(1, 2)
     paper = paper_table("Fig. 8")
     for _, row in paper.iterrows():
         label = ("vanilla" if row["batching"] == "static" else "vanilla + CSB") if pd.isna(row["loops"]) else (

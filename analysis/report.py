@@ -11,7 +11,6 @@ import argparse
 import logging
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from analysis.figures import all_figures
@@ -30,12 +29,14 @@ def _slug(name: str) -> str:
     return name.replace(".", "").replace(" ", "").lower()
 
 
-def _table_section(table: PaperTable, csv: str) -> str:
+def table_markdown(table: PaperTable, csv: str | None = None) -> str:
+    """One table's report section: title, note, checks, the rows, and the paper CSV's provenance."""
     source = provenance(table.name) if table.name in PAPER_FILES else ""
+    link = f" Full table: [{csv}]({csv})." if csv else ""
     parts = [f"## {table.title}", f"*{table.note}.*", "", "Checks (paper's conclusion vs ours):", "",
              markdown(table.checks) if len(table.checks) else "(none)", "",
              f"Rows: `paper`, then per model `ours` (mean of `n_runs` complete runs; empty = no run) and `delta` "
-             f"(ours - paper). Full table: [{csv}]({csv}).", "", markdown(table.frame), ""]
+             f"(ours - paper).{link}", "", markdown(table.frame), ""]
     if source:
         parts += ["<sub>" + source.replace("\n", "; ") + "</sub>", ""]
     return "\n".join(parts)
@@ -68,11 +69,10 @@ def write_report(roots: list[str | Path], out: str | Path, paper_model: str | No
         csv = f"table_{_slug(name)}.csv"
         table.frame.to_csv(out / csv, index=False)
         table.checks.to_csv(out / f"checks_{_slug(name)}.csv", index=False)
-        sections.append(_table_section(table, csv))
+        sections.append(table_markdown(table, csv))
     sections += ["## Figures", ""]
     for name, figure in all_figures(runs, tables).items():
         figure.savefig(out / f"{name}.png", dpi=120)
-        plt.close(figure)
         sections += [f"![{name}]({name}.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(sections))
