@@ -56,7 +56,7 @@ def _slow_build(target: str, log: str) -> None:
 
 def test_concurrent_builds_run_once_and_publish_atomically(tmp_path):
     target, log = tmp_path / "model", tmp_path / "log.txt"
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")  # no re-import of torch in each child
     workers = [context.Process(target=_slow_build, args=(str(target), str(log))) for _ in range(4)]
     for worker in workers:
         worker.start()
