@@ -13,13 +13,15 @@ from typing import Any
 
 import pandas as pd
 
-# Values a run has when its setting does not record a key (an older record, or a setting the code lacks).
+TIER = "budget_tier"
+ORIGINAL = "original"
+# Values a run has when its setting does not record a key (an older record, or a setting the code lacks);
+# a run without a token_budget counts as uptrained on the base (smallest) budget.
 DEFAULTS: dict[str, Any] = {
     "variant": "recursive", "pretrained": True, "lora_rank": 0, "distill": "none", "early_exit": "none",
     "early_exit_kd": False, "early_exit_train": "post", "early_exit_data": "overlap", "early_exit_freeze": False,
+    "uptrained": True, TIER: 0,
 }
-TIER = "budget_tier"
-ORIGINAL = "original"
 
 
 def _present(value: Any) -> bool:

@@ -181,7 +181,7 @@ def _rows(paper: pd.DataFrame) -> list[_Row]:
 
 
 PPL_VALUES = [*ACCURACY, *PAPER_PPL]
-STEP, AVERAGE, LOWER = "stepwise", "average", "lower"
+STEP, AVERAGE = "stepwise", "average"
 RECURSIVE_B2 = {"variant": "recursive", "loops": 2, "pretrained": True, "lora_rank": 0}
 
 

@@ -183,6 +183,7 @@ def test_wandb_offline_run_is_read(tmp_path, monkeypatch):
         run.log({"step": step, "loss": 3.0 - step})
     run.summary["ppl"] = 12.5
     run.finish()
+    wandb.teardown()  # the wandb service writes the run's last records (exit) asynchronously; wait for it
     runs = load_runs(tmp_path)
     assert not runs.problems
     row = runs.runs.iloc[0]
@@ -196,6 +197,7 @@ def test_run_with_a_record_is_not_read_twice_from_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     wandb.init(project="rrt", dir=tmp_path / "run").finish()
+    wandb.teardown()
     RunRecord.create(tmp_path / "run", setting=dict(BASE_SETTING), status="complete")
     assert load_runs(tmp_path).runs["run_id"].tolist() == ["run"]
 
@@ -299,3 +301,14 @@ def test_report_on_an_empty_directory(tmp_path):
 
     text = write_report([tmp_path / "nothing"], tmp_path / "out").read_text()
     assert "0 loaded" in text and "No corrupt or partial records." in text
+
+
+def test_runs_without_budget_or_optional_keys_still_match(tmp_path):
+    """Settings that omit keys (no token_budget, distill, early_exit) take the defaults: base budget, none."""
+    for init, avg in (("stepwise", 40.0), ("average", 30.0)):
+        RunRecord.create(tmp_path / init, setting=dict(model="m", variant="recursive", loops=2, init=init),
+                         status="complete").append("evals", evals(avg, None))
+    f1 = build_all(load_runs(tmp_path))["F.1"]
+    ours = f1.frame[(f1.frame["source"] == "ours") & (f1.frame["loops"] == 2)].set_index("init")
+    assert ours.loc["stepwise", "Avg"] == pytest.approx(40.0) and ours.loc["average", "n_runs"] == 1
+    assert f1.checks.loc[0, "ours (m)"] == "yes"
