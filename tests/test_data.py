@@ -273,3 +273,18 @@ def test_lightning_resume_continues_exactly_where_it_stopped(cache, tokenizer_di
     resumed, _ = fit(6, ckpt_path=str(tmp_path / "step3.ckpt"))
     assert len(uninterrupted.seen) == 12 and len(first.seen) == 6 and len(resumed.seen) == 6
     assert all(torch.equal(a, b) for a, b in zip(uninterrupted.seen, first.seen + resumed.seen))
+
+
+@pytest.mark.parametrize("name", ["local_corpus", "jsonl", "slimpajama"])
+def test_hydra_data_configs_instantiate_with_the_shared_keys(name, tokenizer_dir, tmp_path):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    root = OmegaConf.create({"budget": {"seq_len": 16, "micro_batch_size": 2}, "seed": 3,
+                             "model": {"tokenizer": tokenizer_dir},
+                             "data": OmegaConf.load(Path(__file__).parents[1] / "conf" / "data" / f"{name}.yaml")})
+    if name != "local_corpus":
+        root.data.train_files = [str(write_jsonl(tmp_path / "t.jsonl", ["w1 w2"]))]
+    data = instantiate(root.data)
+    assert (data.source, data.seq_len, data.micro_batch_size, data.seed, data.tokenizer) == (
+        name, 16, 2, 3, tokenizer_dir)
