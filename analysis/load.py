@@ -14,7 +14,7 @@ from rrt.records import LIST_SECTIONS, read_records
 
 RUN_SECTIONS = ("setting", "params", "budget", "cluster", "timings", "summary")
 RUN_FIELDS = ("run_id", "status", "run_dir", "record_path", "git_revision", "created", "updated")
-PREFERRED_PPL_DATASET = "local_heldout"
+PREFERRED_PPL_DATASETS = ("heldout", "local_heldout")  # the local corpus's held-out split
 
 
 @dataclass
@@ -38,7 +38,8 @@ class Runs:
         setting = runs.filter(like="setting.").rename(columns=lambda c: c.removeprefix("setting."))
         out = pd.concat([runs[["run_id", "status"]], setting], axis=1).set_index("run_id")
         out["n_emb"] = runs.set_index("run_id").get("params.non_embedding", pd.Series(dtype=float)) / 1e9
-        out = out.join(_task_scores(self.evals, exit_loop)).join(_perplexities(self.perplexity, exit_loop))
+        loops = out["loops"] if "loops" in out else pd.Series(dtype=float)
+        out = out.join(_task_scores(self.evals, exit_loop, loops)).join(_perplexities(self.perplexity, exit_loop, loops))
         if exit_loop is None:
             out = out.join(_last_loss(self.metrics)).join(_throughputs(self.throughput))
         for column in [*TASK_COLUMNS, AVG, "ppl", "loss"]:
@@ -93,26 +94,26 @@ def _long_frame(records: list[dict[str, Any]], section: str) -> pd.DataFrame:
     return frame
 
 
-def _at_exit(frame: pd.DataFrame, exit_loop: int | None) -> pd.DataFrame:
-    """Rows at the given exit loop; for the final exit, a run's rows without an exit loop, or else at its deepest."""
+def _at_exit(frame: pd.DataFrame, exit_loop: int | None, loops: pd.Series) -> pd.DataFrame:
+    """Rows at the given exit loop. The final exit: rows without an exit loop, or at the run's ``loops`` (its
+    setting), or, for a run whose loops are unknown, at its deepest exit."""
     if frame.empty:
         return frame
     if "exit_loop" not in frame:
         return frame if exit_loop is None else frame.iloc[0:0]
     if exit_loop is not None:
         return frame[frame["exit_loop"] == exit_loop]
-    unnamed = frame["exit_loop"].isna()
-    has_unnamed = unnamed.groupby(frame["run_id"]).transform("any")
-    deepest = frame.groupby("run_id")["exit_loop"].transform("max")
-    return frame[unnamed | (~has_unnamed & (frame["exit_loop"] == deepest))]
+    last = pd.to_numeric(frame["run_id"].map(loops), errors="coerce")
+    last = last.fillna(frame.groupby("run_id")["exit_loop"].transform("max"))
+    return frame[frame["exit_loop"].isna() | (frame["exit_loop"] == last)]
 
 
-def _task_scores(evals: pd.DataFrame, exit_loop: int | None) -> pd.DataFrame:
+def _task_scores(evals: pd.DataFrame, exit_loop: int | None, loops: pd.Series) -> pd.DataFrame:
     """Paper columns in percent; Avg only when all seven tasks are there (the paper's definition)."""
     wanted = {spec: column for column, spec in TASKS.items()}
     if evals.empty or not {"task", "metric", "value"} <= set(evals):
         return pd.DataFrame(columns=[*TASK_COLUMNS, AVG])
-    evals = _at_exit(evals, exit_loop)
+    evals = _at_exit(evals, exit_loop, loops)
     column = pd.Series([wanted.get(key) for key in zip(evals["task"], evals["metric"])], index=evals.index)
     scores = (evals.assign(column=column).dropna(subset=["column"])
               .pivot_table(index="run_id", columns="column", values="value", aggfunc="last") * 100)
@@ -122,14 +123,14 @@ def _task_scores(evals: pd.DataFrame, exit_loop: int | None) -> pd.DataFrame:
     return scores
 
 
-def _perplexities(perplexity: pd.DataFrame, exit_loop: int | None) -> pd.DataFrame:
+def _perplexities(perplexity: pd.DataFrame, exit_loop: int | None, loops: pd.Series) -> pd.DataFrame:
     """``ppl:<dataset>`` per dataset, and ``ppl`` on the held-out split (else the most common dataset)."""
     if perplexity.empty or not {"dataset", "ppl"} <= set(perplexity):
         return pd.DataFrame(columns=["ppl"])
-    perplexity = _at_exit(perplexity, exit_loop)
+    perplexity = _at_exit(perplexity, exit_loop, loops)
     wide = perplexity.pivot_table(index="run_id", columns="dataset", values="ppl", aggfunc="last")
     datasets = perplexity["dataset"].value_counts()
-    main = PREFERRED_PPL_DATASET if PREFERRED_PPL_DATASET in datasets else (datasets.index[0] if len(datasets) else None)
+    main = next((d for d in PREFERRED_PPL_DATASETS if d in datasets), datasets.index[0] if len(datasets) else None)
     out = wide.add_prefix("ppl:")
     out["ppl"] = wide[main] if main in wide else np.nan
     out.columns.name = None

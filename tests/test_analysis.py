@@ -64,12 +64,12 @@ def write_sweep(root: Path, with_evals: bool = True) -> Path:
                                   params={"non_embedding": N_EMB.get(setting["variant"], 50e6 + rank * 1e4)},
                                   budget={"tokens": setting["token_budget"], "steps": 4})
         record.append("metrics", [{"step": s, "tokens": 1024 * s, "loss": 10 - avg / 10 + 1 / s, "ce": 10 - avg / 10 + 1 / s} for s in range(1, 5)])
-        record.append("perplexity", {"dataset": "local_heldout", "exit_loop": None, "ppl": round(200 / avg, 4)})
+        record.append("perplexity", {"dataset": "heldout", "exit_loop": None, "ppl": round(200 / avg, 4)})
         if with_evals:
             record.append("evals", evals(avg, None))
         if name.startswith("ee-"):
             record.append("evals" if with_evals else "perplexity",
-                          evals(avg - 6, 1) if with_evals else {"dataset": "local_heldout", "exit_loop": 1, "ppl": 200 / (avg - 6)})
+                          evals(avg - 6, 1) if with_evals else {"dataset": "heldout", "exit_loop": 1, "ppl": 200 / (avg - 6)})
         record.append("throughput", [{"engine": e, "tokens_per_s": v} for e, v in THROUGHPUT.get(name, {}).items()])
     (root / "truncated").mkdir()
     (root / "truncated" / "record.json").write_text(json.dumps({"schema": 1, "run_id": "truncated"})[:-7])
@@ -159,6 +159,15 @@ def test_summary_scores_in_percent_and_final_exit(synthetic_root):
     assert runs.summary(exit_loop=1).set_index("run_id").loc["ee-agg", "Avg"] == pytest.approx(44.5)
     assert summary.loc["full-15", "thr:csb"] == 150.0
     assert runs.summary(complete_only=False)["run_id"].isin(["still-running"]).any()
+
+
+def test_final_exit_is_the_runs_last_loop(tmp_path):
+    """As eval.py writes them: every row names its exit loop; a run evaluated only at loop 1 has no final score."""
+    both = RunRecord.create(tmp_path / "both", setting=dict(BASE_SETTING), status="complete")
+    both.append("evals", evals(50.0, 2) + evals(40.0, 1))
+    RunRecord.create(tmp_path / "loop1", setting=dict(BASE_SETTING), status="complete").append("evals", evals(40.0, 1))
+    summary = load_runs(tmp_path).summary().set_index("run_id")
+    assert summary.loc["both", "Avg"] == pytest.approx(50.0) and math.isnan(summary.loc["loop1", "Avg"])
 
 
 def test_avg_needs_all_seven_tasks(tmp_path):
