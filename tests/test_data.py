@@ -280,11 +280,11 @@ def test_hydra_data_configs_instantiate_with_the_shared_keys(name, tokenizer_dir
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    root = OmegaConf.create({"budget": {"seq_len": 16, "micro_batch_size": 2}, "seed": 3,
+    root = OmegaConf.create({"budget": {"seq_len": 16, "micro_batch_size": 2, "val_batches": 5}, "seed": 3,
                              "model": {"tokenizer": tokenizer_dir},
                              "data": OmegaConf.load(Path(__file__).parents[1] / "conf" / "data" / f"{name}.yaml")})
     if name != "local_corpus":
         root.data.train_files = [str(write_jsonl(tmp_path / "t.jsonl", ["w1 w2"]))]
     data = instantiate(root.data)
-    assert (data.source, data.seq_len, data.micro_batch_size, data.seed, data.tokenizer) == (
-        name, 16, 2, 3, tokenizer_dir)
+    assert (data.source, data.seq_len, data.micro_batch_size, data.seed, data.tokenizer, data.val_batches) == (
+        name, 16, 2, 3, tokenizer_dir, 5)
