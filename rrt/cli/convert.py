@@ -1,0 +1,57 @@
+"""`rrt-convert`: convert a model and print what happened (source layers, N-emb before/after, time)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from rrt.cli.train import CONF_DIR
+
+
+def mapping_lines(spec, num_layers: int) -> list[str]:
+    from rrt.recursive.indices import depths_of_position, source_layers
+
+    lines = []
+    for position in range(num_layers // spec.loops):
+        depths = depths_of_position(position, num_layers, spec.loops, spec.looping)
+        sources = source_layers(spec.init, position, num_layers, spec.loops, spec.looping)
+        origin = "random init" if spec.init == "random" else f"from layer(s) {sources}"
+        lines.append(f"  shared layer {position:2d} {origin:28s} runs at depths {depths}")
+    return lines
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="convert")
+def main(cfg: DictConfig) -> None:
+    from rrt.recursive import convert_to_recursive, count_params
+    from rrt.recursive.io import save_converted
+    from rrt.training import build
+
+    spec = build.recursion_spec(cfg)
+    try:
+        spec.validate(build.num_layers(build.architecture(cfg)))
+        model = build.original_model(cfg)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    before = count_params(model)
+    num_layers = int(model.config.num_hidden_layers)
+    start = time.perf_counter()
+    convert_to_recursive(model, spec)
+    seconds = time.perf_counter() - start
+    after = count_params(model)
+    print(f"{cfg.model.name}: {num_layers} layers -> {num_layers // spec.loops} shared x {spec.loops} loops "
+          f"({spec.looping}, init={spec.init}, lora rank={spec.lora.rank}, {spec.lora.init})")
+    print("\n".join(mapping_lines(spec, num_layers)))
+    print(f"N-emb: {before.non_embedding / 1e6:.2f}M -> {after.non_embedding / 1e6:.2f}M "
+          f"(adapters {after.adapters / 1e6:.2f}M); embedding {after.embedding / 1e6:.2f}M unchanged")
+    print(f"converted in {seconds:.1f} s")
+    if cfg.out:
+        print(f"saved to {save_converted(model, Path(cfg.out))}")
+
+
+if __name__ == "__main__":
+    main()

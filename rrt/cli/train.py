@@ -1,0 +1,55 @@
+"""`python train.py <overrides>` / `rrt-train`: compose conf/config.yaml and run one training run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+log = logging.getLogger("rrt.train")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from rrt.assets import MissingAssetError
+    from rrt.training.run import train
+
+    USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, MissingAssetError)
+    try:
+        record = train(cfg)
+    except USER_ERRORS as error:  # bad input: one clear line, no traceback (RRT_DEBUG=1 shows it)
+        if os.environ.get("RRT_DEBUG"):
+            raise
+        log.error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if record is None:
+        return None
+    print(summary(record))
+    final = next((m for m in reversed(record.data.get("metrics", [])) if "loss" in m), {})
+    return final.get("loss")
+
+
+def summary(record) -> str:
+    data = record.data
+    params = data.get("params", {})
+    budget = data.get("budget", {})
+    final = next((m for m in reversed(data.get("metrics", [])) if "loss" in m), {})
+    first = next((m for m in data.get("metrics", []) if "loss" in m), {})
+    lines = [
+        f"run: {data['run_dir']}  status: {data['status']}",
+        f"N-emb: {params.get('non_embedding', 0) / 1e6:.1f}M (original {params.get('original_non_embedding', 0) / 1e6:.1f}M)",
+        f"steps: {budget.get('steps')}  tokens: {budget.get('tokens_trained')}",
+        f"loss: {first.get('loss', float('nan')):.4f} -> {final.get('loss', float('nan')):.4f}",
+        f"model: {data['run_dir']}/model   record: {data['run_dir']}/record.json",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Uptraining: Lightning module, losses, budget, checkpoints and the run driver."""

@@ -1,0 +1,119 @@
+"""The LightningModule: a (converted) student, an optional frozen teacher, chunked CE/KD/exit losses."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import nn
+
+from rrt.recursive.exits import capture_loop_outputs, final_norm
+from rrt.recursive.relax import DepthLaMDALinear
+from rrt.training.build import final_hidden, softcap_of
+from rrt.training.losses import LossSpec, lm_loss
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """Linear warmup to the peak lr, then cosine decay to ``min_ratio`` x peak at the last step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class RecursiveLMModule(L.LightningModule):
+    """Uptrains ``student``; the teacher is held outside the module tree so checkpoints never include it."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        loss: LossSpec,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        total_steps: int,
+        warmup_steps: int,
+        min_lr_ratio: float,
+        tokens_per_step: int,
+        teacher: nn.Module | None = None,
+        lamda_freeze_step: int | None = None,
+    ):
+        super().__init__()
+        self.student = student
+        self._teacher = [teacher] if teacher is not None else []
+        self.loss_spec = loss
+        self.optimizer_factory = optimizer
+        self.total_steps, self.warmup_steps, self.min_lr_ratio = total_steps, warmup_steps, min_lr_ratio
+        self.tokens_per_step = tokens_per_step
+        self.lamda_freeze_step = lamda_freeze_step
+        self._step_started: float | None = None
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
+    def losses(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        with_exits = len(self.loss_spec.exit_weights) > 1
+        if with_exits:
+            with capture_loop_outputs(self.student) as captured:
+                final = final_hidden(self.student, input_ids)
+            norm = final_norm(self.student)
+            exits = [norm(h) for h in captured] + [final]
+        else:
+            exits = [final_hidden(self.student, input_ids)]
+        teacher_hidden = teacher_head = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_hidden = final_hidden(self.teacher, input_ids)
+            teacher_head = self.teacher.get_output_embeddings().weight
+        head = self.student.get_output_embeddings().weight
+        return lm_loss(exits, head, input_ids, self.loss_spec, teacher_hidden, teacher_head)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.losses(batch["input_ids"])
+        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=False, sync_dist=False)
+        self.log("loss", out["loss"].detach(), prog_bar=True, logger=False)
+        return out["loss"]
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self._step_started is None:
+            self._step_started = time.perf_counter()
+        if self.lamda_freeze_step is not None and self.global_step >= self.lamda_freeze_step:
+            for module in self.student.modules():
+                if isinstance(module, DepthLaMDALinear) and module.lora_B.requires_grad:
+                    module.freeze_projection()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        step = self.global_step + 1
+        elapsed = time.perf_counter() - (self._step_started or time.perf_counter())
+        self._step_started = time.perf_counter()
+        self.log_dict(
+            {
+                "train/tokens": float(step * self.tokens_per_step),
+                "train/tokens_per_s": self.tokens_per_step / max(elapsed, 1e-9),
+                "train/lr": optimizer.param_groups[0]["lr"],
+            },
+            prog_bar=False,
+        )
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self.losses(batch["input_ids"])
+        self.log("val/ce", out["ce"], sync_dist=True)
+        self.log("val/ppl", torch.exp(out["ce"]), sync_dist=True)
+
+    def configure_optimizers(self):
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]  # no weight decay on norms and biases
+        no_decay = [p for p in params if p.ndim < 2]
+        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(self.warmup_steps, self.total_steps, self.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
