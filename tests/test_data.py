@@ -288,3 +288,38 @@ def test_hydra_data_configs_instantiate_with_the_shared_keys(name, tokenizer_dir
     data = instantiate(root.data)
     assert (data.source, data.seq_len, data.micro_batch_size, data.seed, data.tokenizer, data.val_batches) == (
         name, 16, 2, 3, tokenizer_dir, 5)
+
+
+class _RankRecorder(L.LightningModule):
+    """Saves each micro-batch to ``<out>/rank<r>_<i>.npy`` (spawned ranks cannot return Python state)."""
+
+    def __init__(self, out: str):
+        super().__init__()
+        self.out, self.count = out, 0
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    def training_step(self, batch, batch_idx):
+        np.save(Path(self.out) / f"rank{self.global_rank}_{self.count}.npy", batch["input_ids"].numpy())
+        self.count += 1
+        return (self.weight - batch["input_ids"].float().mean()) ** 2
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.slow
+def test_real_ddp_ranks_get_their_own_disjoint_shards(cache, tokenizer_dir, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [doc(i, 9) for i in range(60)])
+    data = TextDataModule("jsonl", tokenizer_dir, seq_len=8, micro_batch_size=2, seed=6, train_files=[str(train)],
+                          val_files=[str(train)])
+    (tmp_path / "out").mkdir()
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=5, limit_val_batches=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(_RankRecorder(str(tmp_path / "out")), datamodule=data)
+    rows = data.train_rows()
+    for rank in range(2):
+        seen = [np.load(tmp_path / "out" / f"rank{rank}_{i}.npy") for i in range(5)]
+        expected = take(train_batches(rows, 2, seed=6, rank=rank, world=2), 5)
+        assert all(np.array_equal(a, b) for a, b in zip(seen, expected))
+    assert not {tuple(r) for i in range(5) for r in np.load(tmp_path / "out" / f"rank0_{i}.npy").tolist()} & {
+        tuple(r) for i in range(5) for r in np.load(tmp_path / "out" / f"rank1_{i}.npy").tolist()}
