@@ -13,8 +13,8 @@ the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Callable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -66,6 +66,9 @@ class TextDataModule(L.LightningDataModule):
     def _cached(self, texts: Callable[[], Iterable[str]], sha256: str) -> np.ndarray:
         return cached_rows(texts, sha256, self.tokenizer, self.seq_len)
 
+    def _file_texts(self, files: list[Path]) -> Iterator[str]:
+        return (text for file in files for text in read_texts(file, self.text_field))
+
     def train_rows(self) -> np.ndarray:
         """Packed training rows for the in-memory sources (cached on disk, memory-mapped)."""
         if self._train_rows is None:
@@ -73,9 +76,7 @@ class TextDataModule(L.LightningDataModule):
                 self._train_rows = self._cached(lambda: load_documents("train"), corpus_sha256("train"))
             else:
                 files = expand_files(self.train_files)
-                self._train_rows = self._cached(
-                    lambda: (text for file in files for text in read_texts(file, self.text_field)),
-                    files_sha256(files))
+                self._train_rows = self._cached(lambda: self._file_texts(files), files_sha256(files))
         return self._train_rows
 
     def val_rows(self) -> np.ndarray:
@@ -84,8 +85,7 @@ class TextDataModule(L.LightningDataModule):
             if self.val_files:
                 files = expand_files(self.val_files)
                 _, world = self._rank_world()
-                self._val_rows = first_rows((text for file in files for text in read_texts(file, self.text_field)),
-                                            load_tokenizer(self.tokenizer), self.seq_len,
+                self._val_rows = first_rows(self._file_texts(files), load_tokenizer(self.tokenizer), self.seq_len,
                                             self.val_batches * self.micro_batch_size * world)
             else:
                 self._val_rows = self._cached(lambda: load_documents("heldout"), corpus_sha256("heldout"))
