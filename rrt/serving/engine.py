@@ -1,0 +1,221 @@
+"""Greedy decoding of many requests with a fixed number of slots; one batched pass of the K shared layers
+per step over items at different loops (continuous depth-wise batching, CDB).
+
+An item is a request's in-flight token: (slot, loop b, hidden state, position). Each step runs the K shared
+layers once over every occupied slot, whatever loop its item is in; then every item has finished one more
+loop. An item leaves when it has run all B loops or its exit policy says so: final norm + LM head give its
+token, the skipped depths get their keys/values by state propagation from the exit hidden state, and the
+new token re-enters at loop 1 in the next step. A request that has produced all its tokens frees its slot,
+which the queue refills before the next step (continuous batching); a new request's prompt is prefilled by
+its own forward through all depths.
+
+The same engine gives the baselines: an unconverted model is one "loop" of L layers, so continuous
+scheduling is continuous sequence-wise batching (CSB), and ``scheduling="static"`` admits a new batch only
+when every request of the current one has finished; finished rows keep decoding (outputs discarded) until
+then, as in padded static-batch generation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from rrt.serving.policies import ExitPolicy, FullDepth
+from rrt.serving.stack import DepthStack
+
+SCHEDULINGS = ("continuous", "static")
+
+
+@dataclass(frozen=True)
+class Request:
+    rid: int
+    prompt: list[int]
+    max_new_tokens: int
+
+
+@dataclass
+class EngineStats:
+    """Where the time went; tokens counts real requests' generated tokens only."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+    prefill_s: float = 0.0
+    block_s: float = 0.0  # the shared layers of decode steps (what the paper's simulation times)
+    head_s: float = 0.0
+    propagate_s: float = 0.0  # state propagation of exited tokens' skipped depths
+    steps: int = 0
+    rows: int = 0  # sum over steps of the items in the batch (incl. static batching's finished rows)
+    exit_loops: Counter = field(default_factory=Counter)  # decode tokens per exit loop
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def mean_exit_loop(self) -> float:
+        total = sum(self.exit_loops.values())
+        return sum(b * n for b, n in self.exit_loops.items()) / total if total else float("nan")
+
+    @property
+    def mean_batch(self) -> float:
+        return self.rows / self.steps if self.steps else 0.0
+
+
+class Engine:
+    """Serve greedy requests on ``model`` (recursive or not) with ``max_batch`` slots."""
+
+    def __init__(self, model: nn.Module, policy: ExitPolicy | None = None, max_batch: int = 8,
+                 scheduling: str = "continuous"):
+        if scheduling not in SCHEDULINGS:
+            raise ValueError(f"unknown scheduling {scheduling!r}; supported: {list(SCHEDULINGS)}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.stack = DepthStack(model)
+        self.policy = policy or FullDepth()
+        self.max_batch, self.scheduling = max_batch, scheduling
+
+    def generate(self, requests: Iterable[Request]) -> tuple[dict[int, list[int]], EngineStats]:
+        """Generated token ids per request id (exactly ``max_new_tokens`` each; EOS does not stop a request,
+        so every engine does the same work) and the run's timing statistics."""
+        requests = list(requests)
+        if not requests:
+            return {}, EngineStats()
+        max_len = max(len(r.prompt) for r in requests) + max(r.max_new_tokens for r in requests)
+        run = _Run(self, requests, max_len)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            run.loop()
+            run.stats.seconds = time.perf_counter() - start
+        return run.outputs, run.stats
+
+
+class _Run:
+    """State of one ``Engine.generate`` call: the slots, the queue, the KV pool and the statistics."""
+
+    def __init__(self, engine: Engine, requests: list[Request], max_len: int):
+        self.engine, self.stack, self.policy = engine, engine.stack, engine.policy
+        slots = engine.max_batch
+        self.queue = deque(requests)
+        self.outputs: dict[int, list[int]] = {r.rid: [] for r in requests}
+        self.stats = EngineStats()
+        self.pool = self.stack.new_pool(slots, max_len)
+        weight = self.stack.embed.weight
+        self.hidden = torch.zeros(slots, 1, weight.shape[1], dtype=weight.dtype, device=weight.device)
+        self.loop_of = torch.zeros(slots, dtype=torch.long, device=weight.device)  # loops done by the item
+        self.position = torch.zeros(slots, dtype=torch.long, device=weight.device)
+        self.request: list[Request | None] = [None] * slots
+        self.live = [False] * slots  # static batching: False for a finished request still in the batch
+
+    def loop(self) -> None:
+        while self.queue or any(r is not None for r in self.request):
+            self.admit()
+            if any(r is not None for r in self.request):
+                self.step()
+
+    def admit(self) -> None:
+        if self.engine.scheduling == "static" and any(r is not None for r in self.request):
+            return
+        for slot, request in enumerate(self.request):
+            if request is None and self.queue:
+                self.prefill(slot, self.queue.popleft())
+
+    def prefill(self, slot: int, request: Request) -> None:
+        """The prompt's own forward through all depths; its last position gives the first new token."""
+        stack, start = self.stack, time.perf_counter()
+        device = self.hidden.device
+        ids = torch.tensor([request.prompt], device=device)
+        hidden = stack.embed(ids)
+        positions = torch.arange(ids.shape[1], device=device)[None]
+        slots = torch.tensor([slot], device=device)
+        for b in range(stack.loops):
+            for i in range(stack.shared):
+                hidden = stack.run_shared_layer(i, hidden, slots, torch.tensor([b], device=device), positions, self.pool)
+        token = int(stack.logits(hidden[:, -1]).argmax(-1))
+        self.request[slot], self.live[slot] = request, True
+        self.position[slot] = ids.shape[1] - 1
+        self.stats.prefill_s += time.perf_counter() - start
+        self.emit(torch.tensor([slot], device=device), [token])
+
+    def emit(self, slots: torch.Tensor, tokens: list[int]) -> None:
+        """Record each slot's new token; finished requests leave, the others' tokens enter loop 1."""
+        for slot, token in zip(slots.tolist(), tokens):
+            request = self.request[slot]
+            if self.live[slot]:
+                self.outputs[request.rid].append(token)
+                self.stats.tokens += 1
+                self.live[slot] = len(self.outputs[request.rid]) < request.max_new_tokens
+            if not self.live[slot] and self.engine.scheduling == "continuous":
+                self.request[slot] = None
+        if self.engine.scheduling == "static" and not any(self.live):
+            self.request = [None] * len(self.request)
+        self.hidden[slots, 0] = self.stack.embed(torch.tensor(tokens, device=slots.device))
+        self.position[slots] += 1
+        self.loop_of[slots] = 0
+
+    def step(self) -> None:
+        stack, stats = self.stack, self.stats
+        slots = torch.tensor([s for s, r in enumerate(self.request) if r is not None], device=self.hidden.device)
+        hidden, positions = self.hidden[slots], self.position[slots][:, None]
+        loops_before = self.loop_of[slots]
+        start = time.perf_counter()
+        for i in range(stack.shared):
+            hidden = stack.run_shared_layer(i, hidden, slots, loops_before, positions, self.pool)
+        stats.block_s += time.perf_counter() - start
+        stats.steps += 1
+        stats.rows += len(slots)
+        loops = (loops_before + 1).tolist()
+        final = [b == stack.loops for b in loops]
+
+        start = time.perf_counter()
+        read = [f or self.policy.needs_logits for f in final]
+        logits = stack.logits(hidden[torch.tensor(read), 0]) if any(read) else None
+        stats.head_s += time.perf_counter() - start
+        exits = self._decide(slots, loops, final, read, logits)
+
+        out = [r for r, e in enumerate(exits) if e]
+        stay = torch.tensor([r for r, e in enumerate(exits) if not e], dtype=torch.long)
+        self.hidden[slots[stay]] = hidden[stay]
+        self.loop_of[slots[stay]] = loops_before[stay] + 1
+        if not out:
+            return
+        self._propagate(hidden, slots, positions, loops, out)
+        row_in_logits = torch.cumsum(torch.tensor(read), 0) - 1
+        tokens = logits[row_in_logits[out]].argmax(-1).tolist()
+        for r in out:
+            if self.live[int(slots[r])]:
+                stats.exit_loops[loops[r]] += 1
+        self.emit(slots[out], tokens)
+
+    def _decide(self, slots, loops, final, read, logits) -> list[bool]:
+        """Exit = finished all loops, or the policy says so for a non-final item."""
+        pending = [r for r, f in enumerate(final) if not f]
+        if not pending:
+            return final
+        if self.policy.needs_logits:
+            index = torch.cumsum(torch.tensor(read), 0)[pending] - 1
+            sub = logits[index]
+        else:
+            sub = None
+        requests = [self.request[int(slots[r])].rid for r in pending]
+        steps = [len(self.outputs[rid]) for rid in requests]
+        decided = self.policy.exits([loops[r] for r in pending], sub, requests, steps)
+        exits = list(final)
+        for r, e in zip(pending, decided):
+            exits[r] = bool(e)
+        return exits
+
+    def _propagate(self, hidden, slots, positions, loops, out: list[int]) -> None:
+        """Keys/values of the depths an exited item skipped, from its exit hidden state."""
+        stack, start = self.stack, time.perf_counter()
+        early = [r for r in out if loops[r] < stack.loops]
+        if not early:
+            return
+        for depth in range(min(loops[r] for r in early) * stack.shared, stack.num_depths):
+            rows = torch.tensor([r for r in early if loops[r] * stack.shared <= depth])
+            stack.propagate_state(depth, hidden[rows], slots[rows], positions[rows], self.pool)
+        self.stats.propagate_s += time.perf_counter() - start

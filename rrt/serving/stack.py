@@ -1,0 +1,142 @@
+"""A converted model seen as K shared layers looped B times, run on rows at different loops and requests.
+
+The layer math stays in Hugging Face: each batched call goes through the family's own decoder-layer module
+(norms, q/k norms, attention, MLP). What this module adds is what HF's whole-model forward would otherwise
+compute for a batch of *one* depth: per-row rotary embeddings and masks (rows have different positions and,
+in Gemma 3, depths ``i`` and ``i + K`` may differ in attention type), and a :class:`~rrt.serving.kv.RowCache`
+that routes each row's keys/values to its own (request, depth) cache.
+
+Rows at different loops share one call when their depths have the same parameter leaves (strict recursion);
+relaxed models give every depth its own adapters, so rows are grouped by depth (i.e. by loop) and each group
+runs its depth's module.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.models.llama.modeling_llama import rotate_half
+
+from rrt.models import family_for
+from rrt.recursive import recursion_spec_of
+from rrt.recursive.convert import parameter_leaves
+from rrt.serving.kv import KVPool, RowCache
+
+SUPPORTED_FAMILIES = ("gemma3", "gemma", "llama", "qwen2")
+FULL = "full_attention"
+
+
+@dataclass(frozen=True)
+class Depth:
+    layer: nn.Module
+    layer_type: str
+    window: int | None  # sliding-window size, None for full attention
+    group: int  # depths with the same group share every parameter leaf
+
+
+class DepthStack:
+    """Embedding, per-depth layers, state propagation and head of one (recursive) causal LM."""
+
+    def __init__(self, model: nn.Module):
+        family = family_for(model.config)
+        if family.name not in SUPPORTED_FAMILIES:
+            raise ValueError(f"serving supports families {list(SUPPORTED_FAMILIES)}, not {family.name!r} "
+                             "(fused QKV or partial rotary would need their own state propagation)")
+        spec = recursion_spec_of(model)
+        if spec and spec.looping != "cycle" and spec.loops > 1:
+            raise ValueError(f"depth-wise batching needs looping=cycle; this model uses looping={spec.looping}")
+        config = model.config
+        layers = family.layer_list(model)
+        self.model, self.config = model, config
+        self.num_depths = len(layers)
+        self.loops = spec.loops if spec else 1
+        self.shared = self.num_depths // self.loops
+        self.norm = family.final_norm_module(model)
+        self.embed = model.get_input_embeddings()
+        self.head = model.get_output_embeddings()
+        self.rotary = model.get_decoder().rotary_emb
+        self._rotary_typed = "layer_type" in inspect.signature(self.rotary.forward).parameters
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        types = getattr(config, "layer_types", None) or [FULL] * self.num_depths
+        leaves: dict[tuple[int, ...], int] = {}
+        self.depths = []
+        for d, layer in enumerate(layers):
+            key = tuple(id(m) for _, m in parameter_leaves(layer))
+            window = getattr(config, "sliding_window", None) if types[d] == "sliding_attention" else None
+            self.depths.append(Depth(layer, types[d], window, leaves.setdefault(key, len(leaves))))
+        attn = layers[0].self_attn
+        self.head_dim = attn.head_dim
+        self.kv_heads = config.num_key_value_heads
+
+    def new_pool(self, slots: int, max_len: int) -> KVPool:
+        weight = self.embed.weight
+        return KVPool(slots, self.num_depths, self.kv_heads, max_len, self.head_dim, weight.dtype, weight.device)
+
+    def rope(self, hidden: torch.Tensor, positions: torch.Tensor, depths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [n, q, head_dim], each row with its own depth's rotary (Gemma 3: local vs global base)."""
+        types = [self.depths[d].layer_type for d in depths]
+        cos, sin = torch.empty(2, *positions.shape, self.head_dim, dtype=hidden.dtype, device=hidden.device)
+        for layer_type in set(types):
+            rows = torch.tensor([t == layer_type for t in types], device=hidden.device)
+            args = (layer_type,) if self._rotary_typed else ()
+            cos[rows], sin[rows] = self.rotary(hidden, positions[rows], *args)
+        return cos, sin
+
+    def mask(self, positions: torch.Tensor, depths: list[int]) -> torch.Tensor:
+        """Boolean [n, 1, q, kv] mask: causal over the row's own positions, within its depth's window."""
+        keys = torch.arange(int(positions.max()) + 1, device=positions.device)
+        windows = torch.tensor([self.depths[d].window or keys.numel() + 1 for d in depths], device=positions.device)
+        query = positions[:, :, None]
+        allowed = (keys <= query) & (keys > query - windows[:, None, None])
+        return allowed[:, None]
+
+    def run_shared_layer(self, i: int, hidden: torch.Tensor, slots: torch.Tensor, loops: torch.Tensor,
+                         positions: torch.Tensor, pool: KVPool) -> torch.Tensor:
+        """Shared layer ``i`` on rows [n, q, H], row r at depth loops[r] * K + i; writes their keys/values."""
+        depths = (loops * self.shared + i).tolist()
+        groups: dict[int, list[int]] = {}
+        for row, d in enumerate(depths):
+            groups.setdefault(self.depths[d].group, []).append(row)
+        if len(groups) == 1:
+            return self._call(depths[0], hidden, slots, depths, positions, pool)
+        out = torch.empty_like(hidden)
+        for rows in groups.values():
+            index = torch.tensor(rows, device=hidden.device)
+            out[index] = self._call(depths[rows[0]], hidden[index], slots[index], [depths[r] for r in rows],
+                                    positions[index], pool)
+        return out
+
+    def _call(self, depth: int, hidden, slots, depths: list[int], positions, pool: KVPool) -> torch.Tensor:
+        depth_tensor = torch.tensor(depths, device=hidden.device)
+        return self.depths[depth].layer(
+            hidden, position_embeddings=self.rope(hidden, positions, depths), attention_mask=self.mask(positions, depths),
+            position_ids=positions, cache=RowCache(pool, slots, depth_tensor, positions))
+
+    def propagate_state(self, depth: int, hidden: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
+                        pool: KVPool) -> None:
+        """State propagation (CALM): keys/values of a skipped depth from the copied exit hidden state.
+
+        Runs only this depth's input norm and k/v projections (+ Gemma's k_norm, + rotary), the minimum the
+        cache needs; tested against what the full HF layer writes for the same input.
+        """
+        layer = self.depths[depth].layer
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)
+        shape = (*hidden.shape[:-1], -1, self.head_dim)
+        keys = attn.k_proj(x).view(shape).transpose(1, 2)
+        values = attn.v_proj(x).view(shape).transpose(1, 2)
+        if hasattr(attn, "k_norm"):
+            keys = attn.k_norm(keys)
+        cos, sin = self.rope(hidden, positions, [depth] * hidden.shape[0])
+        keys = keys * cos[:, None] + rotate_half(keys) * sin[:, None]
+        pool.write(slots, torch.full_like(slots, depth), positions, keys, values)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head (+ Gemma's final soft-capping) on exit hidden states [n, H]."""
+        logits = self.head(self.norm(hidden))
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
