@@ -171,11 +171,9 @@ class _Run:
         loops = (loops_before + 1).tolist()
         final = [b == stack.loops for b in loops]
 
-        start = time.perf_counter()
-        read = [f or self.policy.needs_logits for f in final]
-        logits = stack.logits(hidden[torch.tensor(read), 0]) if any(read) else None
-        stats.head_s += time.perf_counter() - start
-        exits = self._decide(slots, loops, final, read, logits)
+        needs = self.policy.needs_logits and not all(final)
+        logits = self._head(hidden[:, 0]) if needs else None  # every row: decisions and final tokens
+        exits = self._decide(slots, loops, final, logits)
 
         out = [r for r, e in enumerate(exits) if e]
         stay = torch.tensor([r for r, e in enumerate(exits) if not e], dtype=torch.long)
@@ -184,26 +182,27 @@ class _Run:
         if not out:
             return
         self._propagate(hidden, slots, positions, loops, out)
-        row_in_logits = torch.cumsum(torch.tensor(read), 0) - 1
-        tokens = logits[row_in_logits[out]].argmax(-1).tolist()
+        tokens = (logits[out] if needs else self._head(hidden[out, 0])).argmax(-1).tolist()
         for r in out:
             if self.live[int(slots[r])]:
                 stats.exit_loops[loops[r]] += 1
         self.emit(slots[out], tokens)
 
-    def _decide(self, slots, loops, final, read, logits) -> list[bool]:
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        logits = self.stack.logits(hidden)
+        self.stats.head_s += time.perf_counter() - start
+        return logits
+
+    def _decide(self, slots, loops, final, logits) -> list[bool]:
         """Exit = finished all loops, or the policy says so for a non-final item."""
         pending = [r for r, f in enumerate(final) if not f]
         if not pending:
             return final
-        if self.policy.needs_logits:
-            index = torch.cumsum(torch.tensor(read), 0)[pending] - 1
-            sub = logits[index]
-        else:
-            sub = None
         requests = [self.request[int(slots[r])].rid for r in pending]
         steps = [len(self.outputs[rid]) for rid in requests]
-        decided = self.policy.exits([loops[r] for r in pending], sub, requests, steps)
+        decided = self.policy.exits([loops[r] for r in pending], None if logits is None else logits[pending],
+                                    requests, steps)
         exits = list(final)
         for r, e in zip(pending, decided):
             exits[r] = bool(e)
