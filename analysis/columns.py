@@ -16,6 +16,7 @@ TASK_COLUMNS = list(TASKS)
 AVG = "Avg"
 PAPER_PPL = ["ppl_slimpajama", "ppl_redpajama", "ppl_pg19"]
 
-# What "ours" is scored by, best first: the paper's 7-task average (higher is better), else our held-out
-# perplexity, else the last training CE (both lower is better) -- tiny CPU runs often have no lm-eval scores.
-BASES: dict[str, bool] = {AVG: True, "ppl": False, "loss": False}
+# What "ours" is scored by, best first (True: higher is better): the paper's 7-task average, else our held-out
+# perplexity (eval.py), else the last validation CE logged in training, else the last training CE -- tiny CPU runs
+# often have no lm-eval scores.
+BASES: dict[str, bool] = {AVG: True, "ppl": False, "val_loss": False, "loss": False}

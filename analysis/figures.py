@@ -21,7 +21,7 @@ INIT_COLORS = {"stepwise": "tab:blue", "average": "tab:orange", "lower": "tab:gr
                "random": "tab:gray"}
 BASELINE_STYLE = {"full-size": dict(marker="*", color="black", s=160), "reduced-size": dict(marker="s", color="tab:red", s=70)}
 BASIS_LABEL = {AVG: "Few-shot accuracy, Avg of 7 tasks (%)", "ppl": "Held-out perplexity (lower is better)",
-               "loss": "Final training CE (lower is better)"}
+               "val_loss": "Final validation CE (lower is better)", "loss": "Final training CE (lower is better)"}
 
 
 def kind(row: pd.Series) -> str:
@@ -68,6 +68,14 @@ def _paper_points(model: str) -> pd.DataFrame:
     return points[keep & ~((points["variant"] == "reduced") & (points["loops"] != 2))]
 
 
+def _unit(largest_billions: float) -> tuple[float, str]:
+    """A readable unit for parameter counts given in billions (our tiny models have thousands)."""
+    for scale, unit in ((1.0, "B"), (1e3, "M"), (1e6, "K")):
+        if largest_billions * scale >= 1:
+            return scale, unit
+    return 1e9, ""
+
+
 def _ours_basis(summary: pd.DataFrame) -> str | None:
     return next((b for b in BASES if b in summary and summary[b].notna().any()), None)
 
@@ -99,9 +107,10 @@ def accuracy_vs_params(runs: Runs, model: str = PAPER_MODEL) -> Figure:
         ours = summary.dropna(subset=[basis, "n_emb"]).groupby(
             [c for c in ("model", "variant", "loops", "init", "lora_rank", "lora_init") if c in summary], dropna=False
         )[["n_emb", basis]].mean().reset_index()
-        _scatter(right, ours, "n_emb", basis, label_ranks=True)
+        scale, unit = _unit(ours["n_emb"].max() if len(ours) else 1.0)
+        _scatter(right, ours.assign(n_emb=ours["n_emb"] * scale), "n_emb", basis, label_ranks=True)
     models = ", ".join(sorted(summary["model"].dropna().unique())) if "model" in summary else ""
-    right.set(title=f"Ours: {models or 'no runs'}", xlabel="Non-embedding parameters (B)")
+    right.set(title=f"Ours: {models or 'no runs'}", xlabel=f"Non-embedding parameters ({unit if basis else 'B'})")
     _finish_ours(right, basis)
     fig.tight_layout()
     return fig
@@ -125,7 +134,7 @@ def loss_curves(runs: Runs) -> Figure:
         baseline = {"full": "black", "reduced": "tab:red"}.get(setting.get("variant"))
         color = baseline or INIT_COLORS.get(setting.get("init"), "tab:purple")
         style = "--" if pd.notna(setting.get("lora_rank")) and setting.get("lora_rank", 0) > 0 else "-"
-        ax.plot(curve["step"], curve[column], style, color=color, label=f"{kind(setting)} [{run_id}]", linewidth=1.2)
+        ax.plot(curve["step"], curve[column], style, color=color, label=kind(setting), linewidth=1.2)
     ax.set(title="Ours: training loss per init (dashed: relaxed)", xlabel="Step", ylabel=f"Training {column}")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()

@@ -32,8 +32,9 @@ class Runs:
         return len(self.runs)
 
     def summary(self, exit_loop: int | None = None, complete_only: bool = True) -> pd.DataFrame:
-        """One row per run: its setting (unprefixed), N-emb, paper task scores (percent) and Avg, perplexity,
-        last training CE and throughput per engine, at the final exit (``exit_loop=None``) or a given loop."""
+        """One row per run: its setting (unprefixed), N-emb (billions), paper task scores (percent) and Avg,
+        perplexity, last validation / training CE and throughput per engine, at the final exit (``exit_loop=None``)
+        or at a given loop."""
         runs = self.runs[self.runs["status"] == "complete"] if complete_only else self.runs
         setting = runs.filter(like="setting.").rename(columns=lambda c: c.removeprefix("setting."))
         out = pd.concat([runs[["run_id", "status"]], setting], axis=1).set_index("run_id")
@@ -42,7 +43,7 @@ class Runs:
         out = out.join(_task_scores(self.evals, exit_loop, loops)).join(_perplexities(self.perplexity, exit_loop, loops))
         if exit_loop is None:
             out = out.join(_last_loss(self.metrics)).join(_throughputs(self.throughput))
-        for column in [*TASK_COLUMNS, AVG, "ppl", "loss"]:
+        for column in [*TASK_COLUMNS, AVG, "ppl", "val_loss", "loss"]:
             if column not in out:
                 out[column] = np.nan
         return out.reset_index()
@@ -53,9 +54,9 @@ def load_runs(*roots: str | Path, wandb: bool = True) -> Runs:
     with ``wandb``, also runs that only left a wandb offline directory (see ``analysis.wandb_offline``)."""
     records, problems = read_records(*roots)
     if wandb:
-        from analysis.wandb_offline import read_offline_runs
+        from analysis.wandb_offline import read_offline_runs  # imports wandb (slow): only when asked
 
-        known = {Path(r.get("run_dir", "")).resolve() for r in records}
+        known = {Path(r["record_path"]).parent.resolve() for r in records}
         extra, wandb_problems = read_offline_runs(*roots, skip_run_dirs=known)
         records += extra
         problems += wandb_problems
@@ -138,14 +139,20 @@ def _perplexities(perplexity: pd.DataFrame, exit_loop: int | None, loops: pd.Ser
 
 
 def _last_loss(metrics: pd.DataFrame) -> pd.DataFrame:
-    """The last logged LM cross-entropy (``ce``; ``loss`` when a run logs no separate CE)."""
+    """The last logged LM cross-entropy: training (``ce``, or ``loss`` when a run logs no separate CE) and
+    validation (``val_ce``)."""
+    out = pd.DataFrame(columns=["loss", "val_loss"])
     if metrics.empty or "step" not in metrics:
-        return pd.DataFrame(columns=["loss"])
-    value = metrics["ce"] if "ce" in metrics else pd.Series(np.nan, index=metrics.index)
-    if "loss" in metrics:
-        value = value.fillna(metrics["loss"])
-    last = metrics.assign(value=value).dropna(subset=["value"]).sort_values("step").groupby("run_id").last()
-    return last[["value"]].rename(columns={"value": "loss"})
+        return out
+    for column, sources in (("loss", ("ce", "loss")), ("val_loss", ("val_ce",))):
+        value = pd.Series(np.nan, index=metrics.index)
+        for source in sources:
+            if source in metrics:
+                value = value.fillna(metrics[source])
+        last = metrics.assign(value=value).dropna(subset=["value"]).sort_values("step").groupby("run_id")["value"].last()
+        out = out.reindex(out.index.union(last.index))
+        out[column] = last
+    return out
 
 
 def _throughputs(throughput: pd.DataFrame) -> pd.DataFrame:

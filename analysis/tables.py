@@ -27,6 +27,7 @@ SETTING_COLUMNS = ["variant", "loops", "init", "pretrained", "lora_rank", "lora_
                    "early_exit", "early_exit_coef", "early_exit_kd", "early_exit_train", "early_exit_data",
                    "early_exit_freeze", "engine", "exit_loop"]
 ENGINES = {"static": "vanilla", "csb": "csb", "cdb": "cdb"}
+OURS_ONLY = ["ppl", "val_loss", "loss"]  # our fallback scores (see columns.BASES); the paper has no such columns
 
 
 @dataclass
@@ -53,7 +54,7 @@ Ours = Callable[[pd.DataFrame, dict[int | None, pd.DataFrame], _Row], dict[str, 
 
 
 def _ours_accuracy(matched: pd.DataFrame, by_exit: dict[int | None, pd.DataFrame], row: _Row) -> dict[str, float]:
-    return {column: matched[column].mean() for column in [*ACCURACY, "ppl", "loss"]}
+    return {column: matched[column].mean() for column in [*ACCURACY, *OURS_ONLY]}
 
 
 def _compare(runs: Runs, rows: list[_Row], values: list[str], ours: Ours = _ours_accuracy,
@@ -75,7 +76,7 @@ def _compare(runs: Runs, rows: list[_Row], values: list[str], ours: Ours = _ours
             out.append({**base, "source": "delta", "model": model})
     frame = pd.DataFrame(out)
     settings = [c for c in SETTING_COLUMNS if c in frame and frame[c].notna().any()]
-    columns = [*settings, "source", "model", "n_runs", "n_emb", *values, "ppl", "loss", "_group"]
+    columns = [*settings, "source", "model", "n_runs", "n_emb", *values, *OURS_ONLY, "_group"]
     frame = frame.reindex(columns=list(dict.fromkeys(c for c in columns if c in frame)))
     return _fill_deltas(frame, delta), models
 
@@ -134,8 +135,10 @@ def _note(basis: str | None, extra: str = "") -> str:
     scored = {AVG: "ours: lm-eval 7-task scores (percent)",
               "ppl": "ours: no 7-task lm-eval scores in the runs, so our runs are compared by held-out perplexity "
                      "(column ppl, lower is better) in the checks",
-              "loss": "ours: no lm-eval scores or perplexities in the runs, so our runs are compared by the last "
-                      "training cross-entropy (column loss, lower is better) in the checks",
+              "val_loss": "ours: no lm-eval scores or perplexities in the runs, so our runs are compared by the last "
+                          "validation cross-entropy logged in training (column val_loss, lower is better) in the checks",
+              "loss": "ours: no lm-eval scores, perplexities or validation losses in the runs, so our runs are compared "
+                      "by the last training cross-entropy (column loss, lower is better) in the checks",
               None: "ours: no complete run matches any row"}[basis]
     return "; ".join(part for part in (scored, extra) if part)
 

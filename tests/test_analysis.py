@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ from analysis import build_all, load_runs, paper_table
 from analysis.columns import TASK_COLUMNS, TASKS
 from analysis.figures import all_figures
 from analysis.paper import TABLES, provenance
+from analysis.report import main, write_report
 from rrt.records import RunRecord
 
 OFFSETS = [-3, -2, -1, 0, 1, 2, 3]  # per-task spread around a run's Avg (sums to zero, so Avg is exact)
@@ -84,9 +88,30 @@ def synthetic_root(tmp_path_factory) -> Path:
     return write_sweep(tmp_path_factory.mktemp("sweep"))
 
 
+REPO = Path(__file__).parents[1]
+TRAIN = [sys.executable, "train.py", "-m", "model=tiny_llama", "budget=tiny", "trainer=cpu", "logger=csv"]
+REAL_SWEEPS = {  # one `train.py -m` per group: 8 tiny runs covering F.1's rows and a relaxed pair
+    "init": ["init=stepwise,average,lower,random"],
+    "full": ["variant=full"],
+    "reduced": ["variant=reduced", "init=random"],
+    "relaxed": ["init=average,stepwise", "lora.rank=8"],
+}
+
+
+@pytest.fixture(scope="module")
+def real_runs_root(tmp_path_factory) -> Path:
+    """Real tiny training runs (tiny random llama, 8 steps each; minutes on a CPU)."""
+    root = tmp_path_factory.mktemp("real")
+    for name, overrides in REAL_SWEEPS.items():
+        done = subprocess.run([*TRAIN, *overrides, f"hydra.sweep.dir={root / name}"], cwd=REPO, capture_output=True,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+    return root
+
+
 @pytest.fixture(scope="module")
 def records_root(synthetic_root) -> Path:
-    """Switch this to a directory of real tiny training runs to run the shape tests on real records."""
+    """Switch this to ``real_runs_root`` to run the shape / robustness tests on real records."""
     return synthetic_root
 
 
@@ -290,8 +315,6 @@ def test_figures_show_paper_and_ours(runs, tables):
 
 
 def test_report_writes_tables_figures_and_lists_skipped_records(records_root, tmp_path):
-    from analysis.report import main
-
     main([str(records_root), "--out", str(tmp_path / "report")])
     out = tmp_path / "report"
     text = (out / "report.md").read_text()
@@ -306,8 +329,6 @@ def test_report_writes_tables_figures_and_lists_skipped_records(records_root, tm
 
 
 def test_report_on_an_empty_directory(tmp_path):
-    from analysis.report import write_report
-
     text = write_report([tmp_path / "nothing"], tmp_path / "out").read_text()
     assert "0 loaded" in text and "No corrupt or partial records." in text
 
@@ -321,3 +342,17 @@ def test_runs_without_budget_or_optional_keys_still_match(tmp_path):
     ours = f1.frame[(f1.frame["source"] == "ours") & (f1.frame["loops"] == 2)].set_index("init")
     assert ours.loc["stepwise", "Avg"] == pytest.approx(40.0) and ours.loc["average", "n_runs"] == 1
     assert f1.checks.loc[0, "ours (m)"] == "yes"
+
+
+@pytest.mark.slow
+def test_real_runs_build_every_table_and_the_report(real_runs_root, tmp_path):
+    runs = load_runs(real_runs_root)
+    assert not runs.problems and (runs.runs["status"] == "complete").sum() == 8
+    tables = build_all(runs)
+    f1 = tables["F.1"]
+    ours = f1.frame[(f1.frame["source"] == "ours") & (f1.frame["loops"] == 2)]
+    assert ours.set_index("init")["n_runs"].drop(np.nan, errors="ignore").to_dict() == {"stepwise": 1, "average": 1, "lower": 1, "random": 1}
+    assert f1.basis == "val_loss" and ours["val_loss"].notna().all()  # no lm-eval in these runs: held-out CE
+    assert set(f1.checks["ours (tiny_llama)"]) <= {"yes", "no"}  # every F.1 check has the runs it needs
+    text = write_report([real_runs_root], tmp_path).read_text()
+    assert "## Table F.1" in text and "validation cross-entropy" in text
