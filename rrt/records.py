@@ -156,8 +156,11 @@ def read_records(*roots: str | Path) -> tuple[list[dict[str, Any]], list[tuple[P
         except (OSError, json.JSONDecodeError) as error:
             problems.append((path, f"unreadable: {error}"))
             continue
+        if not isinstance(data, dict):
+            problems.append((path, f"not a record (JSON {type(data).__name__})"))
+            continue
         missing = [k for k in ("schema", "run_id", "status", "setting") if k not in data]
-        if not isinstance(data, dict) or missing:
+        if missing:
             problems.append((path, f"missing fields {missing}"))
             continue
         data["record_path"] = str(path)

@@ -49,8 +49,8 @@ def check_variant(cfg: DictConfig, num_layers: int) -> None:
         raise ValueError(f"variant={variant} has no shared layers to relax: set lora.rank=0 (got {spec.lora.rank})")
     if variant == "reduced" and spec.init != "random":
         raise ValueError(
-            "variant=reduced is trained from scratch (the paper's reduced-size baseline): add init=random "
-            f"(got init={spec.init})"
+            "variant=reduced is trained from scratch (the paper's reduced-size baseline) and selects init=random "
+            f"itself: drop init={spec.init}"
         )
 
 

@@ -68,7 +68,7 @@ def setting_of(cfg: DictConfig, budget: Budget) -> dict:
     variant = cfg.variant.name
     recursive = variant == "recursive"
     return {
-        "model": str(cfg.model.name), "variant": variant, "pretrained": variant != "reduced" and cfg.init.name != "random",
+        "model": str(cfg.model.name), "variant": variant, "pretrained": cfg.model.source == "pretrained" and variant != "reduced" and not (recursive and spec.init == "random"),
         "loops": spec.loops if variant != "full" else 1, "looping": spec.looping if recursive else None,
         "init": spec.init if variant != "full" else None, "norm_init": spec.norm_init if recursive else None,
         "lora_rank": spec.lora.rank if recursive else 0, "lora_init": spec.lora.init if recursive and spec.lora.enabled else None,
@@ -168,8 +168,8 @@ def train(cfg: DictConfig) -> RunRecord | None:
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     save_converted(student, run_dir / "model", tokenizer=tokenizer)
     timings = {**record.data.get("timings", {}), "train_s": train_s}
-    if cfg.eval.get("tasks"):
-        from rrt.evaluation.harness import run_evaluation
+    if cfg.eval.get("tasks") or cfg.eval.get("perplexity"):
+        from rrt.cli.evaluate import run_evaluation
 
         eval_started = time.time()
         run_evaluation(cfg.eval, student, tokenizer, record=record)

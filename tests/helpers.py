@@ -1,0 +1,42 @@
+"""Helpers for tests that drive the real entry points (train.py, eval.py) and read run records."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+TINY = ["model=tiny_llama", "budget=tiny", "logger=none", "trainer=cpu"]
+
+
+def run_train(*overrides: str, runs_root: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python train.py <overrides>`` in a subprocess, with outputs under ``runs_root``."""
+    command = [sys.executable, str(ROOT / "train.py"), *overrides, f"paths.runs_root={runs_root}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2", **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def single_record(runs_root: Path) -> dict:
+    records = sorted(Path(runs_root).rglob("record.json"))
+    assert len(records) == 1, records
+    return json.loads(records[0].read_text())
+
+
+def losses_by_step(record: dict) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in record["metrics"] if "loss" in m}
+
+
+def compose_train(*overrides: str, run_dir: Path):
+    """The composed training config, as train.py would see it (no Hydra run dir needed)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*overrides, f"paths.run_dir={run_dir}"])

@@ -1,0 +1,134 @@
+"""Training end to end through the real entry point: signature command, resume after kill -9, DDP, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rrt.training.budget import Budget
+from rrt.training.run import preflight
+from tests.helpers import ROOT, TINY, compose_train, losses_by_step, run_train, single_record
+
+
+@pytest.mark.integration
+def test_signature_command_runs_end_to_end_on_gemma3_270m(tmp_path):
+    run_train("init=stepwise", "lora.rank=512", "budget=tiny", "logger=wandb_offline", runs_root=tmp_path)
+    record = single_record(tmp_path)
+    run_dir = Path(record["run_dir"])
+    assert record["status"] == "complete"
+    assert record["setting"]["init"] == "stepwise" and record["setting"]["lora_rank"] == 512
+    assert record["config"]["model"]["name"] == "gemma3_270m"
+    assert record["budget"]["steps"] == 8 and len(losses_by_step(record)) == 8
+    assert record["params"]["adapters"] > 0 and record["params"]["non_embedding"] < record["params"]["original_non_embedding"]
+    assert (run_dir / "model" / "recursion.json").exists() and (run_dir / "checkpoints" / "last.ckpt").exists()
+    # wandb ran offline for real and holds the logged metrics
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    summary = json.loads((offline[0] / "files" / "wandb-summary.json").read_text())
+    assert "train/loss" in summary and "train/tokens" in summary
+
+
+def test_resume_after_kill9_continues_the_same_loss_curve(tmp_path):
+    overrides = [*TINY, "budget.tokens=4096", "budget.checkpoint_every_n_steps=2"]
+    run_train(*overrides, runs_root=tmp_path / "straight")
+    straight = losses_by_step(single_record(tmp_path / "straight"))
+    assert len(straight) == 32
+
+    interrupted_root = tmp_path / "interrupted"
+    command = [sys.executable, str(ROOT / "train.py"), *overrides, f"paths.runs_root={interrupted_root}"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    deadline = time.time() + 600
+    while not list(interrupted_root.rglob("checkpoints/step4.ckpt")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed = single_record(interrupted_root)
+    assert killed["status"] == "running" and len(losses_by_step(killed)) < 32  # it really died mid-run
+
+    run_train(*overrides, runs_root=interrupted_root)  # resume=auto picks up checkpoints/last.ckpt
+    resumed = single_record(interrupted_root)
+    assert resumed["status"] == "complete"
+    got = losses_by_step(resumed)
+    assert sorted(got) == sorted(straight)
+    assert max(abs(got[s] - straight[s]) for s in straight) <= 1e-6
+
+
+def test_rerunning_a_complete_run_does_nothing(tmp_path):
+    run_train(*TINY, runs_root=tmp_path)
+    before = single_record(tmp_path)
+    result = run_train(*TINY, runs_root=tmp_path)
+    assert "already complete" in result.stdout + result.stderr
+    assert single_record(tmp_path)["metrics"] == before["metrics"]
+
+
+@pytest.mark.integration
+def test_cpu_ddp_two_processes_trains_the_same_token_budget(tmp_path):
+    run_train(*TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", runs_root=tmp_path)
+    record = single_record(tmp_path)
+    assert record["status"] == "complete"
+    assert record["cluster"]["world_size"] == 2
+    single = Budget(tokens=1024, seq_len=32, global_batch=4, micro_batch_size=2, world_size=1, warmup_steps=2)
+    assert record["budget"]["tokens_trained"] == single.steps * single.tokens_per_step
+    assert record["budget"]["steps"] == single.steps and record["budget"]["accumulate"] == single.accumulate // 2
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["lora.rank=-1"], "ranks must be >= 0"),
+        (["budget.tokens=10"], "smaller than one optimizer step"),
+        (["recursion.loops=3"], "valid values: [1, 2, 4]"),
+        (["budget.global_batch=6", "budget.micro_batch_size=4"], "not divisible by micro_batch_size"),
+        (["variant=reduced", "init=stepwise"], "selects init=random itself: drop init=stepwise"),
+        (["variant=reduced", "lora.rank=4"], "set lora.rank=0"),
+        (["variant=full", "lora.rank=8"], "set lora.rank=0"),
+        (["early_exit=aggressive", "variant=full"], "needs a looped model"),
+    ],
+)
+def test_bad_config_fails_before_compute(tmp_path, overrides, message):
+    cfg = compose_train(*TINY, *overrides, run_dir=tmp_path / "run")
+    with pytest.raises(ValueError) as error:
+        preflight(cfg)
+    assert message in str(error.value)
+
+
+def test_unwritable_output_dir_is_reported(tmp_path):
+    cfg = compose_train(*TINY, run_dir=Path("/proc/rrt-cannot-write"))
+    with pytest.raises(PermissionError, match="not writable"):
+        preflight(cfg)
+
+
+def test_cli_prints_one_clear_error_and_exits_2(tmp_path):
+    result = run_train(*TINY, "lora.rank=-1", runs_root=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "error: lora rank for 'q' is -1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_group_option_lists_the_choices(tmp_path):
+    result = run_train("init=middle", runs_root=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "Could not find 'init/middle'" in result.stderr
+    for option in ("average", "lower", "random", "stepwise", "upper"):
+        assert option in result.stderr
+
+
+def test_teacher_with_another_vocabulary_is_rejected(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rrt.recursive.counting import model_config
+    from rrt.recursive.io import save_converted
+    from rrt.training.build import build_student, build_teacher
+
+    config = model_config("tiny_llama")
+    config.vocab_size = 1000
+    save_converted(AutoModelForCausalLM.from_config(config), tmp_path / "teacher")
+    cfg = compose_train(*TINY, "distill=forward_kl", f"distill.teacher={tmp_path / 'teacher'}", run_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match="teacher vocabulary"):
+        build_teacher(cfg, build_student(cfg))
