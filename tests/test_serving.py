@@ -172,3 +172,26 @@ def test_unsupported_family_and_settings_fail_clearly():
         DepthStack(tiny_model("gpt_neox"))
     with pytest.raises(ValueError, match="unknown scheduling"):
         Engine(model_for("llama"), scheduling="sometimes")
+    with pytest.raises(ValueError, match="head_batch must be in"):
+        Engine(model_for("llama"), max_batch=2, head_batch=3)
+    with pytest.raises(ValueError, match="unknown attention"):
+        Engine(model_for("llama"), attention="flash")
+
+
+@pytest.mark.parametrize("family", ["gemma3", "llama"])
+def test_per_item_attention_equals_generate(family):
+    model, requests = model_for(family, loops=2), make_requests()
+    outputs, _ = Engine(model, max_batch=3, attention="per_item").generate(requests)
+    assert outputs == reference(model, requests)
+    assert model.config._attn_implementation == "sdpa"  # restored after the run
+
+
+def test_batched_head_waits_for_exits_and_keeps_outputs():
+    model, requests = model_for("gemma3", loops=2), make_requests()
+    assert Engine(model, max_batch=3, head_batch=3).generate(requests)[0] == reference(model, requests)
+    mixed = OracleExit({r.rid: [1 + (r.rid + k) % 3 // 2 for k in range(r.max_new_tokens)] for r in requests})
+    eager_out, eager = Engine(model, mixed, max_batch=3).generate(requests)
+    batched_out, batched = Engine(model, mixed, max_batch=3, head_batch=3).generate(requests)
+    assert batched_out == eager_out  # waiting for the head changes when tokens are emitted, not which
+    assert batched.exit_loops == eager.exit_loops and set(eager.exit_loops) == {1, 2}
+    assert batched.head_calls < eager.head_calls

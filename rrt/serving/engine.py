@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from rrt.serving.policies import ExitPolicy, FullDepth
-from rrt.serving.stack import DepthStack
+from rrt.serving.stack import ATTENTIONS, DepthStack
 
 SCHEDULINGS = ("continuous", "static")
 
@@ -49,6 +49,7 @@ class EngineStats:
     head_s: float = 0.0
     propagate_s: float = 0.0  # state propagation of exited tokens' skipped depths
     steps: int = 0
+    head_calls: int = 0
     rows: int = 0  # sum over steps of the items in the batch (incl. static batching's finished rows)
     exit_loops: Counter = field(default_factory=Counter)  # decode tokens per exit loop
 
@@ -67,17 +68,31 @@ class EngineStats:
 
 
 class Engine:
-    """Serve greedy requests on ``model`` (recursive or not) with ``max_batch`` slots."""
+    """Serve greedy requests on ``model`` (recursive or not) with ``max_batch`` slots.
+
+    ``head_batch``: exited items wait (out of the block batch) until this many, or every occupied item,
+    await the final norm + LM head, which then runs once for all of them (MoR accumulates exits the same
+    way). 1 = run the head in every step that has an exit. A large vocabulary makes the head a weight-bound
+    pass as costly as many layers, so fewer, fuller head calls can pay for the idle slots. Policies that
+    read logits (confidence) run the head every step anyway and emit at once.
+
+    ``attention``: "padded" (one masked SDPA call over the batch, keys padded to the longest row) or
+    "per_item" (one SDPA call per row on its own keys, linears and MLP still batched).
+    """
 
     def __init__(self, model: nn.Module, policy: ExitPolicy | None = None, max_batch: int = 8,
-                 scheduling: str = "continuous"):
+                 scheduling: str = "continuous", head_batch: int = 1, attention: str = "padded"):
         if scheduling not in SCHEDULINGS:
             raise ValueError(f"unknown scheduling {scheduling!r}; supported: {list(SCHEDULINGS)}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.stack = DepthStack(model)
         self.policy = policy or FullDepth()
-        self.max_batch, self.scheduling = max_batch, scheduling
+        if attention not in ATTENTIONS:
+            raise ValueError(f"unknown attention {attention!r}; supported: {list(ATTENTIONS)}")
+        if not 1 <= head_batch <= max_batch:
+            raise ValueError(f"head_batch must be in 1..max_batch={max_batch}, got {head_batch}")
+        self.max_batch, self.scheduling, self.head_batch, self.attention = max_batch, scheduling, head_batch, attention
 
     def generate(self, requests: Iterable[Request]) -> tuple[dict[int, list[int]], EngineStats]:
         """Generated token ids per request id (exactly ``max_new_tokens`` each; EOS does not stop a request,
@@ -87,7 +102,7 @@ class Engine:
             return {}, EngineStats()
         max_len = max(len(r.prompt) for r in requests) + max(r.max_new_tokens for r in requests)
         run = _Run(self, requests, max_len)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.stack.attention(self.attention):
             start = time.perf_counter()
             run.loop()
             run.stats.seconds = time.perf_counter() - start
@@ -110,6 +125,7 @@ class _Run:
         self.position = torch.zeros(slots, dtype=torch.long, device=weight.device)
         self.request: list[Request | None] = [None] * slots
         self.live = [False] * slots  # static batching: False for a finished request still in the batch
+        self.awaiting = [False] * slots  # exited, waiting for a batched head call
 
     def loop(self) -> None:
         while self.queue or any(r is not None for r in self.request):
@@ -158,8 +174,21 @@ class _Run:
         self.loop_of[slots] = 0
 
     def step(self) -> None:
+        """One pass of the K shared layers over the running items, then the head for items awaiting it."""
+        running = [s for s, r in enumerate(self.request) if r is not None and not self.awaiting[s]]
+        if running:
+            self._run_block(torch.tensor(running, device=self.hidden.device))
+        awaiting = [s for s, a in enumerate(self.awaiting) if a]
+        occupied = sum(r is not None for r in self.request)
+        if awaiting and len(awaiting) >= min(self.engine.head_batch, occupied):
+            slots = torch.tensor(awaiting, device=self.hidden.device)
+            tokens = self._head(self.hidden[slots, 0]).argmax(-1).tolist()
+            for slot in awaiting:
+                self.awaiting[slot] = False
+            self.emit(slots, tokens)
+
+    def _run_block(self, slots: torch.Tensor) -> None:
         stack, stats = self.stack, self.stats
-        slots = torch.tensor([s for s, r in enumerate(self.request) if r is not None], device=self.hidden.device)
         hidden, positions = self.hidden[slots], self.position[slots][:, None]
         loops_before = self.loop_of[slots]
         start = time.perf_counter()
@@ -174,7 +203,6 @@ class _Run:
         needs = self.policy.needs_logits and not all(final)
         logits = self._head(hidden[:, 0]) if needs else None  # every row: decisions and final tokens
         exits = self._decide(slots, loops, final, logits)
-
         out = [r for r, e in enumerate(exits) if e]
         stay = torch.tensor([r for r, e in enumerate(exits) if not e], dtype=torch.long)
         self.hidden[slots[stay]] = hidden[stay]
@@ -182,15 +210,20 @@ class _Run:
         if not out:
             return
         self._propagate(hidden, slots, positions, loops, out)
-        tokens = (logits[out] if needs else self._head(hidden[out, 0])).argmax(-1).tolist()
         for r in out:
             if self.live[int(slots[r])]:
                 stats.exit_loops[loops[r]] += 1
-        self.emit(slots[out], tokens)
+        if needs:  # the head already ran for these rows
+            self.emit(slots[out], logits[out].argmax(-1).tolist())
+            return
+        self.hidden[slots[out]] = hidden[out]
+        for r in out:
+            self.awaiting[int(slots[r])] = True
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
         logits = self.stack.logits(hidden)
+        self.stats.head_calls += 1
         self.stats.head_s += time.perf_counter() - start
         return logits
 

@@ -14,10 +14,14 @@ runs its depth's module.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.models.llama.modeling_llama import rotate_half
 
 from rrt.models import family_for
@@ -27,6 +31,28 @@ from rrt.serving.kv import KVPool, RowCache
 
 SUPPORTED_FAMILIES = ("gemma3", "gemma", "llama", "qwen2")
 FULL = "full_attention"
+ATTENTIONS = ("padded", "per_item")
+PER_ITEM = "rrt_per_item"
+
+
+def per_item_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA run row by row on each row's own unpadded key range (the alternative to one padded, masked call).
+
+    Decode rows (one query) attend to a contiguous key range (causal, maybe windowed), read off the mask;
+    multi-token (prefill) calls fall back to the padded call.
+    """
+    if query.shape[2] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    outputs = []
+    for row in range(query.shape[0]):
+        valid = attention_mask[row, 0, 0].nonzero()
+        keys = slice(int(valid[0]), int(valid[-1]) + 1)
+        outputs.append(sdpa_attention_forward(module, query[row:row + 1], key[row:row + 1, :, keys],
+                                              value[row:row + 1, :, keys], None, **kwargs)[0])
+    return torch.cat(outputs), None
+
+
+AttentionInterface.register(PER_ITEM, per_item_attention)
 
 
 @dataclass(frozen=True)
@@ -70,6 +96,21 @@ class DepthStack:
         attn = layers[0].self_attn
         self.head_dim = attn.head_dim
         self.kv_heads = config.num_key_value_heads
+
+    @contextmanager
+    def attention(self, kind: str) -> Iterator[None]:
+        """Run attention as one padded masked call per layer call ("padded") or per row ("per_item")."""
+        if kind not in ATTENTIONS:
+            raise ValueError(f"unknown attention {kind!r}; supported: {list(ATTENTIONS)}")
+        if kind == "padded":
+            yield
+            return
+        previous = self.config._attn_implementation
+        self.config._attn_implementation = PER_ITEM
+        try:
+            yield
+        finally:
+            self.config._attn_implementation = previous
 
     def new_pool(self, slots: int, max_len: int) -> KVPool:
         weight = self.embed.weight
