@@ -4,7 +4,8 @@ SLURM sends USR2 to every task before a job's time limit (submitit asks for it: 
 and an operator or a test can send it at any time (``scancel --signal=USR2 <job>``). A signal handler only sets a
 flag; the checkpoint is written between steps by every rank together (a collective save inside a signal handler
 could deadlock DDP). Then rank 0 hands over to the handler that was installed before (submitit's: it counts
-timeouts against ``max_num_timeout`` and runs ``scontrol requeue``) or requeues by itself, and every rank exits.
+timeouts against ``max_num_timeout`` and runs ``scontrol requeue``) or requeues by itself, and every rank exits
+at once (no result file: the submitting launcher keeps waiting for the requeued job).
 The requeued job reruns the same command, and ``train(resume=auto)`` continues from ``last.ckpt``.
 """
 
@@ -14,6 +15,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,22 +65,36 @@ class PreemptionCheckpoint(Checkpoint):
         if trainer.is_global_zero:
             os.replace(tmp, path)
         trainer.strategy.barrier("preemption_checkpoint")
-        log.warning("preempted at step %d: saved %s; requeueing", trainer.global_step, path)
+        log.warning("preempted at step %d: saved %s", trainer.global_step, path)
         if trainer.is_global_zero:
+            # The requeue makes SLURM send SIGTERM at once; Lightning's SIGTERM handler would start a collective
+            # with ranks that are gone and turn this clean exit into a failed run.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self._requeue()
-        raise SystemExit(f"preempted at step {trainer.global_step}; the requeued job resumes from {path}")
+        exit_now()
 
     def _requeue(self) -> None:
-        if callable(self._previous):  # submitit's handler: counts timeouts, requeues, exits
-            self._previous(self.signum, None)
+        """submitit's handler when there is one (it counts timeouts against max_num_timeout), else scontrol."""
+        if callable(self._previous):
+            try:
+                self._previous(self.signum, None)
+            except SystemExit:  # submitit requeued the job and asks to exit
+                pass
             return
-        job = os.environ.get("SLURM_JOB_ID")
-        if job is None:
-            log.warning("not under SLURM: checkpoint saved, nothing to requeue")
-            return
+        job = os.environ["SLURM_JOB_ID"]
         array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
         job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else job
         subprocess.run(["scontrol", "requeue", job], check=True)
+        log.warning("requeued SLURM job %s", job)
+
+
+def exit_now() -> None:
+    """Leave the process without unwinding: no teardown collectives with ranks that have left, and no result
+    file for submitit, whose launcher must keep waiting for the requeued job."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class PreemptibleTask:
