@@ -1,0 +1,141 @@
+"""Measured serving throughput on the real gemma-3-270m: vanilla static batching and continuous
+sequence-wise batching (CSB) of the full model vs continuous depth-wise batching (CDB) of its recursive
+B=2 conversion, with no exit, confidence exits, and oracle exits replayed from teacher-forced trajectories.
+
+Requests are short prompts cut from the held-out text; each asks for a seeded number of new tokens. Every
+engine serves the same requests with the same number of slots, greedily, on this CPU in fp32. Prints the
+table (tokens/s, ratios vs vanilla and vs CSB), the exit-loop histograms, and saves
+``benchmarks/results/serving.json``; ``--full-run``/``--recursive-run`` also add the rows to those runs'
+records (the full model's rows and the recursive model's rows).
+
+    OMP_NUM_THREADS=1 python -m benchmarks.serving     # ~8 min on a loaded 2-core CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+
+import torch
+
+from benchmarks.common import report
+from rrt.assets import load_pretrained, load_tokenizer
+from rrt.data import load_documents
+from rrt.recursive import RecursionSpec, convert_to_recursive
+from rrt.serving import (ConfidenceExit, Engine, FullDepth, OracleExit, Request, agreement, confidence_exits,
+                         exit_summary, exit_trajectories)
+from rrt.serving.records import throughput_row, write_throughput
+
+THRESHOLDS = (0.5, 0.7, 0.8, 0.9)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="gemma3_270m")
+    parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--min-new", type=int, default=24)
+    parser.add_argument("--max-new", type=int, default=40)
+    parser.add_argument("--threshold", type=float, default=0.8, help="confidence exit threshold for the CDB run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; more than the free cores makes OpenMP threads spin-wait on a shared CPU")
+    parser.add_argument("--full-run", help="run dir of the full model: add the static/CSB rows to its record")
+    parser.add_argument("--recursive-run", help="run dir of the recursive model: add the CDB rows to its record")
+    return parser.parse_args(argv)
+
+
+def make_requests(tokenizer, documents: list[str], args) -> tuple[list[Request], list[str]]:
+    """Prompts = the first tokens of held-out documents long enough to hold the whole continuation."""
+    rng = random.Random(args.seed)
+    need = args.prompt_tokens + args.max_new
+    docs = [d for d in documents if len(tokenizer(d).input_ids) > need][: args.requests]
+    if len(docs) < args.requests:
+        raise ValueError(f"only {len(docs)} held-out documents have {need} tokens; lower --requests or --max-new")
+    requests = [Request(i, tokenizer(d).input_ids[: args.prompt_tokens], rng.randint(args.min_new, args.max_new))
+                for i, d in enumerate(docs)]
+    return requests, docs
+
+
+def oracle_schedule(trajectories, requests: list[Request], prompt_tokens: int) -> dict[int, list[int]]:
+    """Token k of a request is predicted at position prompt_tokens - 1 + k of its document (teacher-forced)."""
+    return {r.rid: t.oracle[prompt_tokens - 1: prompt_tokens - 1 + r.max_new_tokens].tolist()
+            for r, t in zip(requests, trajectories)}
+
+
+def serve(name: str, model, policy, batching: str, requests, args, reference=None, **options) -> tuple[dict, dict]:
+    scheduling = "static" if batching == "static" else "continuous"
+    engine = Engine(model, policy, max_batch=args.max_batch, scheduling=scheduling, **options)
+    engine.generate([Request(-1, requests[0].prompt, 2)])  # warm-up
+    outputs, stats = engine.generate(requests)
+    row = throughput_row(batching, policy.describe(), stats, args.max_batch, len(requests), name=name,
+                         head_batch=engine.head_batch, attention=engine.attention, head_calls=stats.head_calls,
+                         prefill_s=stats.prefill_s, block_s=stats.block_s, head_s=stats.head_s,
+                         propagate_s=stats.propagate_s, exit_hist={str(b): n for b, n in sorted(stats.exit_loops.items())})
+    if reference is not None:
+        same = sum(a == b for r in requests for a, b in zip(outputs[r.rid], reference[r.rid]))
+        row["same_tokens_as_full_depth"] = same / stats.tokens
+    print(f"  {name}: {stats.tokens_per_s:.1f} tok/s ({stats.seconds:.1f} s, mean batch {stats.mean_batch:.2f})", flush=True)
+    return row, outputs
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    tokenizer = load_tokenizer(args.model)
+    full = load_pretrained(args.model)
+    recursive = convert_to_recursive(copy.deepcopy(full), RecursionSpec(loops=2, init="stepwise"))
+    requests, docs = make_requests(tokenizer, load_documents("heldout"), args)
+
+    print("exit trajectories (teacher-forced over the requests' documents)...", flush=True)
+    length = args.prompt_tokens + args.max_new
+    trajectories = exit_trajectories(recursive, tokenizer, docs, max_tokens=length)
+    oracle = [t.oracle for t in trajectories]
+    exits = {"oracle": {**exit_summary(oracle, 2), "agreement": agreement(trajectories, oracle)}}
+    for threshold in THRESHOLDS:
+        chosen = [confidence_exits(t, threshold) for t in trajectories]
+        exits[f"confidence>={threshold:g}"] = {**exit_summary(chosen, 2), "agreement": agreement(trajectories, chosen)}
+
+    print("serving...", flush=True)
+    oracle_policy = OracleExit(oracle_schedule(trajectories, requests, args.prompt_tokens))
+    batch = args.max_batch
+    rows = [serve("full static (vanilla)", full, FullDepth(), "static", requests, args)[0],
+            serve("full CSB", full, FullDepth(), "csb", requests, args)[0]]
+    row, reference = serve("CDB no exit", recursive, FullDepth(), "cdb", requests, args)
+    rows += [row,
+             serve("CDB no exit, per-item attention", recursive, FullDepth(), "cdb", requests, args, attention="per_item")[0],
+             serve(f"CDB confidence>={args.threshold:g}", recursive, ConfidenceExit(args.threshold), "cdb", requests, args,
+                   reference)[0],
+             serve("CDB oracle (ideal)", recursive, oracle_policy, "cdb", requests, args, reference)[0],
+             serve(f"CDB oracle (ideal), head batch {batch}", recursive, oracle_policy, "cdb", requests, args, reference,
+                   head_batch=batch)[0],
+             serve(f"CDB oracle (ideal), head batch {batch // 2}", recursive, oracle_policy, "cdb", requests, args, reference,
+                   head_batch=batch // 2)[0]]
+    vanilla, csb = rows[0]["tokens_per_s"], rows[1]["tokens_per_s"]
+    vanilla_block, csb_block = rows[0]["block_tokens_per_s"], rows[1]["block_tokens_per_s"]
+    for row in rows:
+        row["vs_vanilla"], row["vs_csb"] = row["tokens_per_s"] / vanilla, row["tokens_per_s"] / csb
+        row["block_vs_vanilla"], row["block_vs_csb"] = row["block_tokens_per_s"] / vanilla_block, row["block_tokens_per_s"] / csb_block
+
+    print("\nexit loops, teacher-forced over the documents (recursive B=2, stepwise, not uptrained):")
+    for policy, summary in exits.items():
+        print(f"  {policy}: loop1 {summary['exit_frac_loop1']:.3f}, loop2 {summary['exit_frac_loop2']:.3f}, "
+              f"agreement with final {summary['agreement']:.3f}")
+    print()
+    columns = ["name", "tokens_per_s", "vs_vanilla", "vs_csb", "block_tokens_per_s", "block_vs_vanilla", "block_vs_csb",
+               "mean_exit_loop", "mean_batch", "head_calls", "seconds", "block_s", "head_s", "propagate_s", "prefill_s",
+               "same_tokens_as_full_depth"]
+    setting = {"model": args.model, "requests": len(requests), "max_batch": args.max_batch, "prompt_tokens": args.prompt_tokens,
+               "new_tokens": [args.min_new, args.max_new], "confidence_threshold": args.threshold, "loops": 2, "init": "stepwise"}
+    report("serving", rows, columns, extra={"setting": setting, "teacher_forced_exits": exits})
+    if args.full_run:
+        write_throughput(args.full_run, [r for r in rows if r["batching"] != "cdb"])
+    if args.recursive_run:
+        write_throughput(args.recursive_run, [r for r in rows if r["batching"] == "cdb"])
+
+
+if __name__ == "__main__":
+    main()
