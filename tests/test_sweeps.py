@@ -134,4 +134,5 @@ def test_status_lists_state_step_tokens_loss_and_eval_avg(tmp_path: Path):
 
     cli = subprocess.run([sys.executable, "-m", "rrt.sweeps.status", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert cli.returncode == 0
-    assert "1 complete, 1 running, 1 queued" in cli.stdout.replace("\n", " ") or "1 complete" in cli.stdout
+    assert cli.stdout.splitlines()[-1] == "1 complete, 1 queued, 1 running"
+    assert ["init=stepwise", "complete", "2/2", "256", "3.25", "55", "-"] in [line.split() for line in cli.stdout.splitlines()]

@@ -2,8 +2,8 @@
 
 - Before submitting, every job's config is composed and checked by the training preflight (e.g. a global batch
   that nodes x devices x micro batch do not divide), so a bad sweep fails before anything is queued.
-- Jobs whose run dir already holds a complete record are not submitted; the log says which and why, and a
-  finished sweep launches nothing.
+- Jobs whose run dir already holds a complete record, or whose SLURM job is still alive, are not submitted; the
+  log says which and why, and a finished sweep launches nothing.
 - In the worker, the run gets a preemption callback (rrt.sweeps.preemption): on SLURM's USR2 it saves
   ``last.ckpt`` and requeues, and the requeued job resumes from it.
 """
@@ -26,16 +26,15 @@ class RRTSlurmLauncher(SlurmLauncher):
 
         assert self.config is not None and self.hydra_context is not None
         jobs = plan_jobs(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
-        done = [job for job in jobs if job.complete]
-        pending = [job for job in jobs if not job.complete]
+        done = [job for job in jobs if job.skip_reason]
+        pending = [job for job in jobs if not job.skip_reason]
         for job in done:
-            log.info("skipping #%d %s: %s already holds a complete record (resume=never reruns it)",
-                     job.index, " ".join(filter_overrides(job.overrides)), job.run_dir)
+            log.info("skipping #%d %s: %s", job.index, " ".join(filter_overrides(job.overrides)), job.skip_reason)
         if not pending:
-            log.info("nothing to launch: all %d runs of this sweep are complete", len(jobs))
+            log.info("nothing to launch: all %d runs of this sweep are complete or still running", len(jobs))
             returns: dict[int, JobReturn] = {}
         else:
-            log.info("launching %d of %d runs (%d already complete)", len(pending), len(jobs), len(done))
+            log.info("launching %d of %d runs (%d complete or still running)", len(pending), len(jobs), len(done))
             launched = super().launch([list(job.overrides) for job in pending], pending[0].index)
             returns = {job.index: result for job, result in zip(pending, launched)}
         for job in done:

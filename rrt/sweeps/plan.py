@@ -6,6 +6,7 @@ Everything here runs on the submitting machine, so a bad sweep fails in seconds 
 from __future__ import annotations
 
 import copy
+import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +26,31 @@ class PlannedJob:
     overrides: tuple[str, ...]
     config: DictConfig
     run_dir: Path
-    complete: bool
+    skip_reason: str | None  # why it is not submitted again (complete, or still alive on SLURM); None: submit
+
+
+def skip_reason(run_dir: Path, resume: str) -> str | None:
+    """A complete record (unless resume=never) or a record whose SLURM job is still queued or running."""
+    if resume != "auto" or not (run_dir / "record.json").exists():
+        return None
+    record = RunRecord.load(run_dir)
+    if record.complete:
+        return f"{run_dir} already holds a complete record (resume=never reruns it)"
+    job = record.data.get("cluster", {}).get("slurm_job_id")
+    state = slurm_job_state(job) if job else None
+    if state:
+        return f"{run_dir} is still being trained by SLURM job {job} ({state})"
+    return None
+
+
+def slurm_job_state(job_id: str) -> str | None:
+    """The job's squeue state (RUNNING, PENDING, ...) or None when SLURM no longer lists it."""
+    try:
+        result = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    state = result.stdout.strip() if result.returncode == 0 else ""
+    return state or None
 
 
 @contextmanager
@@ -68,6 +93,5 @@ def plan_jobs(config_loader, master_config: DictConfig, job_overrides: Sequence[
             validate(sweep_config, run_dir)
         except (ValueError, FileNotFoundError, PermissionError) as error:
             raise ValueError(f"sweep job #{index} ({' '.join(overrides)}) would fail, nothing was submitted: {error}") from error
-        complete = sweep_config.resume == "auto" and (run_dir / "record.json").exists() and RunRecord.load(run_dir).complete
-        jobs.append(PlannedJob(index, tuple(overrides), sweep_config, run_dir, complete))
+        jobs.append(PlannedJob(index, tuple(overrides), sweep_config, run_dir, skip_reason(run_dir, sweep_config.resume)))
     return jobs

@@ -50,7 +50,9 @@ def sweep_status(sweep_dir: str | Path) -> pd.DataFrame:
         if hydra_dir.parent not in seen and not (hydra_dir.parent / RECORD_NAME).exists():
             rows.append({"run": str(hydra_dir.parent.relative_to(sweep_dir)), "state": "queued"})
     columns = ["run", "state", "step", "tokens", "loss", "eval_avg", "slurm_job"]
-    return pd.DataFrame(rows, columns=columns).sort_values("run", ignore_index=True)
+    table = pd.DataFrame(rows, columns=columns).sort_values("run", ignore_index=True)
+    table["eval_avg"] = pd.to_numeric(table["eval_avg"])
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.sweep_dir}: no runs yet")
         return 0
     print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
-    counts = table["state"].value_counts()
+    counts = table["state"].value_counts().sort_index()
     print("\n" + ", ".join(f"{n} {state}" for state, n in counts.items()))
     return 0
 
