@@ -5,6 +5,8 @@ log-probs only on its few continuation tokens. Requests are sorted by length (lm
 right-padded like ``HFLM`` (causal attention makes padding invisible to real tokens), and a forward
 pre-hook on the output embedding hands the head just the needed hidden states, so model-specific
 head logic (e.g. Gemma's logit soft-capping) still runs inside the model's own forward.
+Requests that share a context (the choices of a multiple-choice doc) run that context once and
+score every continuation from its KV cache.
 """
 
 from __future__ import annotations
@@ -40,32 +42,77 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _gather(logits: torch.Tensor, targets: list[int], lengths: list[int]) -> list[tuple[float, bool]]:
+    """Per-request (sum of target log-probs, all targets greedy) from logits of the concatenated positions."""
+    target = torch.tensor(targets, device=logits.device)
+    logprobs = logits.gather(1, target[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+    greedy = logits.argmax(dim=-1) == target
+    results, offset = [], 0
+    for length in lengths:
+        span = slice(offset, offset + length)
+        results.append((float(logprobs[span].sum()), bool(greedy[span].all())))
+        offset += length
+    return results
+
+
+def _padded(sequences: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded batch and the (row, position) of every real token."""
+    batch = torch.zeros(len(sequences), max(map(len, sequences)), dtype=torch.long)
+    rows, positions = [], []
+    for i, tokens in enumerate(sequences):
+        batch[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        rows += [i] * len(tokens)
+        positions += range(len(tokens))
+    return batch.to(device), torch.tensor(rows, device=device), torch.tensor(positions, device=device)
+
+
+@torch.inference_mode()
+def score_shared_context(model: nn.Module, context: list[int], continuations: list[list[int]]) -> list[tuple[float, bool]]:
+    """Continuations of one context: the context runs once; its KV cache serves them all (as one batch)."""
+    device = _device(model)
+    prefix = model(input_ids=torch.tensor([context], device=device), use_cache=True, logits_to_keep=1)
+    first = prefix.logits[0, -1:].float()  # predicts every continuation's first token
+    tails = [cont[:-1] for cont in continuations]
+    per_request = [first] * len(continuations)
+    if any(tails):
+        cache = prefix.past_key_values
+        cache.batch_repeat_interleave(len(continuations))
+        batch, rows, positions = _padded([tail or [0] for tail in tails], device)
+        keep = torch.tensor([j < len(tails[i]) for i, j in zip(rows.tolist(), positions.tolist())], device=device)
+        with head_only_at(model, rows[keep], positions[keep]):
+            logits = model(input_ids=batch, past_key_values=cache, use_cache=True).logits[0].float()
+        splits = logits.split([len(tail) for tail in tails])
+        per_request = [torch.cat([first, rest]) for rest in splits]
+    return [_gather(logits, cont, [len(cont)])[0] for logits, cont in zip(per_request, continuations)]
+
+
 @torch.inference_mode()
 def score_batch(model: nn.Module, pairs: list[TokenPair], max_length: int) -> list[tuple[float, bool]]:
     """(sum log p(continuation | context), continuation is the greedy decode) for each pair, one forward."""
     inputs = [(ctx + cont)[-(max_length + 1):][:-1] for ctx, cont in pairs]
-    width = max(map(len, inputs))
-    batch = torch.zeros(len(inputs), width, dtype=torch.long)
-    rows, positions, targets = [], [], []
+    batch, _, _ = _padded(inputs, _device(model))
+    rows, positions = [], []
     for i, ((_, cont), tokens) in enumerate(zip(pairs, inputs)):
-        batch[i, : len(tokens)] = torch.tensor(tokens)
-        start = len(tokens) - len(cont)  # the logit at position p predicts token p + 1
         rows += [i] * len(cont)
-        positions += range(start, len(tokens))
-        targets += cont
-    device = _device(model)
-    rows_t, positions_t = torch.tensor(rows, device=device), torch.tensor(positions, device=device)
-    with head_only_at(model, rows_t, positions_t):
-        logits = model(input_ids=batch.to(device), use_cache=False).logits[0].float()  # [positions, vocab]
-    target = torch.tensor(targets, device=device)
-    logprobs = logits.gather(1, target[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
-    greedy = logits.argmax(dim=-1) == target
-    results, offset = [], 0
-    for _, cont in pairs:
-        span = slice(offset, offset + len(cont))
-        results.append((float(logprobs[span].sum()), bool(greedy[span].all())))
-        offset += len(cont)
-    return results
+        positions += range(len(tokens) - len(cont), len(tokens))  # the logit at position p predicts token p + 1
+    with head_only_at(model, torch.tensor(rows, device=batch.device), torch.tensor(positions, device=batch.device)):
+        logits = model(input_ids=batch, use_cache=False).logits[0].float()  # [positions, vocab]
+    return _gather(logits, [t for _, cont in pairs for t in cont], [len(cont) for _, cont in pairs])
+
+
+def shared_contexts(pairs: list[TokenPair], max_length: int, group_size: int) -> tuple[list[list[int]], list[int]]:
+    """Groups (<= group_size) of indices of pairs with the same context and no truncation, and the rest."""
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, cont) in enumerate(pairs):
+        by_context.setdefault(tuple(ctx), []).append(i)
+    groups, rest = [], []
+    for ctx, members in by_context.items():
+        fits = len(ctx) + max(len(pairs[i][1]) for i in members) <= max_length
+        if len(members) > 1 and fits:
+            groups += [members[k:k + group_size] for k in range(0, len(members), group_size)]
+        else:
+            rest += members
+    return groups, rest
 
 
 def score(model: nn.Module, pairs: list[TokenPair], *, batch_size: int, max_length: int,
@@ -73,10 +120,20 @@ def score(model: nn.Module, pairs: list[TokenPair], *, batch_size: int, max_leng
     """Score every pair in length-sorted batches; results in the input order."""
     if any(not ctx or not cont for ctx, cont in pairs):
         raise ValueError("every scored pair needs a non-empty context (at least BOS) and continuation")
-    order = Collator(pairs, sort_fn=lambda pair: (-len(pair[0]) - len(pair[1]), tuple(pair[0] + pair[1])))
-    results: list[tuple[float, bool]] = []
+    groups, rest = shared_contexts(pairs, max_length, max(2, batch_size))
+    results: list[tuple[float, bool] | None] = [None] * len(pairs)
+    order = Collator([pairs[i] for i in rest],
+                     sort_fn=lambda pair: (-len(pair[0]) - len(pair[1]), tuple(pair[0] + pair[1])))
     with exit_after_loop(model, exit_loop), tqdm(total=len(pairs), disable=not progress, desc=desc) as bar:
+        for group in groups:
+            scores = score_shared_context(model, pairs[group[0]][0], [pairs[i][1] for i in group])
+            for i, result in zip(group, scores):
+                results[i] = result
+            bar.update(len(group))
+        batched: list[tuple[float, bool]] = []
         for chunk in order.get_batched(n=batch_size):
-            results += score_batch(model, chunk, max_length)
+            batched += score_batch(model, chunk, max_length)
             bar.update(len(chunk))
-    return order.get_original(results)
+    for i, result in zip(rest, order.get_original(batched)):
+        results[i] = result
+    return results
