@@ -91,3 +91,12 @@ def test_forward_kl_is_zero_for_identical_distributions_and_temperature_scales()
 def test_unknown_kd_is_rejected():
     with pytest.raises(ValueError, match="supported"):
         kd_per_token(torch.zeros(1, 3), torch.zeros(1, 3), "cosine")
+
+
+def test_frozen_head_gets_no_gradient_but_hidden_states_do():
+    exits, head, labels, th, thead = setup()
+    head.requires_grad_(False)
+    spec = LossSpec(chunk_tokens=3)
+    got = lm_loss(exits, head, labels, spec)["loss"]
+    expected = naive(exits, head, labels, spec, th, thead)
+    torch.testing.assert_close(grads(got, exits)[0], grads(expected, exits)[0], atol=1e-5, rtol=1e-5)
