@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import random
 
 import torch
 
@@ -26,6 +25,7 @@ from rrt.recursive import RecursionSpec, convert_to_recursive
 from rrt.serving import (ConfidenceExit, Engine, FullDepth, OracleExit, Request, agreement, confidence_exits,
                          exit_summary, exit_trajectories)
 from rrt.serving.records import throughput_row, write_throughput
+from rrt.serving.workload import oracle_schedule, text_requests
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9)
 
@@ -45,24 +45,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--full-run", help="run dir of the full model: add the static/CSB rows to its record")
     parser.add_argument("--recursive-run", help="run dir of the recursive model: add the CDB rows to its record")
     return parser.parse_args(argv)
-
-
-def make_requests(tokenizer, documents: list[str], args) -> tuple[list[Request], list[str]]:
-    """Prompts = the first tokens of held-out documents long enough to hold the whole continuation."""
-    rng = random.Random(args.seed)
-    need = args.prompt_tokens + args.max_new
-    docs = [d for d in documents if len(tokenizer(d).input_ids) > need][: args.requests]
-    if len(docs) < args.requests:
-        raise ValueError(f"only {len(docs)} held-out documents have {need} tokens; lower --requests or --max-new")
-    requests = [Request(i, tokenizer(d).input_ids[: args.prompt_tokens], rng.randint(args.min_new, args.max_new))
-                for i, d in enumerate(docs)]
-    return requests, docs
-
-
-def oracle_schedule(trajectories, requests: list[Request], prompt_tokens: int) -> dict[int, list[int]]:
-    """Token k of a request is predicted at position prompt_tokens - 1 + k of its document (teacher-forced)."""
-    return {r.rid: t.oracle[prompt_tokens - 1: prompt_tokens - 1 + r.max_new_tokens].tolist()
-            for r, t in zip(requests, trajectories)}
 
 
 def serve(name: str, model, policy, batching: str, requests, args, reference=None, **options) -> tuple[dict, dict]:
@@ -88,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = load_tokenizer(args.model)
     full = load_pretrained(args.model)
     recursive = convert_to_recursive(copy.deepcopy(full), RecursionSpec(loops=2, init="stepwise"))
-    requests, docs = make_requests(tokenizer, load_documents("heldout"), args)
+    requests, docs = text_requests(tokenizer, load_documents("heldout"), args.requests, args.prompt_tokens,
+                                   args.min_new, args.max_new, args.seed)
 
     print("exit trajectories (teacher-forced over the requests' documents)...", flush=True)
     length = args.prompt_tokens + args.max_new
@@ -100,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         exits[f"confidence>={threshold:g}"] = {**exit_summary(chosen, 2), "agreement": agreement(trajectories, chosen)}
 
     print("serving...", flush=True)
-    oracle_policy = OracleExit(oracle_schedule(trajectories, requests, args.prompt_tokens))
+    oracle_policy = OracleExit(oracle_schedule(trajectories, requests))
     batch = args.max_batch
     rows = [serve("full static (vanilla)", full, FullDepth(), "static", requests, args)[0],
             serve("full CSB", full, FullDepth(), "csb", requests, args)[0]]

@@ -10,6 +10,7 @@ from rrt.serving.engine import EngineStats
 
 # analysis/tables.py maps the paper's Batching column to these engine names.
 ENGINE_OF_BATCHING = {"static": "vanilla", "csb": "csb", "cdb": "cdb"}
+ROW_KEY = ("engine", "exit_policy", "max_batch")  # a new measurement of the same setting replaces the old row
 
 
 def throughput_row(batching: str, exit_policy: str, stats: EngineStats, max_batch: int, requests: int,
@@ -31,5 +32,5 @@ def write_throughput(run_dir: str | Path, rows: list[dict[str, Any]]) -> RunReco
         raise FileNotFoundError(f"{run_dir} has no {RECORD_NAME}: pass the run dir of the model that was served "
                                 "(train.py/eval.py write one), or create it with RunRecord.create(run_dir, setting=...)")
     record = RunRecord.load(run_dir)
-    record.replace_rows("throughput", rows, key=("engine", "exit_policy", "max_batch"))
+    record.replace_rows("throughput", rows, key=ROW_KEY)
     return record

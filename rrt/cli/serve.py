@@ -1,0 +1,73 @@
+"""``python -m rrt.cli.serve run=<run dir> serve.policy=confidence``: measured serving throughput of a model.
+
+Serves prompts cut from the held-out corpus with the CDB engine (or static / CSB batching) and writes a
+row into the run's record ``throughput`` section, which analysis reads for Table K.2 / Fig. 8.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from rrt.cli.evaluate import CONF_DIR, load_target
+from rrt.records import RunRecord
+from rrt.serving import ConfidenceExit, Engine, ExitPolicy, FullDepth, OracleExit, exit_trajectories
+from rrt.serving.records import ENGINE_OF_BATCHING, ROW_KEY, throughput_row
+from rrt.serving.workload import oracle_schedule, text_requests
+
+POLICIES = ("none", "confidence", "oracle")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Configuration errors, before any model or data is loaded."""
+    if cfg.policy not in POLICIES:
+        raise ValueError(f"unknown serve.policy {cfg.policy!r}; supported: {list(POLICIES)}")
+    if cfg.batching not in ENGINE_OF_BATCHING:
+        raise ValueError(f"unknown serve.batching {cfg.batching!r}; supported: {list(ENGINE_OF_BATCHING)}")
+
+
+def make_policy(cfg: DictConfig, model, tokenizer, requests, documents) -> ExitPolicy:
+    if cfg.policy == "confidence":
+        return ConfidenceExit(cfg.threshold)
+    if cfg.policy == "oracle":
+        trajectories = exit_trajectories(model, tokenizer, documents, max_tokens=cfg.prompt_tokens + cfg.max_new_tokens)
+        return OracleExit(oracle_schedule(trajectories, requests))
+    return FullDepth()
+
+
+def serve(cfg: DictConfig, model, tokenizer, record: RunRecord | None = None) -> dict:
+    """One measured engine run; the row is added to ``record`` (replacing a row of the same setting)."""
+    from rrt.data import load_documents
+
+    validate(cfg)
+    torch.set_num_threads(cfg.threads)
+    requests, documents = text_requests(tokenizer, load_documents("heldout"), cfg.requests, cfg.prompt_tokens,
+                                        cfg.min_new_tokens, cfg.max_new_tokens, cfg.seed)
+    policy = make_policy(cfg, model, tokenizer, requests, documents)
+    engine = Engine(model, policy, max_batch=cfg.max_batch, scheduling="static" if cfg.batching == "static" else "continuous",
+                    head_batch=cfg.head_batch, attention=cfg.attention)
+    engine.generate(requests[:1])  # warm-up
+    _, stats = engine.generate(requests)
+    row = throughput_row(cfg.batching, policy.describe(), stats, cfg.max_batch, len(requests), head_batch=cfg.head_batch,
+                         attention=cfg.attention, exit_hist={str(b): n for b, n in sorted(stats.exit_loops.items())})
+    if record is not None:
+        record.replace_rows("throughput", [row], key=ROW_KEY)
+    return row
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="serve")
+def main(cfg: DictConfig) -> None:
+    validate(cfg.serve)
+    model, tokenizer, record = load_target(cfg)
+    row = serve(cfg.serve, model, tokenizer, record)
+    print(json.dumps(row, indent=1))
+    if cfg.serve.get("output"):
+        Path(cfg.serve.output).write_text(json.dumps(row, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""rrt.cli.serve: a run dir's model is served and its throughput rows land in the run's record."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from rrt.cli.evaluate import CONF_DIR, load_target
+from rrt.cli.serve import serve, validate
+from rrt.records import RunRecord
+from rrt.recursive.io import save_converted
+from tests.test_eval_lm import model, tokenizer  # noqa: F401  (shared module fixtures)
+
+
+def config(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("serve", overrides=list(overrides))
+
+
+@pytest.fixture
+def run_dir(tmp_path, model, tokenizer):
+    save_converted(model, tmp_path / "model", tokenizer=tokenizer)
+    RunRecord.create(tmp_path, config={"model": {"name": "tiny"}})
+    return tmp_path
+
+
+def test_each_policy_adds_one_row_and_reruns_replace_it(run_dir):
+    small = ["serve.requests=3", "serve.max_batch=2", "serve.prompt_tokens=8", "serve.min_new_tokens=3",
+             "serve.max_new_tokens=4"]
+    model, tokenizer, record = load_target(config(f"run={run_dir}"))
+    for policy in ("none", "confidence", "oracle", "oracle"):
+        row = serve(config(f"run={run_dir}", f"serve.policy={policy}", *small).serve, model, tokenizer, record)
+        assert row["engine"] == "cdb" and row["tokens"] == sum(row["exit_hist"].values()) + 3
+    rows = RunRecord.load(run_dir).data["throughput"]
+    assert [r["exit_policy"] for r in rows] == ["none", "confidence>=0.9", "oracle"]
+    assert all(r["tokens_per_s"] > 0 and r["max_batch"] == 2 for r in rows)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("serve.policy=sometimes", "supported: \\['none', 'confidence', 'oracle'\\]"),
+    ("serve.batching=dynamic", "supported: \\['static', 'csb', 'cdb'\\]")])
+def test_bad_settings_fail_before_loading_anything(override, message):
+    with pytest.raises(ValueError, match=message):
+        validate(config(override).serve)
