@@ -29,7 +29,7 @@ install_slurm() {
 
 write_conf() {
   local cpus mem_mb
-  cpus="$(nproc)"
+  cpus="$(getconf _NPROCESSORS_ONLN)"  # not nproc: it obeys OMP_NUM_THREADS
   mem_mb="$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)"
   mkdir -p "$DIR/state" "$DIR/spool"
   cat >"$CONF" <<EOF

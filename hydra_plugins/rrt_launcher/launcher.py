@@ -26,18 +26,18 @@ class RRTSlurmLauncher(SlurmLauncher):
 
         assert self.config is not None and self.hydra_context is not None
         jobs = plan_jobs(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
-        done = [job for job in jobs if job.skip_reason]
+        skipped = [job for job in jobs if job.skip_reason]
         pending = [job for job in jobs if not job.skip_reason]
-        for job in done:
+        for job in skipped:
             log.info("skipping #%d %s: %s", job.index, " ".join(filter_overrides(job.overrides)), job.skip_reason)
         if not pending:
             log.info("nothing to launch: all %d runs of this sweep are complete or still running", len(jobs))
             returns: dict[int, JobReturn] = {}
         else:
-            log.info("launching %d of %d runs (%d complete or still running)", len(pending), len(jobs), len(done))
+            log.info("launching %d of %d runs (%d complete or still running)", len(pending), len(jobs), len(skipped))
             launched = super().launch([list(job.overrides) for job in pending], pending[0].index)
             returns = {job.index: result for job, result in zip(pending, launched)}
-        for job in done:
+        for job in skipped:
             returns[job.index] = JobReturn(
                 overrides=list(job.overrides), cfg=job.config, working_dir=str(job.run_dir),
                 task_name=job.config.hydra.job.name, status=JobStatus.COMPLETED, _return_value=None,

@@ -1,4 +1,4 @@
-"""Plan a sweep before submitting it: validate every job's config and find the runs that are already complete.
+"""Plan a sweep before submitting it: validate every job's config and find the runs to skip (complete or alive).
 
 Everything here runs on the submitting machine, so a bad sweep fails in seconds instead of after queueing.
 """
