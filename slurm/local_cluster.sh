@@ -65,6 +65,7 @@ EOF
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 start_munge() {
+  if alive "$MUNGE_PID"; then echo "local_cluster: munged already running (pid $(cat "$MUNGE_PID"))"; return; fi
   if munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
     echo "local_cluster: munged already running (not started here, will not be stopped here)"
     return
@@ -73,7 +74,7 @@ start_munge() {
   chown munge:munge /run/munge /var/log/munge /var/lib/munge
   [ -f /etc/munge/munge.key ] || die "/etc/munge/munge.key is missing (reinstall munge)"
   mkdir -p "$DIR/munge" && chown munge:munge "$DIR/munge"
-  runuser -u munge -- /usr/sbin/munged --pid-file="$MUNGE_PID" || die "munged did not start"
+  setsid runuser -u munge -- /usr/sbin/munged --pid-file="$MUNGE_PID" || die "munged did not start"
   for _ in $(seq 50); do munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1 && return; sleep 0.1; done
   die "munged started but does not answer"
 }
@@ -81,7 +82,7 @@ start_munge() {
 start_daemon() {  # name pidfile command...
   local name="$1" pidfile="$2"; shift 2
   if alive "$pidfile"; then echo "local_cluster: $name already running (pid $(cat "$pidfile"))"; return; fi
-  nohup "$@" >>"$DIR/$name.out" 2>&1 &
+  setsid nohup "$@" >>"$DIR/$name.out" 2>&1 &  # own session: survives the caller's terminal and process group
   echo $! >"$pidfile"
 }
 
