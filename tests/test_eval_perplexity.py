@@ -56,3 +56,13 @@ def test_reads_pg19_style_zstd_jsonl(tmp_path):
     assert read_jsonl_texts(path, max_documents=3) == ["Text 0.", "Text 1.", "Text 2."]
     with pytest.raises(KeyError, match=r"no 'content' field .*'short_book_title'"):
         read_jsonl_texts(path, field="content")
+
+
+def test_head_position_budget_splits_work_but_not_results(model, tokenizer):
+    from rrt.evaluation.scoring import score
+
+    pairs = [([2, 10, 11], list(range(20, 45))), ([2, 12], list(range(30, 37))), ([2, 12], [40, 41])]
+    whole = score(model, pairs, batch_size=4, max_length=128)
+    split = score(model, pairs, batch_size=4, max_length=128, max_positions=4)
+    assert [g for _, g in split] == [g for _, g in whole]
+    assert [v for v, _ in split] == pytest.approx([v for v, _ in whole], rel=1e-6)

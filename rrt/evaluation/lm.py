@@ -12,7 +12,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import resolve_max_length
 from torch import nn
 
-from rrt.evaluation.scoring import score
+from rrt.evaluation.scoring import MAX_POSITIONS, score
 from rrt.recursive.exits import exit_depth
 
 
@@ -33,7 +33,7 @@ class RecursiveLM(TemplateLM):
 
     def __init__(self, pretrained: nn.Module | str, tokenizer=None, exit_loop: int | None = None,
                  batch_size: int | str = 16, max_length: int | None = None, add_bos_token: bool | None = None,
-                 progress: bool = True, **_unused):
+                 max_positions: int = MAX_POSITIONS, progress: bool = True, **_unused):
         super().__init__()
         if isinstance(pretrained, str):  # `lm_eval --model rrt --model_args pretrained=<saved dir>`
             from transformers import AutoTokenizer
@@ -52,6 +52,7 @@ class RecursiveLM(TemplateLM):
         self.batch_size = int(batch_size) if str(batch_size) != "auto" else 16
         self.max_length = max_length or resolve_max_length(pretrained.config, tokenizer)
         self.add_bos_token = add_bos_token if add_bos_token is not None else default_add_bos(pretrained, tokenizer)
+        self.max_positions = int(max_positions)
         self.progress = progress
 
     @property
@@ -74,7 +75,7 @@ class RecursiveLM(TemplateLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         pairs = [(context, continuation) for _, context, continuation in requests]
         return score(self.model, pairs, batch_size=self.batch_size, max_length=self.max_length,
-                     exit_loop=self.exit_loop, progress=self.progress and not disable_tqdm,
+                     exit_loop=self.exit_loop, max_positions=self.max_positions, progress=self.progress and not disable_tqdm,
                      desc=f"loglikelihood (exit loop {self.exit_loop or 'all'})")
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from rrt.recursive.exits import exit_after_loop
 
 TokenPair = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
+MAX_POSITIONS = 2048  # head logits per forward: 2048 x 262k fp32 = 2 GiB for Gemma; longer continuations are split
 
 
 @contextmanager
@@ -115,25 +116,54 @@ def shared_contexts(pairs: list[TokenPair], max_length: int, group_size: int) ->
     return groups, rest
 
 
+def _pieces(pairs: list[TokenPair], limit: int) -> tuple[list[TokenPair], list[int]]:
+    """Split continuations longer than ``limit`` into consecutive pieces (exact: log p is a sum over tokens)."""
+    pieces, owners = [], []
+    for i, (ctx, cont) in enumerate(pairs):
+        for k in range(0, len(cont), limit):
+            pieces.append((ctx + cont[:k], cont[k:k + limit]))
+            owners.append(i)
+    return pieces, owners
+
+
+def _within(items: list, size, budget: int) -> Iterator[list]:
+    """Consecutive runs of ``items`` whose sizes sum to at most ``budget`` (at least one item each)."""
+    part, used = [], 0
+    for item in items:
+        if part and used + size(item) > budget:
+            yield part
+            part, used = [], 0
+        part.append(item)
+        used += size(item)
+    if part:
+        yield part
+
+
 def score(model: nn.Module, pairs: list[TokenPair], *, batch_size: int, max_length: int,
-          exit_loop: int | None = None, progress: bool = False, desc: str = "scoring") -> list[tuple[float, bool]]:
-    """Score every pair in length-sorted batches; results in the input order."""
+          exit_loop: int | None = None, max_positions: int = MAX_POSITIONS, progress: bool = False,
+          desc: str = "scoring") -> list[tuple[float, bool]]:
+    """Score every pair (shared contexts once, the rest in length-sorted batches); results in input order."""
     if any(not ctx or not cont for ctx, cont in pairs):
         raise ValueError("every scored pair needs a non-empty context (at least BOS) and continuation")
-    groups, rest = shared_contexts(pairs, max_length, max(2, batch_size))
-    results: list[tuple[float, bool] | None] = [None] * len(pairs)
-    order = Collator([pairs[i] for i in rest],
+    pieces, owners = _pieces(pairs, max_positions)
+    groups, rest = shared_contexts(pieces, max_length, max(2, batch_size))
+    scored: list[tuple[float, bool] | None] = [None] * len(pieces)
+    order = Collator([pieces[i] for i in rest],
                      sort_fn=lambda pair: (-len(pair[0]) - len(pair[1]), tuple(pair[0] + pair[1])))
-    with exit_after_loop(model, exit_loop), tqdm(total=len(pairs), disable=not progress, desc=desc) as bar:
+    with exit_after_loop(model, exit_loop), tqdm(total=len(pieces), disable=not progress, desc=desc) as bar:
         for group in groups:
-            scores = score_shared_context(model, pairs[group[0]][0], [pairs[i][1] for i in group])
-            for i, result in zip(group, scores):
-                results[i] = result
-            bar.update(len(group))
+            for part in _within(group, lambda i: len(pieces[i][1]), max_positions):
+                for i, result in zip(part, score_shared_context(model, pieces[part[0]][0], [pieces[i][1] for i in part])):
+                    scored[i] = result
+                bar.update(len(part))
         batched: list[tuple[float, bool]] = []
         for chunk in order.get_batched(n=batch_size):
-            batched += score_batch(model, chunk, max_length)
-            bar.update(len(chunk))
+            for part in _within(chunk, lambda pair: len(pair[1]), max_positions):
+                batched += score_batch(model, part, max_length)
+                bar.update(len(part))
     for i, result in zip(rest, order.get_original(batched)):
-        results[i] = result
+        scored[i] = result
+    results = [(0.0, True)] * len(pairs)
+    for owner, (logprob, greedy) in zip(owners, scored):
+        results[owner] = (results[owner][0] + logprob, results[owner][1] and greedy)
     return results
