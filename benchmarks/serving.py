@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,7 +23,7 @@ from benchmarks.common import report
 from rrt.assets import load_pretrained, load_tokenizer
 from rrt.data import load_documents
 from rrt.recursive import RecursionSpec, convert_to_recursive
-from rrt.serving import (ConfidenceExit, Engine, FullDepth, OracleExit, Request, agreement, confidence_exits,
+from rrt.serving import (ConfidenceExit, Engine, ExitPolicy, FullDepth, OracleExit, Request, agreement, confidence_exits,
                          exit_summary, exit_trajectories)
 from rrt.serving.records import throughput_row, write_throughput
 from rrt.serving.workload import oracle_schedule, text_requests
@@ -33,11 +34,12 @@ THRESHOLDS = (0.5, 0.7, 0.8, 0.9)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gemma3_270m")
-    parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=16)
-    parser.add_argument("--min-new", type=int, default=24)
-    parser.add_argument("--max-new", type=int, default=40)
+    parser.add_argument("--min-new", type=int, default=16)
+    parser.add_argument("--max-new", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per setup; the median is reported")
     parser.add_argument("--threshold", type=float, default=0.8, help="confidence exit threshold for the CDB run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
@@ -47,20 +49,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def serve(name: str, model, policy, batching: str, requests, args, reference=None, **options) -> tuple[dict, dict]:
-    scheduling = "static" if batching == "static" else "continuous"
-    engine = Engine(model, policy, max_batch=args.max_batch, scheduling=scheduling, **options)
-    engine.generate([Request(-1, requests[0].prompt, 2)])  # warm-up
-    outputs, stats = engine.generate(requests)
-    row = throughput_row(batching, policy.describe(), stats, args.max_batch, len(requests), name=name,
-                         head_batch=engine.head_batch, attention=engine.attention, head_calls=stats.head_calls,
-                         prefill_s=stats.prefill_s, block_s=stats.block_s, head_s=stats.head_s,
-                         propagate_s=stats.propagate_s, exit_hist={str(b): n for b, n in sorted(stats.exit_loops.items())})
-    if reference is not None:
-        same = sum(a == b for r in requests for a, b in zip(outputs[r.rid], reference[r.rid]))
-        row["same_tokens_as_full_depth"] = same / stats.tokens
-    print(f"  {name}: {stats.tokens_per_s:.1f} tok/s ({stats.seconds:.1f} s, mean batch {stats.mean_batch:.2f})", flush=True)
-    return row, outputs
+@dataclass
+class Setup:
+    name: str
+    model: object
+    policy: ExitPolicy
+    batching: str  # static | csb | cdb
+    options: dict = field(default_factory=dict)  # head_batch, attention
+
+
+def measure(setups: list[Setup], requests: list[Request], args) -> list[dict]:
+    """Rounds of every setup in turn (load from other processes hits all alike); the median round's row."""
+    engines = []
+    for setup in setups:
+        scheduling = "static" if setup.batching == "static" else "continuous"
+        engine = Engine(setup.model, setup.policy, max_batch=args.max_batch, scheduling=scheduling, **setup.options)
+        engine.generate([Request(-1, requests[0].prompt, 2)])  # warm-up
+        engines.append(engine)
+    runs: dict[str, list] = {s.name: [] for s in setups}
+    for round_ in range(args.rounds):
+        for setup, engine in zip(setups, engines):
+            outputs, stats = engine.generate(requests)
+            runs[setup.name].append((stats, outputs))
+            print(f"  round {round_ + 1} {setup.name}: {stats.tokens_per_s:.1f} tok/s ({stats.seconds:.1f} s)", flush=True)
+    reference = runs[setups[2].name][0][1]  # recursive, all loops: what early exits may change
+    rows = []
+    for setup, engine in zip(setups, engines):
+        ranked = sorted(runs[setup.name], key=lambda run: run[0].tokens_per_s)
+        stats, outputs = ranked[len(ranked) // 2]
+        same = sum(a == b for r in requests for a, b in zip(outputs[r.rid], reference[r.rid])) / stats.tokens
+        rows.append(throughput_row(
+            setup.batching, setup.policy.describe(), stats, args.max_batch, len(requests), name=setup.name,
+            tokens_per_s_rounds=[run[0].tokens_per_s for run in runs[setup.name]], head_batch=engine.head_batch,
+            attention=engine.attention, head_calls=stats.head_calls, prefill_s=stats.prefill_s, block_s=stats.block_s,
+            head_s=stats.head_s, propagate_s=stats.propagate_s,
+            exit_hist={str(b): n for b, n in sorted(stats.exit_loops.items())},
+            same_tokens_as_all_loops=same if setup.model is setups[2].model else None))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,18 +110,15 @@ def main(argv: list[str] | None = None) -> None:
     print("serving...", flush=True)
     oracle_policy = OracleExit(oracle_schedule(trajectories, requests))
     batch = args.max_batch
-    rows = [serve("full static (vanilla)", full, FullDepth(), "static", requests, args)[0],
-            serve("full CSB", full, FullDepth(), "csb", requests, args)[0]]
-    row, reference = serve("CDB no exit", recursive, FullDepth(), "cdb", requests, args)
-    rows += [row,
-             serve("CDB no exit, per-item attention", recursive, FullDepth(), "cdb", requests, args, attention="per_item")[0],
-             serve(f"CDB confidence>={args.threshold:g}", recursive, ConfidenceExit(args.threshold), "cdb", requests, args,
-                   reference)[0],
-             serve("CDB oracle (ideal)", recursive, oracle_policy, "cdb", requests, args, reference)[0],
-             serve(f"CDB oracle (ideal), head batch {batch}", recursive, oracle_policy, "cdb", requests, args, reference,
-                   head_batch=batch)[0],
-             serve(f"CDB oracle (ideal), head batch {batch // 2}", recursive, oracle_policy, "cdb", requests, args, reference,
-                   head_batch=batch // 2)[0]]
+    rows = measure([
+        Setup("full static (vanilla)", full, FullDepth(), "static"),
+        Setup("full CSB", full, FullDepth(), "csb"),
+        Setup("CDB no exit", recursive, FullDepth(), "cdb"),
+        Setup("CDB no exit, per-item attention", recursive, FullDepth(), "cdb", {"attention": "per_item"}),
+        Setup(f"CDB confidence>={args.threshold:g}", recursive, ConfidenceExit(args.threshold), "cdb"),
+        Setup("CDB oracle (ideal)", recursive, oracle_policy, "cdb"),
+        Setup(f"CDB oracle (ideal), head batch {batch}", recursive, oracle_policy, "cdb", {"head_batch": batch}),
+    ], requests, args)
     vanilla, csb = rows[0]["tokens_per_s"], rows[1]["tokens_per_s"]
     vanilla_block, csb_block = rows[0]["block_tokens_per_s"], rows[1]["block_tokens_per_s"]
     for row in rows:
@@ -110,8 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     print()
     columns = ["name", "tokens_per_s", "vs_vanilla", "vs_csb", "block_tokens_per_s", "block_vs_vanilla", "block_vs_csb",
                "mean_exit_loop", "mean_batch", "head_calls", "seconds", "block_s", "head_s", "propagate_s", "prefill_s",
-               "same_tokens_as_full_depth"]
+               "same_tokens_as_all_loops"]
     setting = {"model": args.model, "requests": len(requests), "max_batch": args.max_batch, "prompt_tokens": args.prompt_tokens,
+               "rounds": args.rounds, "threads": args.threads,
                "new_tokens": [args.min_new, args.max_new], "confidence_threshold": args.threshold, "loops": 2, "init": "stepwise"}
     report("serving", rows, columns, extra={"setting": setting, "teacher_forced_exits": exits})
     if args.full_run:
