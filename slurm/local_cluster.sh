@@ -104,7 +104,7 @@ cmd_start() {
   install_slurm
   write_conf
   start_munge
-  start_daemon slurmctld "$DIR/slurmctld.daemon.pid" /usr/sbin/slurmctld -D -i -f "$CONF"
+  start_daemon slurmctld "$DIR/slurmctld.daemon.pid" /usr/sbin/slurmctld -D -c -f "$CONF"  # -c: no jobs from an earlier session
   start_daemon slurmd "$DIR/slurmd.daemon.pid" /usr/sbin/slurmd -D -N localhost -f "$CONF"
   wait_idle
 }
