@@ -80,6 +80,11 @@ def reduced_config(config: PretrainedConfig, loops: int) -> PretrainedConfig:
 
 
 def build_student(cfg: DictConfig) -> nn.Module:
+    """The model to train, in train mode (pretrained weights are loaded in eval mode)."""
+    return _student(cfg).train()
+
+
+def _student(cfg: DictConfig) -> nn.Module:
     variant = cfg.variant.name
     if variant == "reduced":
         torch.manual_seed(int(cfg.seed))
