@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 from dataclasses import dataclass, field
 
 import torch
 
-from benchmarks.common import report
+from benchmarks.common import report, timeit
 from rrt.assets import load_pretrained, load_tokenizer
 from rrt.data import load_documents
 from rrt.recursive import RecursionSpec, convert_to_recursive
-from rrt.serving import (ConfidenceExit, Engine, ExitPolicy, FullDepth, OracleExit, Request, agreement, confidence_exits,
+from rrt.serving import (ConfidenceExit, DepthStack, Engine, ExitPolicy, FullDepth, OracleExit, Request, agreement, confidence_exits,
                          exit_summary, exit_trajectories)
+from rrt.serving.stack import ATTENTIONS
 from rrt.serving.records import throughput_row, write_throughput
 from rrt.serving.workload import oracle_schedule, text_requests
 
@@ -37,9 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=16)
-    parser.add_argument("--min-new", type=int, default=16)
-    parser.add_argument("--max-new", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per setup; the median is reported")
+    parser.add_argument("--min-new", type=int, default=12)
+    parser.add_argument("--max-new", type=int, default=28)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per setup; the median is reported")
     parser.add_argument("--threshold", type=float, default=0.8, help="confidence exit threshold for the CDB run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
@@ -88,6 +90,31 @@ def measure(setups: list[Setup], requests: list[Request], args) -> list[dict]:
     return rows
 
 
+def attention_step_times(model, args, repeats: int = 7) -> dict[str, float]:
+    """Median seconds of one decode step (K shared layers, ``max_batch`` rows at loops 0/1 and positions spread
+    over the request lengths) with padded vs per-item attention, alternated so that machine load hits both."""
+    stack = DepthStack(model)
+    rows = args.max_batch
+    pool = stack.new_pool(rows, args.prompt_tokens + args.max_new)
+    generator = torch.Generator().manual_seed(args.seed)
+    hidden = torch.randn(rows, 1, model.config.hidden_size, generator=generator)
+    slots, loops = torch.arange(rows), torch.arange(rows) % stack.loops
+    positions = torch.randint(args.prompt_tokens, args.prompt_tokens + args.max_new, (rows, 1), generator=generator)
+
+    def step() -> None:
+        out = hidden
+        for i in range(stack.shared):
+            out = stack.run_shared_layer(i, out, slots, loops, positions, pool)
+
+    times: dict[str, list[float]] = {kind: [] for kind in ATTENTIONS}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for kind in ATTENTIONS:
+                with stack.attention(kind):
+                    times[kind].append(timeit(step, repeats=1, warmup=1))
+    return {kind: statistics.median(values) for kind, values in times.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -107,6 +134,9 @@ def main(argv: list[str] | None = None) -> None:
         chosen = [confidence_exits(t, threshold) for t in trajectories]
         exits[f"confidence>={threshold:g}"] = {**exit_summary(chosen, 2), "agreement": agreement(trajectories, chosen)}
 
+    attention = attention_step_times(recursive, args)
+    print("decode step (9 shared layers, batch %d): padded %.1f ms, per-item %.1f ms" % (
+        args.max_batch, 1e3 * attention["padded"], 1e3 * attention["per_item"]), flush=True)
     print("serving...", flush=True)
     oracle_policy = OracleExit(oracle_schedule(trajectories, requests))
     batch = args.max_batch
@@ -114,7 +144,6 @@ def main(argv: list[str] | None = None) -> None:
         Setup("full static (vanilla)", full, FullDepth(), "static"),
         Setup("full CSB", full, FullDepth(), "csb"),
         Setup("CDB no exit", recursive, FullDepth(), "cdb"),
-        Setup("CDB no exit, per-item attention", recursive, FullDepth(), "cdb", {"attention": "per_item"}),
         Setup(f"CDB confidence>={args.threshold:g}", recursive, ConfidenceExit(args.threshold), "cdb"),
         Setup("CDB oracle (ideal)", recursive, oracle_policy, "cdb"),
         Setup(f"CDB oracle (ideal), head batch {batch}", recursive, oracle_policy, "cdb", {"head_batch": batch}),
@@ -136,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     setting = {"model": args.model, "requests": len(requests), "max_batch": args.max_batch, "prompt_tokens": args.prompt_tokens,
                "rounds": args.rounds, "threads": args.threads,
                "new_tokens": [args.min_new, args.max_new], "confidence_threshold": args.threshold, "loops": 2, "init": "stepwise"}
-    report("serving", rows, columns, extra={"setting": setting, "teacher_forced_exits": exits})
+    report("serving", rows, columns, extra={"setting": setting, "teacher_forced_exits": exits,
+                                                   "attention_step_s": attention})
     if args.full_run:
         write_throughput(args.full_run, [r for r in rows if r["batching"] != "cdb"])
     if args.recursive_run:
