@@ -5,8 +5,6 @@ log-probs only on its few continuation tokens. Requests are sorted by length (lm
 right-padded like ``HFLM`` (causal attention makes padding invisible to real tokens), and a forward
 pre-hook on the output embedding hands the head just the needed hidden states, so model-specific
 head logic (e.g. Gemma's logit soft-capping) still runs inside the model's own forward.
-Requests that share a context (the choices of a multiple-choice doc) run that context once and
-score every continuation from its KV cache.
 """
 
 from __future__ import annotations
@@ -56,42 +54,19 @@ def _gather(logits: torch.Tensor, targets: list[int], lengths: list[int]) -> lis
     return results
 
 
-def _padded(sequences: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded batch and the (row, position) of every real token."""
+def _padded(sequences: list[list[int]], device: torch.device) -> torch.Tensor:
+    """Right-padded batch (padding after a sequence never reaches its tokens under causal attention)."""
     batch = torch.zeros(len(sequences), max(map(len, sequences)), dtype=torch.long)
-    rows, positions = [], []
     for i, tokens in enumerate(sequences):
         batch[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        rows += [i] * len(tokens)
-        positions += range(len(tokens))
-    return batch.to(device), torch.tensor(rows, device=device), torch.tensor(positions, device=device)
-
-
-@torch.inference_mode()
-def score_shared_context(model: nn.Module, context: list[int], continuations: list[list[int]]) -> list[tuple[float, bool]]:
-    """Continuations of one context: the context runs once; its KV cache serves them all (as one batch)."""
-    device = _device(model)
-    prefix = model(input_ids=torch.tensor([context], device=device), use_cache=True, logits_to_keep=1)
-    first = prefix.logits[0, -1:].float()  # predicts every continuation's first token
-    tails = [cont[:-1] for cont in continuations]
-    per_request = [first] * len(continuations)
-    if any(tails):
-        cache = prefix.past_key_values
-        cache.batch_repeat_interleave(len(continuations))
-        batch, rows, positions = _padded([tail or [0] for tail in tails], device)
-        keep = torch.tensor([j < len(tails[i]) for i, j in zip(rows.tolist(), positions.tolist())], device=device)
-        with head_only_at(model, rows[keep], positions[keep]):
-            logits = model(input_ids=batch, past_key_values=cache, use_cache=True).logits[0].float()
-        splits = logits.split([len(tail) for tail in tails])
-        per_request = [torch.cat([first, rest]) for rest in splits]
-    return [_gather(logits, cont, [len(cont)])[0] for logits, cont in zip(per_request, continuations)]
+    return batch.to(device)
 
 
 @torch.inference_mode()
 def score_batch(model: nn.Module, pairs: list[TokenPair], max_length: int) -> list[tuple[float, bool]]:
     """(sum log p(continuation | context), continuation is the greedy decode) for each pair, one forward."""
     inputs = [(ctx + cont)[-(max_length + 1):][:-1] for ctx, cont in pairs]
-    batch, _, _ = _padded(inputs, _device(model))
+    batch = _padded(inputs, _device(model))
     rows, positions = [], []
     for i, ((_, cont), tokens) in enumerate(zip(pairs, inputs)):
         rows += [i] * len(cont)
@@ -99,21 +74,6 @@ def score_batch(model: nn.Module, pairs: list[TokenPair], max_length: int) -> li
     with head_only_at(model, torch.tensor(rows, device=batch.device), torch.tensor(positions, device=batch.device)):
         logits = model(input_ids=batch, use_cache=False).logits[0].float()  # [positions, vocab]
     return _gather(logits, [t for _, cont in pairs for t in cont], [len(cont) for _, cont in pairs])
-
-
-def shared_contexts(pairs: list[TokenPair], max_length: int, group_size: int) -> tuple[list[list[int]], list[int]]:
-    """Groups (<= group_size) of indices of pairs with the same context and no truncation, and the rest."""
-    by_context: dict[tuple[int, ...], list[int]] = {}
-    for i, (ctx, cont) in enumerate(pairs):
-        by_context.setdefault(tuple(ctx), []).append(i)
-    groups, rest = [], []
-    for ctx, members in by_context.items():
-        fits = len(ctx) + max(len(pairs[i][1]) for i in members) <= max_length
-        if len(members) > 1 and fits:
-            groups += [members[k:k + group_size] for k in range(0, len(members), group_size)]
-        else:
-            rest += members
-    return groups, rest
 
 
 def _pieces(pairs: list[TokenPair], limit: int) -> tuple[list[TokenPair], list[int]]:
@@ -142,28 +102,18 @@ def _within(items: list, size, budget: int) -> Iterator[list]:
 def score(model: nn.Module, pairs: list[TokenPair], *, batch_size: int, max_length: int,
           exit_loop: int | None = None, max_positions: int = MAX_POSITIONS, progress: bool = False,
           desc: str = "scoring") -> list[tuple[float, bool]]:
-    """Score every pair (shared contexts once, the rest in length-sorted batches); results in input order."""
+    """Score every pair in length-sorted batches; results in input order."""
     if any(not ctx or not cont for ctx, cont in pairs):
         raise ValueError("every scored pair needs a non-empty context (at least BOS) and continuation")
     pieces, owners = _pieces(pairs, max_positions)
-    groups, rest = shared_contexts(pieces, max_length, max(2, batch_size))
-    scored: list[tuple[float, bool] | None] = [None] * len(pieces)
-    order = Collator([pieces[i] for i in rest],
-                     sort_fn=lambda pair: (-len(pair[0]) - len(pair[1]), tuple(pair[0] + pair[1])))
+    order = Collator(pieces, sort_fn=lambda pair: (-len(pair[0]) - len(pair[1]), tuple(pair[0] + pair[1])))
+    scored: list[tuple[float, bool]] = []
     with exit_after_loop(model, exit_loop), tqdm(total=len(pieces), disable=not progress, desc=desc) as bar:
-        for group in groups:
-            for part in _within(group, lambda i: len(pieces[i][1]), max_positions):
-                for i, result in zip(part, score_shared_context(model, pieces[part[0]][0], [pieces[i][1] for i in part])):
-                    scored[i] = result
-                bar.update(len(part))
-        batched: list[tuple[float, bool]] = []
         for chunk in order.get_batched(n=batch_size):
             for part in _within(chunk, lambda pair: len(pair[1]), max_positions):
-                batched += score_batch(model, part, max_length)
+                scored += score_batch(model, part, max_length)
                 bar.update(len(part))
-    for i, result in zip(rest, order.get_original(batched)):
-        scored[i] = result
     results = [(0.0, True)] * len(pairs)
-    for owner, (logprob, greedy) in zip(owners, scored):
+    for owner, (logprob, greedy) in zip(owners, order.get_original(scored)):
         results[owner] = (results[owner][0] + logprob, results[owner][1] and greedy)
     return results
