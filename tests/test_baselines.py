@@ -52,3 +52,19 @@ def test_reduced_variant_trains_l_over_b_layers_from_scratch(tmp_path):
     config = json.loads((Path(record["run_dir"]) / "model" / "config.json").read_text())
     assert config["num_hidden_layers"] == 2  # tiny_llama: 4 layers, B=2
     assert len(losses_by_step(record)) == 8
+
+
+def test_post_training_continues_a_converted_run_with_exit_losses(tmp_path):
+    """J.1's recipe: early-exit losses after uptraining, starting from the uptrained run's model (no re-conversion)."""
+    run_train(*TINY, runs_root=tmp_path / "uptrain")
+    uptrained = Path(single_record(tmp_path / "uptrain")["run_dir"])
+    run_train(*TINY, f"model.name={uptrained}", "early_exit=aggressive_kd", runs_root=tmp_path / "post")
+    record = single_record(tmp_path / "post")
+    assert record["setting"]["early_exit"] == "aggressive" and record["setting"]["early_exit_kd"] is True
+    assert record["setting"]["early_exit_phase"] == "post" and record["setting"]["start_from"] == str(uptrained / "model")
+    rows = [m for m in record["metrics"] if "loss" in m]
+    assert all("ce_exit1" in m and "self_kd_exit1" in m for m in rows)
+    # loss = CE_2 + 0.1 * (CE_1 + KL_1): the exit terms are really in the optimised loss
+    for m in rows:
+        assert abs(m["loss"] - (m["ce"] + 0.1 * (m["ce_exit1"] + m["self_kd_exit1"]))) < 1e-4
+    assert record["params"]["non_embedding"] == single_record(tmp_path / "uptrain")["params"]["non_embedding"]

@@ -11,7 +11,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from rrt.models import family_for
-from rrt.recursive import LoRASpec, RecursionSpec, convert_to_recursive
+from rrt.recursive import LoRASpec, RecursionSpec, convert_to_recursive, recursion_spec_of
 from rrt.recursive.counting import model_config
 from rrt.recursive.io import is_saved_model_dir, load_converted
 
@@ -33,8 +33,9 @@ def recursion_spec(cfg: DictConfig) -> RecursionSpec:
 
 def architecture(cfg: DictConfig) -> PretrainedConfig:
     """The model's architecture without loading weights (shipped config, or the config of a checkpoint dir)."""
-    if Path(str(cfg.model.name)).is_dir():
-        return AutoConfig.from_pretrained(cfg.model.name)
+    saved = saved_model_dir(str(cfg.model.name))
+    if saved is not None or Path(str(cfg.model.name)).is_dir():
+        return AutoConfig.from_pretrained(saved or cfg.model.name)  # a converted model keeps all L depths
     return model_config(cfg.model.config)
 
 
@@ -54,11 +55,20 @@ def check_variant(cfg: DictConfig, num_layers: int) -> None:
         )
 
 
+def saved_model_dir(name: str) -> Path | None:
+    """A run dir's ``model/`` or a saved rrt model dir named by ``name``, else None."""
+    for path in (Path(name) / "model", Path(name)):
+        if is_saved_model_dir(path):
+            return path
+    return None
+
+
 def original_model(cfg: DictConfig) -> nn.Module:
-    """The model before conversion: pretrained weights from rrt.assets, a checkpoint dir, or a seeded random init."""
+    """The starting model: a saved rrt model / run dir, pretrained weights from rrt.assets, or a seeded random init."""
     name = str(cfg.model.name)
-    if is_saved_model_dir(name):
-        return load_converted(name)
+    saved = saved_model_dir(name)
+    if saved is not None:
+        return load_converted(saved)
     if cfg.model.source == "pretrained":
         from rrt.assets import load_pretrained
 
@@ -92,8 +102,9 @@ def _student(cfg: DictConfig) -> nn.Module:
         model.config.rrt_variant = "reduced"
         return model
     model = original_model(cfg)
-    if variant == "recursive":
+    if variant == "recursive" and recursion_spec_of(model) is None:
         convert_to_recursive(model, recursion_spec(cfg))
+    # else: an already converted model (model.name=<run dir>) is post-trained as it is, e.g. with early-exit losses
     model.config.rrt_variant = variant
     return model
 
@@ -104,9 +115,8 @@ def build_teacher(cfg: DictConfig, student: nn.Module) -> nn.Module | None:
         return None
     source = cfg.distill.teacher
     if source:
-        path = Path(str(source))
-        path = path / "model" if (path / "model").is_dir() else path
-        if not is_saved_model_dir(path):
+        path = saved_model_dir(str(source))
+        if path is None:
             raise FileNotFoundError(f"distill.teacher={source} is neither a run dir with model/ nor a saved model dir")
         teacher = load_converted(path)
     else:

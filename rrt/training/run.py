@@ -67,6 +67,7 @@ def setting_of(cfg: DictConfig, budget: Budget) -> dict:
     spec = build.recursion_spec(cfg)
     variant = cfg.variant.name
     recursive = variant == "recursive"
+    start = build.saved_model_dir(str(cfg.model.name))
     return {
         "model": str(cfg.model.name), "variant": variant, "pretrained": cfg.model.source == "pretrained" and variant != "reduced" and not (recursive and spec.init == "random"),
         "loops": spec.loops if variant != "full" else 1, "looping": spec.looping if recursive else None,
@@ -77,6 +78,9 @@ def setting_of(cfg: DictConfig, budget: Budget) -> dict:
         "distill": cfg.distill.loss, "distill_weight": float(cfg.distill.weight),
         "early_exit": cfg.early_exit.loss, "early_exit_coef": float(cfg.early_exit.coef), "early_exit_kd": bool(cfg.early_exit.self_kd),
         "token_budget": budget.steps * budget.tokens_per_step, "seed": int(cfg.seed),
+        # early-exit training after uptraining (starting from a run's model) is the paper's "Post"; else "Co"
+        "start_from": str(start) if start else None,
+        "early_exit_phase": None if cfg.early_exit.loss == "none" else ("post" if start else "co"),
     }
 
 
