@@ -24,10 +24,10 @@ from benchmarks.common import report, timeit
 from rrt.assets import load_pretrained, load_tokenizer
 from rrt.data import load_documents
 from rrt.recursive import RecursionSpec, convert_to_recursive
-from rrt.serving import (ConfidenceExit, DepthStack, Engine, ExitPolicy, FullDepth, OracleExit, Request, agreement, confidence_exits,
-                         exit_summary, exit_trajectories)
-from rrt.serving.stack import ATTENTIONS
+from rrt.serving import (ConfidenceExit, DepthStack, Engine, ExitPolicy, FullDepth, OracleExit, Request, agreement,
+                         confidence_exits, exit_summary, exit_trajectories)
 from rrt.serving.records import throughput_row, write_throughput
+from rrt.serving.stack import ATTENTIONS
 from rrt.serving.workload import oracle_schedule, text_requests
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9)
@@ -163,10 +163,9 @@ def main(argv: list[str] | None = None) -> None:
                "mean_exit_loop", "mean_batch", "head_calls", "seconds", "block_s", "head_s", "propagate_s", "prefill_s",
                "same_tokens_as_all_loops"]
     setting = {"model": args.model, "requests": len(requests), "max_batch": args.max_batch, "prompt_tokens": args.prompt_tokens,
-               "rounds": args.rounds, "threads": args.threads,
-               "new_tokens": [args.min_new, args.max_new], "confidence_threshold": args.threshold, "loops": 2, "init": "stepwise"}
-    report("serving", rows, columns, extra={"setting": setting, "teacher_forced_exits": exits,
-                                                   "attention_step_s": attention})
+               "new_tokens": [args.min_new, args.max_new], "rounds": args.rounds, "threads": args.threads,
+               "confidence_threshold": args.threshold, "loops": 2, "init": "stepwise"}
+    report("serving", rows, columns, extra={"setting": setting, "teacher_forced_exits": exits, "attention_step_s": attention})
     if args.full_run:
         write_throughput(args.full_run, [r for r in rows if r["batching"] != "cdb"])
     if args.recursive_run:
