@@ -8,9 +8,10 @@ import torch
 from rrt.records import RunRecord
 from rrt.recursive import LoRASpec, RecursionSpec, convert_to_recursive
 from rrt.recursive.exits import exit_after_loop
-from rrt.serving import (ConfidenceExit, DepthStack, Engine, FullDepth, OracleExit, Request, agreement,
+from rrt.serving import (ConfidenceExit, DepthStack, Engine, FullDepth, OracleExit, Request, Trajectory, agreement,
                          confidence_exits, exit_summary, exit_trajectories)
 from rrt.serving.records import throughput_row, write_throughput
+from rrt.serving.workload import oracle_schedule, text_requests
 from tests.tiny import tiny_model, tokens
 
 
@@ -95,8 +96,9 @@ def agreeing_loops_model():
 class _Tokenizer:
     """Whitespace-separated ids, enough for exit_trajectories on tiny models."""
 
-    def __call__(self, text, return_tensors="pt"):
-        return type("Encoding", (), {"input_ids": torch.tensor([[int(t) for t in text.split()]])})
+    def __call__(self, text, return_tensors=None):
+        ids = [int(t) for t in text.split()]
+        return type("Encoding", (), {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids})
 
 
 def documents(n: int = 3, length: int = 20) -> list[str]:
@@ -138,7 +140,7 @@ def test_trajectories_match_static_exit_predictions():
     docs = documents()
     trajectories = exit_trajectories(model, _Tokenizer(), docs)
     for document, trajectory in zip(docs, trajectories):
-        ids = _Tokenizer()(document).input_ids
+        ids = _Tokenizer()(document, return_tensors="pt").input_ids
         with torch.inference_mode():
             final = model(input_ids=ids).logits[0].argmax(-1)
             with exit_after_loop(model, 1):
@@ -195,3 +197,16 @@ def test_batched_head_waits_for_exits_and_keeps_outputs():
     assert batched_out == eager_out  # waiting for the head changes when tokens are emitted, not which
     assert batched.exit_loops == eager.exit_loops and set(eager.exit_loops) == {1, 2}
     assert batched.head_calls < eager.head_calls
+
+
+def test_workload_prompts_and_oracle_schedule_offsets():
+    docs = ["1 2 3", "4 5 6 7 8 9 10", "11 12 13 14 15 16 17 18"]
+    requests, used = text_requests(_Tokenizer(), docs, count=2, prompt_tokens=3, min_new=2, max_new=3, seed=0)
+    assert used == docs[1:] and [r.prompt for r in requests] == [[4, 5, 6], [11, 12, 13]]
+    assert all(2 <= r.max_new_tokens <= 3 for r in requests)
+    oracle = torch.tensor([2, 2, 1, 2, 1, 1, 2, 2])  # exit loop of the prediction at each position
+    trajectories = [Trajectory(oracle, torch.empty(1, 8), torch.empty(1, 8, dtype=torch.bool))] * 2
+    schedule = oracle_schedule(trajectories, [Request(0, [4, 5, 6], 3), Request(1, [1], 2)])
+    assert schedule == {0: [1, 2, 1], 1: [2, 2]}  # token k is predicted at position len(prompt) - 1 + k
+    with pytest.raises(ValueError, match="only 1 documents have more than 7 tokens"):
+        text_requests(_Tokenizer(), docs, count=2, prompt_tokens=3, min_new=2, max_new=4)
