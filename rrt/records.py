@@ -88,13 +88,11 @@ class RunRecord:
         return cls(Path(run_dir), json.loads(path.read_text()))
 
     @classmethod
-    def open(cls, run_dir: str | Path, **fields: Any) -> "RunRecord":
-        """Load the run's record if there is one (a resumed run), else create it."""
+    def open(cls, run_dir: str | Path) -> "RunRecord":
+        """The run's record as it is (a resumed or finished run), or a new one."""
         if (Path(run_dir) / RECORD_NAME).exists():
-            record = cls.load(run_dir)
-            record.update(status="running", **fields)
-            return record
-        return cls.create(run_dir, **fields)
+            return cls.load(run_dir)
+        return cls.create(run_dir)
 
     def save(self) -> None:
         self.data["updated"] = _now()
