@@ -41,8 +41,10 @@ test: assets  ## the fast suite plus a bounded set of real integration tests (wh
 test-full: assets  ## everything, including slow tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+BENCHMARKS := conversion training eval_speed serving
+
 bench: assets  ## ratio benchmarks (tables printed, JSON in benchmarks/results/)
-	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+	for b in $(BENCHMARKS); do OMP_NUM_THREADS=1 $(PY) -m benchmarks.$$b || exit 1; done
 
 clean:  ## remove run outputs (keeps the venv and the asset cache)
 	rm -rf runs outputs multirun lightning_logs
