@@ -56,7 +56,8 @@ def test_run_dir_results_go_into_its_record_and_reruns_replace_them(run_dir, cor
 
 @pytest.mark.parametrize("overrides,error,message", [
     (["eval.tasks=[piqa,mmlu]"], ValueError, r"unknown eval task\(s\) \['mmlu'\]"),
-    (["+eval.perplexity.files={pg19: /nonexistent/pg19.jsonl.zst}"], FileNotFoundError, r"files.pg19: .* does not exist"),
+    (["+eval.perplexity.files={pg19: /nonexistent/pg19.jsonl.zst}"], FileNotFoundError,
+     r"files.pg19: .* does not exist"),
     (["eval.perplexity.datasets=[slimpajama]"], ValueError, r"unknown perplexity dataset 'slimpajama'"),
 ])
 def test_bad_config_fails_before_loading_a_model(overrides, error, message):
@@ -81,3 +82,9 @@ def test_eval_py_on_a_saved_checkpoint_prints_the_table(run_dir, tmp_path):
                           f"hydra.run.dir={tmp_path / 'hydra'}"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "winogrande" in out.stdout and "exit loop 2" in out.stdout
+
+
+def test_exit_loop_beyond_the_model_fails_before_any_compute(model, tokenizer):
+    cfg = config("eval.tasks=[]", "eval.exit_loops=[1,3]")
+    with pytest.raises(ValueError, match=r"exit_loop=3 is outside 1..2"):
+        run_evaluation(cfg.eval, model, tokenizer)

@@ -46,7 +46,8 @@ def test_exit_at_last_loop_equals_full_depth_and_loop_one_differs(model, tokeniz
     docs = ["A short document about rivers.", "Another one, about mountains and valleys."]
     full = perplexity(model, tokenizer, docs, context_len=8, stride=3, progress=False)
     assert perplexity(model, tokenizer, docs, context_len=8, stride=3, exit_loop=2, progress=False) == full
-    assert perplexity(model, tokenizer, docs, context_len=8, stride=3, exit_loop=1, progress=False)["ppl"] != full["ppl"]
+    loop_one = perplexity(model, tokenizer, docs, context_len=8, stride=3, exit_loop=1, progress=False)
+    assert loop_one["ppl"] != full["ppl"]
 
 
 def test_reads_pg19_style_zstd_jsonl(tmp_path):

@@ -23,8 +23,8 @@ from rrt.utils.atomic import atomic_write_text
 
 EVAL_KEY = ("task", "metric", "exit_loop", "num_fewshot", "limit")
 PPL_KEY = ("dataset", "exit_loop", "context", "stride")
-LOCAL_SPLITS = ("heldout",)
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")  # perplexity datasets from the local corpus (rrt.data); others come from files
+LOCAL_SPLITS = ("heldout",)  # perplexity datasets from the local corpus (rrt.data); others come from files
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def _tasks(cfg_eval: DictConfig) -> list[str]:
@@ -72,7 +72,8 @@ def run_evaluation(cfg_eval: DictConfig, model, tokenizer, record: RunRecord | N
     validate(cfg_eval)
     results: dict[str, list[dict]] = {"evals": [], "perplexity": []}
     exit_loops = cfg_eval.get("exit_loops")
-    loops = exit_loop_list(model, list(exit_loops) if isinstance(exit_loops, ListConfig) else exit_loops)  # fails on a loop the model does not have, before compute
+    # fails on a loop the model does not have, before any compute
+    loops = exit_loop_list(model, list(exit_loops) if isinstance(exit_loops, ListConfig) else exit_loops)
     started = time.perf_counter()
 
     def save(section: str, rows: list[dict], key: tuple[str, ...]) -> None:
@@ -107,8 +108,10 @@ def format_results(results: dict[str, list[dict]]) -> str:
     parts = []
     if results["evals"]:
         frame = pd.DataFrame(results["evals"])
-        frame["score"] = [f"{v:.4f} ± {s:.4f}" if s is not None else f"{v:.4f}" for v, s in zip(frame.value, frame.stderr)]
-        table = frame.pivot_table(index=["task", "metric"], columns="exit_loop", values="score", aggfunc="first", sort=False)
+        frame["score"] = [f"{v:.4f} ± {s:.4f}" if s is not None else f"{v:.4f}"
+                          for v, s in zip(frame.value, frame.stderr)]
+        table = frame.pivot_table(index=["task", "metric"], columns="exit_loop", values="score", aggfunc="first",
+                                  sort=False)
         parts.append(table.rename(columns=lambda b: f"exit loop {b}").to_string())
     if results["perplexity"]:
         parts.append(pd.DataFrame(results["perplexity"]).to_string(index=False))

@@ -21,6 +21,7 @@ from rrt.evaluation import data
 from rrt.evaluation.lm import RecursiveLM
 from rrt.evaluation.tasks import PAPER_TASKS, resolve_tasks, task_dir
 from rrt.recursive.convert import recursion_spec_of
+from rrt.recursive.exits import exit_depth
 
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 BOOTSTRAP_ITERS = 1000  # only LAMBADA's (unreported) perplexity is bootstrapped; acc stderrs are closed-form
@@ -59,10 +60,13 @@ def model_loops(model: nn.Module) -> int:
 
 
 def exit_loop_list(model: nn.Module, exit_loops: Sequence[int | None] | int | None) -> list[int]:
-    """Requested exit loops as ints (None = the last loop = the full model), deduplicated, in order."""
+    """Requested exit loops as ints (None = the last loop = the full model), deduplicated, in order, validated."""
     loops = model_loops(model)
     requested = exit_loops if isinstance(exit_loops, Sequence) else [exit_loops]
-    return list(dict.fromkeys(loops if b is None else int(b) for b in requested or [None]))
+    chosen = list(dict.fromkeys(loops if b is None else int(b) for b in requested or [None]))
+    for exit_loop in chosen:
+        exit_depth(model, exit_loop)  # raises with the model's loop count
+    return chosen
 
 
 def tidy_row(results: dict[str, Any], task: str, exit_loop: int, limit: int | float | None) -> dict:

@@ -75,7 +75,8 @@ class RecursiveLM(TemplateLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         pairs = [(context, continuation) for _, context, continuation in requests]
         return score(self.model, pairs, batch_size=self.batch_size, max_length=self.max_length,
-                     exit_loop=self.exit_loop, max_positions=self.max_positions, progress=self.progress and not disable_tqdm,
+                     exit_loop=self.exit_loop, max_positions=self.max_positions,
+                     progress=self.progress and not disable_tqdm,
                      desc=f"loglikelihood (exit loop {self.exit_loop or 'all'})")
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
