@@ -118,7 +118,7 @@ def train(cfg: DictConfig) -> RunRecord | None:
     params = count_params(student)
     if record is not None:
         record.update(
-            status="running", config=OmegaConf.to_container(cfg, resolve=True), setting=setting_of(cfg, budget),
+            status="running", error=None, config=OmegaConf.to_container(cfg, resolve=True), setting=setting_of(cfg, budget),
             params={**params.to_dict(), "original_non_embedding": count_params_from_config(build.architecture(cfg)).non_embedding},
             budget=budget.to_dict(), timings={**record.data.get("timings", {}), "convert_s": convert_s},
         )
@@ -127,44 +127,25 @@ def train(cfg: DictConfig) -> RunRecord | None:
         else:
             record.truncate_metrics(after_step=0)
 
-    loops = student.config.rrt_recursion["loops"] if getattr(student.config, "rrt_recursion", None) else 1
-    spec = LossSpec(
-        exit_weights=tuple(exit_weights(cfg.early_exit.loss, loops, float(cfg.early_exit.coef))),
-        self_kd=bool(cfg.early_exit.self_kd),
-        kd=cfg.distill.loss,
-        kd_weight=float(cfg.distill.weight) if cfg.distill.loss != "none" else 0.0,
-        temperature=float(cfg.distill.temperature),
-        chunk_tokens=int(cfg.loss.chunk_tokens),
-        softcap=build.softcap_of(student),
-    )
     freeze_at = cfg.lora.get("lamda_freeze_b_at")
     module = RecursiveLMModule(
-        student, spec, hydra.utils.instantiate(cfg.optim.optimizer), total_steps=budget.steps,
+        student, loss_spec(cfg, student), hydra.utils.instantiate(cfg.optim.optimizer), total_steps=budget.steps,
         warmup_steps=budget.warmup_steps, min_lr_ratio=float(cfg.optim.min_lr_ratio), tokens_per_step=budget.tokens_per_step,
         teacher=teacher, lamda_freeze_step=int(freeze_at * budget.steps) if cfg.lora.adapter == "lamda" else None,
     )
     datamodule = hydra.utils.instantiate(cfg.data)
-    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    callbacks.append(RecordCallback(record, every_n_steps=int(cfg.budget.log_every_n_steps)))
     loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.logger else []
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        max_steps=budget.steps,
-        accumulate_grad_batches=budget.accumulate,
-        gradient_clip_val=cfg.optim.gradient_clip_val,
-        val_check_interval=int(cfg.budget.val_check_interval) * budget.accumulate,
-        check_val_every_n_epoch=None,
-        limit_val_batches=int(cfg.budget.val_batches),
-        log_every_n_steps=int(cfg.budget.log_every_n_steps),
-        callbacks=callbacks,
-        logger=loggers or False,
-        default_root_dir=str(run_dir),
-    )
+    trainer = make_trainer(cfg, budget, run_dir, loggers, RecordCallback(record, every_n_steps=int(cfg.budget.log_every_n_steps)))
     if record is not None:
         record.update(cluster=cluster_info(trainer))
 
     train_started = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+    except Exception as error:  # the record says why the run stopped; a re-run resumes from last.ckpt
+        if record is not None:
+            record.update(status="failed", error=f"{type(error).__name__}: {error}")
+        raise
     train_s = time.time() - train_started
     if not trainer.is_global_zero:
         return None
@@ -180,10 +161,42 @@ def train(cfg: DictConfig) -> RunRecord | None:
         timings["eval_s"] = time.time() - eval_started
     timings["total_s"] = time.time() - started
     record.update(status="complete", timings=timings)
-    for loader in loggers:
-        if hasattr(loader, "experiment") and hasattr(loader.experiment, "finish"):
-            loader.experiment.finish()
+    for logger in loggers:
+        if hasattr(logger.experiment, "finish"):  # wandb: close the (offline) run so its files are complete
+            logger.experiment.finish()
     return record
+
+
+def loss_spec(cfg: DictConfig, student) -> LossSpec:
+    """What the module optimises: exit weights, self-KD, teacher KD, chunking, soft-capping."""
+    loops = student.config.rrt_recursion["loops"] if getattr(student.config, "rrt_recursion", None) else 1
+    return LossSpec(
+        exit_weights=tuple(exit_weights(cfg.early_exit.loss, loops, float(cfg.early_exit.coef))),
+        self_kd=bool(cfg.early_exit.self_kd),
+        kd=cfg.distill.loss,
+        kd_weight=float(cfg.distill.weight) if cfg.distill.loss != "none" else 0.0,
+        temperature=float(cfg.distill.temperature),
+        chunk_tokens=int(cfg.loss.chunk_tokens),
+        softcap=build.softcap_of(student),
+    )
+
+
+def make_trainer(cfg: DictConfig, budget: Budget, run_dir: Path, loggers: list, record_callback: RecordCallback) -> L.Trainer:
+    """The Lightning Trainer of ``cfg.trainer``, stepping by the budget (validation interval in optimizer steps)."""
+    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    return hydra.utils.instantiate(
+        cfg.trainer,
+        max_steps=budget.steps,
+        accumulate_grad_batches=budget.accumulate,
+        gradient_clip_val=cfg.optim.gradient_clip_val,
+        val_check_interval=int(cfg.budget.val_check_interval) * budget.accumulate,
+        check_val_every_n_epoch=None,
+        limit_val_batches=int(cfg.budget.val_batches),
+        log_every_n_steps=int(cfg.budget.log_every_n_steps),
+        callbacks=[*callbacks, record_callback],
+        logger=loggers or False,
+        default_root_dir=str(run_dir),
+    )
 
 
 def cluster_info(trainer: L.Trainer) -> dict:
