@@ -95,6 +95,8 @@ def test_cpu_ddp_two_processes_trains_the_same_token_budget(tmp_path):
         (["variant=reduced", "lora.rank=4"], "set lora.rank=0"),
         (["variant=full", "lora.rank=8"], "set lora.rank=0"),
         (["early_exit=aggressive", "variant=full"], "needs a looped model"),
+        (["eval=ppl", "eval.perplexity.context_len=256", "eval.perplexity.stride=256"], "stride=256 must be in 1..context_len-1=255"),
+        (["eval=paper7", "eval.tasks=[piqa,squad]"], "squad"),
     ],
 )
 def test_bad_config_fails_before_compute(tmp_path, overrides, message):

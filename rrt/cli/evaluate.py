@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rrt.evaluation import data
 from rrt.evaluation.harness import check_fewshot, evaluate, exit_loop_list
-from rrt.evaluation.perplexity import perplexity, read_jsonl_texts
+from rrt.evaluation.perplexity import check_window, perplexity, read_jsonl_texts
 from rrt.evaluation.tasks import resolve_tasks
 from rrt.records import RECORD_NAME, RunRecord
 from rrt.utils.atomic import atomic_write_text
@@ -54,7 +54,9 @@ def validate(cfg_eval: DictConfig) -> None:
     tasks = _tasks(cfg_eval)
     check_fewshot(tasks, cfg_eval.get("num_fewshot"))
     data.check_packages(tasks, need_train=bool(cfg_eval.get("num_fewshot")))
-    _ppl_sources(cfg_eval)
+    if _ppl_sources(cfg_eval):
+        ppl = cfg_eval.perplexity
+        check_window(int(ppl.get("context_len", 1024)), int(ppl.get("stride", 512)))
 
 
 def _documents(name: str, path: str | None, ppl: DictConfig) -> list[str]:

@@ -18,10 +18,15 @@ from rrt.evaluation.lm import RecursiveLM
 from rrt.evaluation.scoring import TokenPair, score
 
 
-def windows(tokens: list[int], bos: int, context_len: int, stride: int) -> list[TokenPair]:
-    """(context, continuation) pairs that score every token of ``tokens`` exactly once."""
+def check_window(context_len: int, stride: int) -> None:
+    """A window of ``context_len`` tokens (BOS included) advancing by ``stride`` must keep some context."""
     if not 1 <= stride <= context_len - 1:
         raise ValueError(f"stride={stride} must be in 1..context_len-1={context_len - 1}")
+
+
+def windows(tokens: list[int], bos: int, context_len: int, stride: int) -> list[TokenPair]:
+    """(context, continuation) pairs that score every token of ``tokens`` exactly once."""
+    check_window(context_len, stride)
     pairs, done = [], 0
     while done < len(tokens):
         end = min(len(tokens), context_len - 1 if done == 0 else done + stride)

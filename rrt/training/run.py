@@ -95,6 +95,10 @@ def preflight(cfg: DictConfig) -> tuple[Budget, Path]:
         raise ValueError(f"resume={cfg.resume!r}; supported: ['auto', 'never']")
     if cfg.early_exit.loss != "none" and cfg.variant.name != "recursive":
         raise ValueError("early_exit needs a looped model: use variant=recursive")
+    if cfg.eval.get("tasks") or cfg.eval.get("perplexity"):
+        from rrt.cli.evaluate import validate
+
+        validate(cfg.eval)  # an eval mistake must not surface only after training
     return budget, run_dir
 
 
