@@ -35,8 +35,13 @@ def losses_by_step(record: dict) -> dict[int, float]:
     return {m["step"]: m["loss"] for m in record["metrics"] if "loss" in m}
 
 
-def compose_train(*overrides: str, run_dir: Path):
-    """The composed training config, as train.py would see it (no Hydra run dir needed)."""
+def compose_config(name: str, *overrides: str):
+    """A composed config of ``conf/<name>.yaml`` (config, eval, serve, convert), as its entry point sees it."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=[*overrides, f"paths.run_dir={run_dir}"])
+        return compose(name, overrides=list(overrides))
+
+
+def compose_train(*overrides: str, run_dir: Path):
+    """The composed training config, with the run dir given (no Hydra run dir needed)."""
+    return compose_config("config", *overrides, f"paths.run_dir={run_dir}")

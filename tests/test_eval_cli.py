@@ -8,26 +8,21 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from rrt.cli.evaluate import CONF_DIR, format_results, load_target, run_evaluation, validate
+from rrt.cli.evaluate import format_results, load_target, run_evaluation, validate
 from rrt.records import RunRecord
-from rrt.recursive.io import save_converted
-from tests.test_eval_lm import model, tokenizer  # noqa: F401  (shared module fixtures)
+from tests.helpers import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def config(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("eval", overrides=list(overrides))
+    return compose_config("eval", *overrides)
 
 
 @pytest.fixture
-def run_dir(tmp_path, model, tokenizer):
-    save_converted(model, tmp_path / "model", tokenizer=tokenizer)
-    RunRecord.create(tmp_path, config={"model": {"name": "tiny"}})
-    return tmp_path
+def run_dir(saved_run_dir):
+    return saved_run_dir
 
 
 @pytest.fixture

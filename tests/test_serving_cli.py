@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from rrt.cli.evaluate import CONF_DIR, load_target
+from rrt.cli.evaluate import load_target
 from rrt.cli.serve import serve, validate
 from rrt.records import RunRecord
-from rrt.recursive.io import save_converted
-from tests.test_eval_lm import model, tokenizer  # noqa: F401  (shared module fixtures)
+from tests.helpers import compose_config
 
 
 def config(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("serve", overrides=list(overrides))
+    return compose_config("serve", *overrides)
 
 
 @pytest.fixture
-def run_dir(tmp_path, model, tokenizer):
-    save_converted(model, tmp_path / "model", tokenizer=tokenizer)
-    RunRecord.create(tmp_path, config={"model": {"name": "tiny"}})
-    return tmp_path
+def run_dir(saved_run_dir):
+    return saved_run_dir
 
 
 def test_each_policy_adds_one_row_and_reruns_replace_it(run_dir):
