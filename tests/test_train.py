@@ -50,8 +50,10 @@ def test_resume_after_kill9_continues_the_same_loss_curve(tmp_path):
     command = [sys.executable, str(ROOT / "train.py"), *overrides, f"paths.runs_root={interrupted_root}"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "2"})
     deadline = time.time() + 600
-    while not list(interrupted_root.rglob("checkpoints/step4.ckpt")) and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    while process.poll() is None and time.time() < deadline and not (
+        list(interrupted_root.rglob("checkpoints/last.ckpt")) and len(losses_by_step(single_record(interrupted_root))) >= 4
+    ):
+        time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed = single_record(interrupted_root)
