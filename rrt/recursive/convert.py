@@ -18,7 +18,7 @@ from torch import nn
 
 from rrt.models import FamilyAdapter, family_for
 from rrt.recursive.indices import depths_of_position, position_of_depth, source_layers
-from rrt.recursive.relax import ADAPTER_CLASSES, DepthLoRALinear
+from rrt.recursive.relax import ADAPTER_CLASSES
 from rrt.recursive.spec import RecursionSpec
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,3 @@ def recursion_spec_of(model: nn.Module) -> RecursionSpec | None:
     data = getattr(model.config, "rrt_recursion", None)
     return RecursionSpec.from_dict(data) if data else None
 
-
-def depth_adapters(model: nn.Module) -> Iterator[DepthLoRALinear]:
-    for module in model.modules():
-        if isinstance(module, DepthLoRALinear):
-            yield module
