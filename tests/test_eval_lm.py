@@ -83,9 +83,17 @@ def test_exit_loop_beyond_the_model_fails_before_compute(model, tokenizer):
 
 
 def test_every_scored_input_starts_with_bos(model, tokenizer, requests):
+    """Each context's first forward (no KV cache yet) starts with BOS in every row: left-padded rows at their first
+    unmasked token."""
     firsts = []
-    handle = model.register_forward_pre_hook(lambda _m, _a, kwargs: firsts.extend(kwargs["input_ids"][:, 0].tolist()),
-                                             with_kwargs=True)
+
+    def record(_module, _args, kwargs):
+        if kwargs.get("cache") is None:
+            ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
+            starts = mask.argmax(dim=1) if mask is not None else torch.zeros(len(ids), dtype=torch.long)
+            firsts.extend(ids[torch.arange(len(ids)), starts].tolist())
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
     try:
         RecursiveLM(model, tokenizer, progress=False).loglikelihood(requests)
     finally:
