@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 from tests.test_analysis import records_root, synthetic_root  # noqa: F401  (fixtures)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rrt.cli.evaluate import format_results, load_target, run_evaluation, validate
+from rrt.cli.evaluate import format_results, load_target
+from rrt.evaluation.runner import run_evaluation, validate
 from rrt.records import RunRecord
 from tests.helpers import compose_config
 

@@ -1,108 +1,21 @@
 """``python eval.py run=<run dir> | checkpoint=<dir> | model=<embedded model>``: lm-eval accuracy + perplexity.
 
-``run_evaluation`` is the core; train.py calls it after training with its in-memory model.
+The evaluation itself is ``rrt.evaluation.runner.run_evaluation``; this module finds the model and prints.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pandas as pd
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from rrt.evaluation import data
-from rrt.evaluation.harness import check_fewshot, evaluate, exit_loop_list
-from rrt.evaluation.perplexity import check_window, perplexity, read_jsonl_texts
-from rrt.evaluation.tasks import resolve_tasks
+from rrt.evaluation.runner import run_evaluation, validate
 from rrt.records import RECORD_NAME, RunRecord
-from rrt.utils.atomic import atomic_write_text
 
-EVAL_KEY = ("task", "metric", "exit_loop", "num_fewshot", "limit")
-PPL_KEY = ("dataset", "exit_loop", "context", "stride")
-LOCAL_SPLITS = ("heldout",)  # perplexity datasets from the local corpus (rrt.data); others come from files
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-
-
-def _tasks(cfg_eval: DictConfig) -> list[str]:
-    tasks = cfg_eval.get("tasks") or []
-    tasks = tasks if isinstance(tasks, str) else list(tasks)
-    return resolve_tasks(tasks) if tasks else []
-
-
-def _ppl_sources(cfg_eval: DictConfig) -> dict[str, str | None]:
-    """dataset name -> jsonl path (None for a local corpus split), validated before any compute."""
-    ppl = cfg_eval.get("perplexity") or {}
-    sources: dict[str, str | None] = {}
-    for name in ppl.get("datasets") or []:
-        if name not in LOCAL_SPLITS:
-            raise ValueError(f"unknown perplexity dataset '{name}': local ones are {LOCAL_SPLITS}; "
-                             "give other corpora as eval.perplexity.files={name: path.jsonl.zst}")
-        sources[name] = None
-    for name, path in (ppl.get("files") or {}).items():
-        if not Path(path).expanduser().is_file():
-            raise FileNotFoundError(f"eval.perplexity.files.{name}: {path} does not exist")
-        sources[name] = str(path)
-    return sources
-
-
-def validate(cfg_eval: DictConfig) -> None:
-    """Every configuration error, before a model is loaded."""
-    tasks = _tasks(cfg_eval)
-    check_fewshot(tasks, cfg_eval.get("num_fewshot"))
-    data.check_packages(tasks, need_train=bool(cfg_eval.get("num_fewshot")))
-    if _ppl_sources(cfg_eval):
-        ppl = cfg_eval.perplexity
-        check_window(int(ppl.get("context_len", 1024)), int(ppl.get("stride", 512)))
-
-
-def _documents(name: str, path: str | None, ppl: DictConfig) -> list[str]:
-    if path is None:
-        from rrt.data import load_documents
-
-        documents = load_documents(name)
-        return documents[: ppl.get("max_documents")] if ppl.get("max_documents") else documents
-    return read_jsonl_texts(path, ppl.get("text_field", "text"), ppl.get("max_documents"))
-
-
-def run_evaluation(cfg_eval: DictConfig, model, tokenizer, record: RunRecord | None = None,
-                   output: str | Path | None = None) -> dict[str, list[dict]]:
-    """Accuracy rows and perplexity rows for ``model``; saved into ``record`` / ``output`` as they come."""
-    validate(cfg_eval)
-    results: dict[str, list[dict]] = {"evals": [], "perplexity": []}
-    exit_loops = cfg_eval.get("exit_loops")
-    # fails on a loop the model does not have, before any compute
-    loops = exit_loop_list(model, list(exit_loops) if isinstance(exit_loops, ListConfig) else exit_loops)
-    started = time.perf_counter()
-
-    def save(section: str, rows: list[dict], key: tuple[str, ...]) -> None:
-        results[section] = rows
-        if record is not None:
-            record.replace_rows(section, rows, key=key)
-        if output is not None:
-            atomic_write_text(Path(output), json.dumps(results, indent=1))
-
-    tasks = _tasks(cfg_eval)
-    if tasks:
-        evaluate(model, tokenizer, tasks=tasks, limit=cfg_eval.get("limit"), num_fewshot=cfg_eval.get("num_fewshot"),
-                 exit_loops=loops, batch_size=cfg_eval.get("batch_size", 16), progress=cfg_eval.get("progress", True),
-                 on_rows=lambda rows: save("evals", rows, EVAL_KEY))
-    ppl = cfg_eval.get("perplexity") or {}
-    ppl_rows: list[dict] = []
-    for name, path in _ppl_sources(cfg_eval).items():
-        documents = _documents(name, path, ppl)
-        for exit_loop in loops:
-            scores = perplexity(model, tokenizer, documents, context_len=ppl.get("context_len", 1024),
-                                stride=ppl.get("stride", 512), exit_loop=exit_loop,
-                                batch_size=ppl.get("batch_size", 4), progress=cfg_eval.get("progress", True))
-            ppl_rows.append({"dataset": name, "exit_loop": exit_loop, **scores})
-            save("perplexity", ppl_rows, PPL_KEY)
-    if record is not None:
-        record.update(timings={**record.data.get("timings", {}), "eval_s": time.perf_counter() - started})
-    return results
 
 
 def format_results(results: dict[str, list[dict]]) -> str:

@@ -12,7 +12,7 @@ from torch import nn
 
 from rrt.recursive.exits import capture_loop_outputs, final_norm
 from rrt.recursive.relax import DepthLaMDALinear
-from rrt.training.build import final_hidden, softcap_of
+from rrt.training.build import final_hidden
 from rrt.training.losses import LossSpec, lm_loss
 
 

@@ -96,7 +96,7 @@ def preflight(cfg: DictConfig) -> tuple[Budget, Path]:
     if cfg.early_exit.loss != "none" and cfg.variant.name != "recursive":
         raise ValueError("early_exit needs a looped model: use variant=recursive")
     if cfg.eval.get("tasks") or cfg.eval.get("perplexity"):
-        from rrt.cli.evaluate import validate
+        from rrt.evaluation.runner import validate
 
         validate(cfg.eval)  # an eval mistake must not surface only after training
     return budget, run_dir
@@ -158,7 +158,7 @@ def train(cfg: DictConfig) -> RunRecord | None:
     save_converted(student, run_dir / "model", tokenizer=tokenizer)
     timings = {**record.data.get("timings", {}), "train_s": train_s}
     if cfg.eval.get("tasks") or cfg.eval.get("perplexity"):
-        from rrt.cli.evaluate import run_evaluation
+        from rrt.evaluation.runner import run_evaluation
 
         eval_started = time.time()
         run_evaluation(cfg.eval, student, tokenizer, record=record)
