@@ -40,6 +40,8 @@ class Runs:
         out = pd.concat([runs[["run_id", "status"]], setting], axis=1).set_index("run_id")
         out["n_emb"] = runs.set_index("run_id").get("params.non_embedding", pd.Series(dtype=float)) / 1e9
         loops = out["loops"] if "loops" in out else pd.Series(dtype=float)
+        if "variant" in out:  # full / reduced models loop once (a reduced run's loops name the B it stands in for)
+            loops = loops.where(out["variant"].fillna("recursive") == "recursive", 1)
         out = out.join(_task_scores(self.evals, exit_loop, loops)).join(_perplexities(self.perplexity, exit_loop, loops))
         if exit_loop is None:
             out = out.join(_last_loss(self.metrics)).join(_throughputs(self.throughput))

@@ -191,8 +191,12 @@ def test_final_exit_is_the_runs_last_loop(tmp_path):
     both = RunRecord.create(tmp_path / "both", setting=dict(BASE_SETTING), status="complete")
     both.append("evals", evals(50.0, 2) + evals(40.0, 1))
     RunRecord.create(tmp_path / "loop1", setting=dict(BASE_SETTING), status="complete").append("evals", evals(40.0, 1))
+    for variant in ("full", "reduced"):  # one loop: eval.py writes their scores at exit loop 1
+        RunRecord.create(tmp_path / variant, setting={**BASE_SETTING, "variant": variant}, status="complete").append(
+            "evals", evals(30.0, 1))
     summary = load_runs(tmp_path).summary().set_index("run_id")
     assert summary.loc["both", "Avg"] == pytest.approx(50.0) and math.isnan(summary.loc["loop1", "Avg"])
+    assert summary.loc["full", "Avg"] == summary.loc["reduced", "Avg"] == pytest.approx(30.0)
 
 
 def test_avg_needs_all_seven_tasks(tmp_path):
