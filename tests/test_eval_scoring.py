@@ -77,3 +77,17 @@ def test_truncated_contexts_fall_back_to_separate_windows():
     model = tiny_model("llama")
     pairs = [([BOS] + list(range(3, 40)), [50, 51]), ([BOS] + list(range(3, 40)), [60])]
     assert_same(score(model, pairs, batch_size=4, max_length=16), score_batch(model, pairs, max_length=16))
+
+
+def test_head_position_budget_holds_for_shared_contexts():
+    """A context whose choices together exceed max_positions is not scored in one forward."""
+    model = tiny_model("llama")
+    pairs = [([BOS, 5, 6, 7], [8, 9, 10]), ([BOS, 5, 6, 7], [11, 12, 13])]
+    heads = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda _m, _args, logits: heads.append(logits.shape[1]))
+    try:
+        results = score(model, pairs, batch_size=4, max_length=128, max_positions=4)
+    finally:
+        handle.remove()
+    assert max(heads) <= 4
+    assert_same(results, score_batch(model, pairs, max_length=128))

@@ -132,17 +132,19 @@ def _pieces(pairs: list[TokenPair], limit: int) -> tuple[list[TokenPair], list[i
     return pieces, owners
 
 
-def _by_context(pieces: list[TokenPair], max_length: int) -> tuple[list[list[int]], list[int]]:
+def _by_context(pieces: list[TokenPair], max_length: int, max_positions: int) -> tuple[list[list[int]], list[int]]:
     """Indices of pieces grouped by a shared context (scored with score_shared), and the other pieces.
 
-    A group needs >= 2 continuations, a context of >= 2 tokens (BOS + text) and no truncation.
+    A group needs >= 2 continuations, a context of >= 2 tokens (BOS + text), no truncation, and at most
+    ``max_positions`` scored tokens in all (one forward holds them all).
     """
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (ctx, _) in enumerate(pieces):
         groups.setdefault(tuple(ctx), []).append(i)
     shared, single = [], []
     for ctx, members in groups.items():
-        fits = all(len(ctx) + len(pieces[i][1]) - 1 <= max_length for i in members)
+        fits = (all(len(ctx) + len(pieces[i][1]) - 1 <= max_length for i in members)
+                and sum(len(pieces[i][1]) for i in members) <= max_positions)
         if len(members) > 1 and len(ctx) > 1 and fits:
             shared.append(members)
         else:
@@ -176,7 +178,7 @@ def score(model: nn.Module, pairs: list[TokenPair], *, batch_size: int, max_leng
     if any(not ctx or not cont for ctx, cont in pairs):
         raise ValueError("every scored pair needs a non-empty context (at least BOS) and continuation")
     pieces, owners = _pieces(pairs, max_positions)
-    shared, single = _by_context(pieces, max_length)
+    shared, single = _by_context(pieces, max_length, max_positions)
 
     def scored_tokens(members: list[int]) -> int:
         return sum(len(pieces[i][1]) for i in members)
