@@ -20,7 +20,7 @@ A record is the only thing analysis reads. Layout of ``<run_dir>/record.json``::
       "cluster": {"world_size": 1, "num_nodes": 1, "devices": 1, "slurm_job_id": null, "hostname": ".."},
       "metrics": [{"step": 1, "tokens": 1024, "loss": .., "ce": .., "kd": .., "lr": .., "tokens_per_s": ..}, ...],
       "evals": [{"task": "piqa", "metric": "acc_norm", "value": 0.61, "stderr": 0.01, "n": 1838,
-                 "num_fewshot": 0, "exit_loop": 2, "limit": null}, ...],
+                 "num_fewshot": 0, "exit_loop": 2, "limit": null, "subset": null}, ...],
       "perplexity": [{"dataset": "local_heldout", "exit_loop": 2, "ppl": 13.5, "tokens": .., "context": 1024, "stride": 512}],
       "throughput": [{"engine": "cdb" | "vanilla" | "csb", "tokens_per_s": .., "batch": .., ...}],
       "timings": {"convert_s": .., "train_s": .., "eval_s": ..}

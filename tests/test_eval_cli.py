@@ -55,6 +55,7 @@ def test_run_dir_results_go_into_its_record_and_reruns_replace_them(run_dir, cor
     (["+eval.perplexity.files={pg19: /nonexistent/pg19.jsonl.zst}"], FileNotFoundError,
      r"files.pg19: .* does not exist"),
     (["eval.perplexity.datasets=[slimpajama]"], ValueError, r"unknown perplexity dataset 'slimpajama'"),
+    (["eval.subset=last"], ValueError, r"eval.subset='last': use one of"),
 ])
 def test_bad_config_fails_before_loading_a_model(overrides, error, message):
     with pytest.raises(error, match=message):

