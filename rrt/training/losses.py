@@ -10,6 +10,7 @@ gradients. This is the "fused linear cross-entropy" scheme; we measured it again
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -87,7 +88,15 @@ def _chunk_terms(spec: LossSpec, head, labels, teacher_head, teacher_hidden, *ex
     return torch.stack(terms)
 
 
-def _term_weights(spec: LossSpec, loops: int) -> torch.Tensor:
+def _chunks(spec: LossSpec, targets: torch.Tensor,
+            teacher_flat: torch.Tensor | None) -> Iterator[tuple[slice, torch.Tensor | None]]:
+    """Token slices of ``spec.chunk_tokens`` positions, with the teacher's hidden states for each."""
+    for start in range(0, targets.numel(), spec.chunk_tokens):
+        part = slice(start, start + spec.chunk_tokens)
+        yield part, (teacher_flat[part] if teacher_flat is not None else None)
+
+
+def _term_weights(spec: LossSpec) -> torch.Tensor:
     """Coefficient of each chunk term in the optimised loss (same order as ``_chunk_terms``)."""
     weights = list(spec.exit_weights) + [spec.kd_weight]
     if spec.self_kd:
@@ -100,16 +109,14 @@ class _FusedChunkedLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spec, targets, teacher_head, teacher_flat, count, head, *exits):
-        weights = _term_weights(spec, len(exits)).to(head.device)
+        weights = _term_weights(spec).to(head.device)
         grad_head = torch.zeros_like(head) if head.requires_grad else None
         grad_exits = [torch.zeros_like(h) for h in exits]
         totals = None
-        for start in range(0, targets.numel(), spec.chunk_tokens):
-            part = slice(start, start + spec.chunk_tokens)
+        for part, teacher in _chunks(spec, targets, teacher_flat):
             with torch.enable_grad():
                 head_leaf = head.detach().requires_grad_(head.requires_grad)
                 leaves = [h[part].detach().requires_grad_() for h in exits]
-                teacher = teacher_flat[part] if teacher_flat is not None else None
                 sums = _chunk_terms(spec, head_leaf, targets[part], teacher_head, teacher, *leaves)
                 wrt = ([head_leaf] if head.requires_grad else []) + leaves
                 grads = torch.autograd.grad((weights * sums).sum() / count, wrt)
@@ -135,9 +142,7 @@ class _FusedChunkedLoss(torch.autograd.Function):
 def _chunked_means(spec, targets, teacher_head, teacher_flat, count, head, exits) -> torch.Tensor:
     """Term means without gradients (validation): one chunk of logits at a time."""
     totals = None
-    for start in range(0, targets.numel(), spec.chunk_tokens):
-        part = slice(start, start + spec.chunk_tokens)
-        teacher = teacher_flat[part] if teacher_flat is not None else None
+    for part, teacher in _chunks(spec, targets, teacher_flat):
         sums = _chunk_terms(spec, head, targets[part], teacher_head, teacher, *[h[part] for h in exits])
         totals = sums if totals is None else totals + sums
     return totals / count
@@ -167,7 +172,7 @@ def lm_loss(
         loss, means = _FusedChunkedLoss.apply(spec, targets, teacher_head, teacher_flat, count, head, *flat)
     else:
         means = _chunked_means(spec, targets, teacher_head, teacher_flat, count, head, flat)
-        loss = (_term_weights(spec, len(exits)).to(means.device) * means).sum()
+        loss = (_term_weights(spec).to(means.device) * means).sum()
     loops = len(exits)
     ce, kd, self_kd = means[:loops], means[loops], means[loops + 1 :]
     out = {"loss": loss, "ce": ce[-1], "kd": kd}
