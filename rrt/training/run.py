@@ -95,7 +95,7 @@ def preflight(cfg: DictConfig) -> tuple[Budget, Path]:
         raise ValueError(f"resume={cfg.resume!r}; supported: ['auto', 'never']")
     if cfg.early_exit.loss != "none" and cfg.variant.name != "recursive":
         raise ValueError("early_exit needs a looped model: use variant=recursive")
-    if cfg.eval.get("tasks") or cfg.eval.get("perplexity"):
+    if evaluates(cfg):
         from rrt.evaluation.runner import validate
 
         validate(cfg.eval)  # an eval mistake must not surface only after training
@@ -157,7 +157,7 @@ def train(cfg: DictConfig) -> RunRecord | None:
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     save_converted(student, run_dir / "model", tokenizer=tokenizer)
     timings = {**record.data.get("timings", {}), "train_s": train_s}
-    if cfg.eval.get("tasks") or cfg.eval.get("perplexity"):
+    if evaluates(cfg):
         from rrt.evaluation.runner import run_evaluation
 
         eval_started = time.time()
@@ -169,6 +169,11 @@ def train(cfg: DictConfig) -> RunRecord | None:
         if hasattr(logger.experiment, "finish"):  # wandb: close the (offline) run so its files are complete
             logger.experiment.finish()
     return record
+
+
+def evaluates(cfg: DictConfig) -> bool:
+    """Whether the run evaluates after training (eval tasks or perplexity configured; eval=none has neither)."""
+    return bool(cfg.eval.get("tasks") or cfg.eval.get("perplexity"))
 
 
 def loss_spec(cfg: DictConfig, student) -> LossSpec:
