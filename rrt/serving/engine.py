@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from rrt.serving.policies import ExitPolicy, FullDepth
-from rrt.serving.stack import ATTENTIONS, DepthStack
+from rrt.serving.stack import DepthStack, check_attention
 
 SCHEDULINGS = ("continuous", "static")
 
@@ -88,8 +88,7 @@ class Engine:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.stack = DepthStack(model)
         self.policy = policy or FullDepth()
-        if attention not in ATTENTIONS:
-            raise ValueError(f"unknown attention {attention!r}; supported: {list(ATTENTIONS)}")
+        check_attention(attention)
         if not 1 <= head_batch <= max_batch:
             raise ValueError(f"head_batch must be in 1..max_batch={max_batch}, got {head_batch}")
         self.max_batch, self.scheduling, self.head_batch, self.attention = max_batch, scheduling, head_batch, attention

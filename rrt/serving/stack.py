@@ -55,6 +55,11 @@ def per_item_attention(module, query, key, value, attention_mask, **kwargs):
 AttentionInterface.register(PER_ITEM, per_item_attention)
 
 
+def check_attention(kind: str) -> None:
+    if kind not in ATTENTIONS:
+        raise ValueError(f"unknown attention {kind!r}; supported: {list(ATTENTIONS)}")
+
+
 @dataclass(frozen=True)
 class Depth:
     layer: nn.Module
@@ -100,8 +105,7 @@ class DepthStack:
     @contextmanager
     def attention(self, kind: str) -> Iterator[None]:
         """Run attention as one padded masked call per layer call ("padded") or per row ("per_item")."""
-        if kind not in ATTENTIONS:
-            raise ValueError(f"unknown attention {kind!r}; supported: {list(ATTENTIONS)}")
+        check_attention(kind)
         if kind == "padded":
             yield
             return
