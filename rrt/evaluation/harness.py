@@ -120,8 +120,8 @@ def evaluate(model: nn.Module, tokenizer, tasks: str | Sequence[str] = "paper7",
     """
     names = resolve_tasks(tasks if isinstance(tasks, str) else list(tasks))
     check_fewshot(names, num_fewshot)
-    check_subset(subset)
     data.check_packages(names, need_train=bool(num_fewshot))
+    selections = {task: doc_selection(task, limit, subset) for task in names}  # validates subset; once per task
     lms = {b: RecursiveLM(model, tokenizer, exit_loop=b, batch_size=batch_size, progress=progress)
            for b in exit_loop_list(model, exit_loops)}
     rows: list[dict] = []
@@ -131,7 +131,7 @@ def evaluate(model: nn.Module, tokenizer, tasks: str | Sequence[str] = "paper7",
             loop_rows = []
             for task in names:
                 results = simple_evaluate(model=lm, tasks=[task], num_fewshot=num_fewshot,
-                                          **doc_selection(task, limit, subset), task_manager=manager,
+                                          **selections[task], task_manager=manager,
                                           log_samples=False, bootstrap_iters=BOOTSTRAP_ITERS)
                 loop_rows.append(tidy_row(results, task, exit_loop, limit, subset))
                 if on_rows:
