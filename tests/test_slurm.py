@@ -31,7 +31,7 @@ def slurm_env() -> dict[str, str]:
     was_running = subprocess.run([str(SCRIPT), "status"], env=env, capture_output=True).returncode == 0
     started = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=900)
     if started.returncode != 0:
-        pytest.fail(f"the local SLURM cluster did not start (pytest -m "not slurm" deselects these tests):\n{started.stdout}{started.stderr}")
+        pytest.fail(f"the local SLURM cluster did not start (pytest -m 'not slurm' deselects these tests):\n{started.stdout}{started.stderr}")
     env["SLURM_CONF"] = f"{env['RRT_SLURM_DIR']}/slurm.conf"
     yield env
     if not was_running:
