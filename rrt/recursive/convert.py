@@ -41,6 +41,21 @@ def requested_rank(spec: RecursionSpec, family: FamilyAdapter, path: str) -> int
     return int(round(spec.lora.rank_for(family.linears[path]) * family.fused_rank_factor.get(path, 1.0)))
 
 
+def reinitialize(model: nn.Module, seed: int) -> None:
+    """Give every parameter and buffer of ``model`` a fresh, seeded initialisation, in place.
+
+    ``model.apply(model._init_weights)`` is not enough: transformers 5.x flags every tensor loaded by
+    ``from_pretrained`` as initialised and its init functions then skip it, so a loaded model would keep
+    its pretrained weights. A ``from_config`` model of the same architecture is initialised for real; its
+    values are copied in place, so the caller's ``Parameter`` objects (and any ties) stay the same.
+    """
+    torch.manual_seed(seed)
+    dtype = next(model.parameters()).dtype
+    fresh = type(model)._from_config(model.config, dtype=dtype)
+    with torch.no_grad():
+        model.load_state_dict(fresh.state_dict())
+
+
 def _shared_values(layers: nn.ModuleList, family: FamilyAdapter, spec: RecursionSpec) -> dict[tuple[int, str, str], torch.Tensor]:
     """New value of every parameter of every shared position, computed before any layer is overwritten."""
     num_layers, loops = len(layers), spec.loops
@@ -77,9 +92,7 @@ def convert_to_recursive(model: nn.Module, spec: RecursionSpec, *, initialize: b
     generator = torch.Generator().manual_seed(spec.seed)
 
     if initialize and spec.init == "random":
-        # The paper's "Rand" baseline: recursive architecture, no pretrained weights anywhere.
-        torch.manual_seed(spec.seed)
-        model.apply(model._init_weights)
+        reinitialize(model, spec.seed)  # the paper's "Rand" baseline: no pretrained weights anywhere
 
     originals: dict[tuple[int, str], torch.Tensor] = {}
     if initialize and spec.lora.enabled and spec.lora.init == "svd":
