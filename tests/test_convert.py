@@ -265,3 +265,15 @@ def test_random_init_of_a_reloaded_checkpoint_replaces_every_weight(tmp_path, fa
         for name, value in layer_params(model, depth).items():
             for source in range(4):
                 assert not torch.equal(value, checkpoint[f"model.layers.{source}.{name}"]), (depth, name, source)
+
+
+@pytest.mark.parametrize(("ranks", "expected"), [({"q": 4, "kv": 2}, 4), ({"q": 4, "kv": None}, 10), ({"q": None, "kv": 0}, 4)])
+def test_fused_qkv_rank_honours_the_q_and_kv_groups(ranks, expected):
+    """Pythia's query_key_value gets the rank whose adapter costs what separate q, k, v adapters would."""
+    spec = RecursionSpec(loops=2, lora=LoRASpec(rank=8, ranks={**ranks, "o": None, "ffn": None}))
+    neox = convert_to_recursive(tiny_model("gpt_neox"), spec)
+    qkv = family_for(neox.config).layer_list(neox)[1].attention.query_key_value
+    assert qkv.rank == expected
+    d = qkv.in_features  # q, k and v are each d wide (no GQA in GPT-NeoX)
+    separate = sum(spec.lora.rank_for(g) * (d + d) for g in ("q", "kv", "kv"))
+    assert qkv.rank * (qkv.in_features + qkv.out_features) == separate

@@ -23,17 +23,33 @@ class FamilyAdapter:
     model_types: tuple[str, ...]
     layers: str  # path of the ModuleList of decoder layers, from the CausalLM root
     final_norm: str  # path of the norm applied after the last layer, from the CausalLM root
-    linears: dict[str, str]  # path inside a layer -> rank group (q, kv, o, ffn)
+    linears: dict[str, str]  # path inside a layer -> rank group (q, kv, o, ffn); a fused linear: its first part's
     norms: tuple[str, ...]  # paths inside a layer
-    # A fused linear (e.g. Pythia's query_key_value) gets rank round(factor * r) so its parameter count
-    # equals separate rank-r adapters on its parts (rrt-paper.md section 1.11: Pythia's counts imply 1.5r).
-    fused_rank_factor: dict[str, float] = field(default_factory=dict)
+    # A fused linear (e.g. Pythia's query_key_value) -> the rank groups of its equal-width output parts, in order
+    # (q, kv, kv). Its rank is chosen so that its adapter has as many parameters as separate adapters on the parts
+    # would have with their groups' ranks (see fused_rank); so lora.ranks.q and lora.ranks.kv both apply to it.
+    fused: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def groups_of(self, path: str) -> tuple[str, ...]:
+        """The rank groups a linear serves: one, or each part of a fused linear."""
+        return tuple(dict.fromkeys(self.fused.get(path, (self.linears[path],))))
 
     def layer_list(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layers)
 
     def final_norm_module(self, model: nn.Module) -> nn.Module:
         return model.get_submodule(self.final_norm)
+
+
+def fused_rank(part_ranks: tuple[int, ...], in_features: int, out_features: int) -> int:
+    """Rank of one adapter on a fused linear whose ``len(part_ranks)`` equal output parts ask for these ranks.
+
+    Separate rank-r_i adapters on parts of width out/n cost sum_i r_i (in + out/n) parameters; one rank-R adapter
+    on the fused linear costs R (in + out). R is the nearest integer that spends the same: for Pythia's QKV with
+    all ranks r this is exactly 1.5 r, the factor the paper's N-emb values imply (rrt-paper.md section 1.11).
+    """
+    part_width = out_features / len(part_ranks)
+    return int(round(sum(part_ranks) * (in_features + part_width) / (in_features + out_features)))
 
 
 _REGISTRY: dict[str, FamilyAdapter] = {}

@@ -15,6 +15,6 @@ GPT_NEOX = register(
             "mlp.dense_4h_to_h": "ffn",
         },
         norms=("input_layernorm", "post_attention_layernorm"),
-        fused_rank_factor={"attention.query_key_value": 1.5},
+        fused={"attention.query_key_value": ("q", "kv", "kv")},  # [q | k | v] rows, each hidden_size wide
     )
 )

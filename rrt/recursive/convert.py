@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from rrt.models import FamilyAdapter, family_for
+from rrt.models.family import fused_rank
 from rrt.recursive.indices import depths_of_position, position_of_depth, source_layers
 from rrt.recursive.relax import ADAPTER_CLASSES
 from rrt.recursive.spec import RecursionSpec
@@ -36,9 +37,12 @@ def replace_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent_path) if parent_path else root, name, module)
 
 
-def requested_rank(spec: RecursionSpec, family: FamilyAdapter, path: str) -> int:
-    """Rank asked for one linear: its group's rank, times the family's factor for fused linears."""
-    return int(round(spec.lora.rank_for(family.linears[path]) * family.fused_rank_factor.get(path, 1.0)))
+def requested_rank(spec: RecursionSpec, family: FamilyAdapter, path: str, linear: nn.Linear) -> int:
+    """Rank asked for one linear: its group's rank; for a fused linear, the rank that honours each part's group."""
+    if path in family.fused:
+        parts = tuple(spec.lora.rank_for(group) for group in family.fused[path])
+        return fused_rank(parts, linear.in_features, linear.out_features)
+    return spec.lora.rank_for(family.linears[path])
 
 
 def reinitialize(model: nn.Module, seed: int) -> None:
@@ -128,7 +132,7 @@ def _relax(layers, family, spec, originals, generator, initialize) -> None:
     for depth, layer in enumerate(layers):
         for path in family.linears:
             shared = layer.get_submodule(path)
-            requested = requested_rank(spec, family, path)
+            requested = requested_rank(spec, family, path, shared)
             rank = min(requested, shared.in_features, shared.out_features)
             if rank < requested:
                 capped.add((path, requested, rank))
