@@ -8,12 +8,10 @@ exit loop (the paper's Avg: unweighted mean over the tasks evaluated).
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from lm_eval import simple_evaluate
+from lm_eval import simple_evaluate  # offline: rrt/__init__.py set the HF variables before this import
 from lm_eval.tasks import TaskManager
 from torch import nn
 
@@ -23,21 +21,8 @@ from rrt.evaluation.tasks import PAPER_TASKS, resolve_tasks, task_dir
 from rrt.recursive.convert import recursion_spec_of
 from rrt.recursive.exits import exit_depth
 
-OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 BOOTSTRAP_ITERS = 1000  # only LAMBADA's (unreported) perplexity is bootstrapped; acc stderrs are closed-form
 SUBSETS = ("first", "spread")
-
-
-@contextmanager
-def offline() -> Iterator[None]:
-    """No hub look-ups while lm-eval runs (there is no hub here; every split is local)."""
-    saved = {key: os.environ.get(key) for key in OFFLINE}
-    os.environ.update(OFFLINE)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
 def task_manager(tasks: Sequence[str]) -> TaskManager:
@@ -125,18 +110,17 @@ def evaluate(model: nn.Module, tokenizer, tasks: str | Sequence[str] = "paper7",
     lms = {b: RecursiveLM(model, tokenizer, exit_loop=b, batch_size=batch_size, progress=progress)
            for b in exit_loop_list(model, exit_loops)}
     rows: list[dict] = []
-    with offline():
-        manager = task_manager(names)
-        for exit_loop, lm in lms.items():
-            loop_rows = []
-            for task in names:
-                results = simple_evaluate(model=lm, tasks=[task], num_fewshot=num_fewshot,
-                                          **selections[task], task_manager=manager,
-                                          log_samples=False, bootstrap_iters=BOOTSTRAP_ITERS)
-                loop_rows.append(tidy_row(results, task, exit_loop, limit, subset))
-                if on_rows:
-                    on_rows(rows + loop_rows)
-            rows += loop_rows + [average_row(loop_rows)]
+    manager = task_manager(names)
+    for exit_loop, lm in lms.items():
+        loop_rows = []
+        for task in names:
+            results = simple_evaluate(model=lm, tasks=[task], num_fewshot=num_fewshot,
+                                      **selections[task], task_manager=manager,
+                                      log_samples=False, bootstrap_iters=BOOTSTRAP_ITERS)
+            loop_rows.append(tidy_row(results, task, exit_loop, limit, subset))
+            if on_rows:
+                on_rows(rows + loop_rows)
+        rows += loop_rows + [average_row(loop_rows)]
     if on_rows:
         on_rows(rows)
     return rows
