@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from rrt.assets import cache_root, file_lock, load_tokenizer
+from rrt.utils.atomic import share_like_open
 
 
 def special_ids(tokenizer) -> tuple[int, int]:
@@ -106,7 +107,7 @@ def cached_rows(texts: Callable[[], Iterable[str]], text_sha256: str, tokenizer:
                 try:
                     with os.fdopen(fd, "wb") as handle:
                         np.save(handle, rows)
-                    os.chmod(tmp, 0o644)
+                    share_like_open(tmp)  # mkstemp made it 0600
                     os.replace(tmp, path)
                 except BaseException:
                     Path(tmp).unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.initialization import no_init_weights
 
 from rrt.recursive.convert import convert_to_recursive, recursion_spec_of
-from rrt.utils.atomic import atomic_write_text
+from rrt.utils.atomic import atomic_write_text, share_like_open
 
 WEIGHTS = "model.safetensors"
 SPEC = "recursion.json"
@@ -43,6 +43,7 @@ def save_converted(model: nn.Module, directory: str | Path, tokenizer=None) -> P
     atomic_write_text(directory / SPEC, json.dumps({"recursion": spec.to_dict() if spec else None}, indent=2))
     tmp = directory / (WEIGHTS + ".tmp")
     save_file({k: v.cpu() for k, v in unique_state(model).items()}, str(tmp), metadata={"format": "pt"})
+    share_like_open(tmp)  # safetensors creates it 0600
     tmp.replace(directory / WEIGHTS)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
