@@ -73,7 +73,8 @@ def guarded_env(tmp_path: Path) -> dict[str, str]:
 
 def run_guarded(args: list[str], env: dict[str, str]) -> str:
     """Run ``python <args>`` under the hook; its combined output, after asserting it succeeded."""
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, *args], check=False, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, f"{args} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     return result.stdout + result.stderr
 
@@ -86,9 +87,9 @@ def network_attempts(env: dict[str, str]) -> list[str]:
 def test_the_hook_sees_an_outside_connection(guarded_env):
     """The guard itself works: a plain look-up of a remote host is logged (else the test below proves nothing)."""
     result = subprocess.run([sys.executable, "-c", "import socket; socket.getaddrinfo('huggingface.co', 443)"],
-                            env=guarded_env, capture_output=True, text=True, timeout=60)
+                            check=False, env=guarded_env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "network refused" in result.stderr
-    assert network_attempts(guarded_env) == [f"socket.getaddrinfo ('huggingface.co', 443) from ['-c']"]
+    assert network_attempts(guarded_env) == ["socket.getaddrinfo ('huggingface.co', 443) from ['-c']"]
 
 
 def test_train_eval_and_report_make_no_network_connection(guarded_env, tmp_path):
@@ -109,7 +110,9 @@ def test_train_eval_and_report_make_no_network_connection(guarded_env, tmp_path)
 def test_offline_is_a_default_the_user_can_turn_off(hub_offline, expected):
     """Importing rrt makes datasets and the hub offline, unless the user exported HF_HUB_OFFLINE=0."""
     env = clean_env() if hub_offline is None else clean_env(HF_HUB_OFFLINE=hub_offline)
-    code = "import rrt, datasets.config, huggingface_hub.constants as hub; print(datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE)"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    code = ("import rrt, datasets.config, huggingface_hub.constants as hub; "
+            "print(datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE)")
+    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[-2] == expected
