@@ -87,7 +87,8 @@ def _finish_ours(ax: Axes, basis: str | None) -> None:
     ax.set_ylabel(BASIS_LABEL[basis])
     if not BASES[basis]:
         ax.invert_yaxis()  # better is up, as in the paper's panels
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
 
 
 def accuracy_vs_params(runs: Runs, model: str = PAPER_MODEL) -> Figure:
@@ -120,16 +121,16 @@ def loss_curves(runs: Runs) -> Figure:
     """Training CE per step of every complete run, coloured by init (the paper's Fig. F.1 shows only curves)."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    summary = runs.summary().set_index("run_id")
+    summary = runs.summary().set_index("run")
     metrics = runs.metrics
     column = "ce" if "ce" in metrics else ("loss" if "loss" in metrics else None)
     if column is None or summary.empty:
         ax.text(0.5, 0.5, "no training metrics in the runs", ha="center", va="center", transform=ax.transAxes)
         return fig
-    for run_id, curve in metrics.dropna(subset=[column]).groupby("run_id"):
-        if run_id not in summary.index:
+    for run, curve in metrics.dropna(subset=[column]).groupby("run"):
+        if run not in summary.index:
             continue
-        setting = summary.loc[run_id]
+        setting = summary.loc[run]
         curve = curve.sort_values("step")
         baseline = {"full": "black", "reduced": "tab:red"}.get(setting.get("variant"))
         color = baseline or INIT_COLORS.get(setting.get("init"), "tab:purple")

@@ -1,7 +1,14 @@
-"""Run records -> tidy pandas frames, in one call over any number of run / sweep directories."""
+"""Run records -> tidy pandas frames, in one call over any number of run / sweep directories.
+
+A run is identified by its record's path, not by the ``run_id`` it wrote (sweep members are often named 0, 1, ...,
+and one run can be reached from two roots): the same record found twice is loaded once, and every run's key
+``run`` is its directory relative to the root it was found under, qualified by that root where two roots give the
+same relative path. Nothing machine-specific (absolute paths) goes into the frames' shown columns.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,16 +17,22 @@ import numpy as np
 import pandas as pd
 
 from analysis.columns import AVG, TASK_COLUMNS, TASKS
-from rrt.records import LIST_SECTIONS, read_records
+from analysis.uncertainty import avg_se, bootstrap_ppl_se
+from rrt.records import LIST_SECTIONS, RECORD_NAME, read_records
 
 RUN_SECTIONS = ("setting", "params", "budget", "cluster", "timings", "summary")
-RUN_FIELDS = ("run_id", "status", "run_dir", "record_path", "git_revision", "created", "updated")
+RUN_FIELDS = ("run", "run_id", "status", "record_path", "git_revision", "created", "updated")
 PREFERRED_PPL_DATASETS = ("heldout", "local_heldout")  # the local corpus's held-out split
+RELATIVE_SETTINGS = ("start_from",)  # setting values that are paths (a run's model dir): shown relative to the root
+
+
+class MissingRoot(FileNotFoundError):
+    """A run root that does not exist (a typo must not read as "no runs")."""
 
 
 @dataclass
 class Runs:
-    """Every run found, one frame per record section; list sections are long frames keyed by ``run_id``."""
+    """Every run found, one frame per record section; list sections are long frames keyed by ``run``."""
 
     runs: pd.DataFrame
     metrics: pd.DataFrame
@@ -32,20 +45,21 @@ class Runs:
         return len(self.runs)
 
     def summary(self, exit_loop: int | None = None, complete_only: bool = True) -> pd.DataFrame:
-        """One row per run: its setting (unprefixed), N-emb (billions), paper task scores (percent) and Avg,
-        perplexity, last validation / training CE and throughput per engine, at the final exit (``exit_loop=None``)
-        or at a given loop."""
+        """One row per run: its setting (unprefixed), N-emb (billions), paper task scores (percent), Avg and its
+        standard error ``Avg_se``, perplexity (``ppl_se``: bootstrap over documents, when the record has them),
+        last validation / training CE and throughput per engine, at the final exit (``exit_loop=None``) or at a
+        given loop."""
         runs = self.runs[self.runs["status"] == "complete"] if complete_only else self.runs
         setting = runs.filter(like="setting.").rename(columns=lambda c: c.removeprefix("setting."))
-        out = pd.concat([runs[["run_id", "status"]], setting], axis=1).set_index("run_id")
-        out["n_emb"] = runs.set_index("run_id").get("params.non_embedding", pd.Series(dtype=float)) / 1e9
+        out = pd.concat([runs[["run", "status"]], setting], axis=1).set_index("run")
+        out["n_emb"] = runs.set_index("run").get("params.non_embedding", pd.Series(dtype=float)) / 1e9
         loops = out["loops"] if "loops" in out else pd.Series(dtype=float)
         if "variant" in out:  # full / reduced models loop once (a reduced run's loops name the B it stands in for)
             loops = loops.where(out["variant"].fillna("recursive") == "recursive", 1)
         out = out.join(_task_scores(self.evals, exit_loop, loops)).join(_perplexities(self.perplexity, exit_loop, loops))
         if exit_loop is None:
             out = out.join(_last_loss(self.metrics)).join(_throughputs(self.throughput))
-        for column in [*TASK_COLUMNS, AVG, "ppl", "val_loss", "loss"]:
+        for column in [*TASK_COLUMNS, AVG, "Avg_se", "ppl", "ppl_se", "val_loss", "loss"]:
             if column not in out:
                 out[column] = np.nan
         return out.reset_index()
@@ -53,29 +67,111 @@ class Runs:
 
 def load_runs(*roots: str | Path, wandb: bool = True) -> Runs:
     """Load every ``record.json`` under ``roots`` (corrupt or partial ones land in ``problems``, by path);
-    with ``wandb``, also runs that only left a wandb offline directory (see ``analysis.wandb_offline``)."""
-    records, problems = read_records(*roots)
+    with ``wandb``, also runs that only left a wandb offline directory (see ``analysis.wandb_offline``).
+    A root that does not exist raises :class:`MissingRoot`."""
+    missing = [str(root) for root in roots if not Path(root).exists()]
+    if missing:
+        raise MissingRoot(f"no such run directory: {', '.join(missing)}")
+    found: list[tuple[Path, dict[str, Any]]] = []
+    problems: list[tuple[Path, str]] = []
+    for root in map(Path, roots):
+        records, root_problems = _read_root(root, wandb)
+        found += [(root, record) for record in records]
+        problems += root_problems
+    found = _once_per_path(found)
+    for (root, record), key in zip(found, _keys(found)):
+        record["run"] = key
+        _relative_settings(record, root)
+    records = [record for _, record in found]
+    return Runs(
+        runs=_runs_frame(records),
+        **{section: _long_frame(records, section) for section in LIST_SECTIONS},
+        problems=list(dict.fromkeys(problems)),
+    )
+
+
+def _read_root(root: Path, wandb: bool) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+    records, problems = read_records(root)
     if wandb:
         from analysis.wandb_offline import read_offline_runs  # imports wandb (slow): only when asked
 
         known = {Path(r["record_path"]).parent.resolve() for r in records}
-        extra, wandb_problems = read_offline_runs(*roots, skip_run_dirs=known)
+        extra, wandb_problems = read_offline_runs(root, skip_run_dirs=known)
         records += extra
         problems += wandb_problems
-    _unique_run_ids(records)
-    return Runs(
-        runs=_runs_frame(records),
-        **{section: _long_frame(records, section) for section in LIST_SECTIONS},
-        problems=problems,
-    )
+    return records, problems
 
 
-def _unique_run_ids(records: list[dict[str, Any]]) -> None:
-    """Sweep members are often named 0, 1, ...; qualify clashing ids with their parent directory."""
-    ids = pd.Series([r["run_id"] for r in records])
-    for record, clash in zip(records, ids.duplicated(keep=False)):
-        if clash:
-            record["run_id"] = f"{Path(record['record_path']).parent.parent.name}/{record['run_id']}"
+def _once_per_path(found: list[tuple[Path, dict[str, Any]]]) -> list[tuple[Path, dict[str, Any]]]:
+    """The first sighting of each record file (two roots may overlap, e.g. ``runs/`` and ``runs/sweep``)."""
+    seen: dict[Path, tuple[Path, dict[str, Any]]] = {}
+    for root, record in found:
+        seen.setdefault(Path(record["record_path"]).resolve(), (root, record))
+    return list(seen.values())
+
+
+def run_dir_of(record_path: str | Path) -> Path:
+    """The run dir of a record file, or of a wandb offline file (``<run dir>/wandb/offline-run-*/run-*.wandb``)."""
+    path = Path(record_path)
+    return path.parent if path.name == RECORD_NAME else path.parents[2]
+
+
+def _root_dir(root: str | Path) -> Path:
+    """The directory a root stands for (a root may name a record file)."""
+    root = Path(root)
+    return root.parent if root.is_file() else root
+
+
+def relative_to_root(path: str | Path, root: str | Path) -> str:
+    """``path`` relative to ``root`` (a run dir, a sweep dir or a record file), POSIX-style; the root itself is
+    its name, and a path outside the root keeps only its name, so no machine's absolute layout is shown."""
+    base, resolved = _root_dir(root).resolve(), Path(path).resolve()
+    if resolved != base and resolved.is_relative_to(base):
+        return resolved.relative_to(base).as_posix()
+    return resolved.name
+
+
+def shown_root(root: str | Path) -> str:
+    """A root as the report shows it: as given when relative, relative to the working directory when inside it,
+    else its name."""
+    root = Path(root)
+    if not root.is_absolute():
+        return root.as_posix()
+    cwd = Path.cwd().resolve()
+    return Path(os.path.relpath(root, cwd)).as_posix() if root.resolve().is_relative_to(cwd) else root.name
+
+
+def shown_path(path: str | Path, roots: list[str | Path]) -> str:
+    """A file found under ``roots`` as the report shows it: the first root containing it as shown, then the
+    file's path below that root."""
+    resolved = Path(path).resolve()
+    for root in roots:
+        base = _root_dir(root)
+        if resolved.is_relative_to(base.resolve()):
+            return f"{shown_root(base)}/{relative_to_root(resolved, base)}"
+    return resolved.name
+
+
+def _keys(found: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    """Unique run keys: the run dir relative to its root; clashes between roots qualified by the root as shown,
+    then (roots shown alike) by the root's position."""
+    keys = [relative_to_root(run_dir_of(record["record_path"]), root) for root, record in found]
+    keys = _qualify(keys, [f"{shown_root(root)}/" for root, _ in found])
+    roots = list(dict.fromkeys(root for root, _ in found))
+    return _qualify(keys, [f"root{roots.index(root) + 1}:" for root, _ in found])
+
+
+def _qualify(keys: list[str], prefixes: list[str]) -> list[str]:
+    """Prefix only the keys that clash."""
+    clash = pd.Series(keys, dtype=object).duplicated(keep=False)
+    return [prefix + key if clashing else key for key, prefix, clashing in zip(keys, prefixes, clash)]
+
+
+def _relative_settings(record: dict[str, Any], root: Path) -> None:
+    setting = record.get("setting") or {}
+    for key in RELATIVE_SETTINGS:
+        if setting.get(key):
+            setting[key] = relative_to_root(setting[key], root)
 
 
 def _runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -90,8 +186,8 @@ def _runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def _long_frame(records: list[dict[str, Any]], section: str) -> pd.DataFrame:
-    rows = [{"run_id": r["run_id"], **row} for r in records for row in (r.get(section) or []) if isinstance(row, dict)]
-    frame = pd.DataFrame(rows, columns=["run_id"] if not rows else None)
+    rows = [{"run": r["run"], **row} for r in records for row in (r.get(section) or []) if isinstance(row, dict)]
+    frame = pd.DataFrame(rows, columns=["run"] if not rows else None)
     if "exit_loop" in frame:
         frame["exit_loop"] = pd.to_numeric(frame["exit_loop"])
     return frame
@@ -106,38 +202,57 @@ def _at_exit(frame: pd.DataFrame, exit_loop: int | None, loops: pd.Series) -> pd
         return frame if exit_loop is None else frame.iloc[0:0]
     if exit_loop is not None:
         return frame[frame["exit_loop"] == exit_loop]
-    last = pd.to_numeric(frame["run_id"].map(loops), errors="coerce")
-    last = last.fillna(frame.groupby("run_id")["exit_loop"].transform("max"))
+    last = pd.to_numeric(frame["run"].map(loops), errors="coerce")
+    last = last.fillna(frame.groupby("run")["exit_loop"].transform("max"))
     return frame[frame["exit_loop"].isna() | (frame["exit_loop"] == last)]
 
 
 def _task_scores(evals: pd.DataFrame, exit_loop: int | None, loops: pd.Series) -> pd.DataFrame:
-    """Paper columns in percent; Avg only when all seven tasks are there (the paper's definition)."""
+    """Paper columns in percent; Avg (and its standard error ``Avg_se`` from the tasks' ``stderr``) only when
+    all seven tasks are there (the paper's definition)."""
     wanted = {spec: column for column, spec in TASKS.items()}
     if evals.empty or not {"task", "metric", "value"} <= set(evals):
-        return pd.DataFrame(columns=[*TASK_COLUMNS, AVG])
+        return pd.DataFrame(columns=[*TASK_COLUMNS, AVG, "Avg_se"])
     evals = _at_exit(evals, exit_loop, loops)
     column = pd.Series([wanted.get(key) for key in zip(evals["task"], evals["metric"])], index=evals.index)
-    scores = (evals.assign(column=column).dropna(subset=["column"])
-              .pivot_table(index="run_id", columns="column", values="value", aggfunc="last") * 100)
-    scores = scores.reindex(columns=TASK_COLUMNS)
+    stderr = pd.to_numeric(evals["stderr"], errors="coerce") if "stderr" in evals else np.nan
+    evals = evals.assign(column=column, stderr=stderr).dropna(subset=["column"])
+    if evals.empty:
+        return pd.DataFrame(columns=[*TASK_COLUMNS, AVG, "Avg_se"])
+    wide = evals.pivot_table(index="run", columns="column", values=["value", "stderr"], aggfunc="last", dropna=False)
+    scores = wide["value"].reindex(columns=TASK_COLUMNS) * 100
     scores[AVG] = scores[TASK_COLUMNS].mean(axis=1, skipna=False)
+    stderrs = wide["stderr"].reindex(columns=TASK_COLUMNS)
+    scores["Avg_se"] = stderrs.apply(avg_se, axis=1) * 100
     scores.columns.name = None
     return scores
 
 
 def _perplexities(perplexity: pd.DataFrame, exit_loop: int | None, loops: pd.Series) -> pd.DataFrame:
-    """``ppl:<dataset>`` per dataset, and ``ppl`` on the held-out split (else the most common dataset)."""
+    """``ppl:<dataset>`` per dataset, and ``ppl`` on the held-out split (else the most common dataset), with
+    ``ppl_se``, its bootstrap standard error over documents where the row lists them (``doc_nll``/``doc_tokens``)."""
     if perplexity.empty or not {"dataset", "ppl"} <= set(perplexity):
-        return pd.DataFrame(columns=["ppl"])
+        return pd.DataFrame(columns=["ppl", "ppl_se"])
     perplexity = _at_exit(perplexity, exit_loop, loops)
-    wide = perplexity.pivot_table(index="run_id", columns="dataset", values="ppl", aggfunc="last")
+    if perplexity.empty:
+        return pd.DataFrame(columns=["ppl", "ppl_se"])
+    perplexity = perplexity.assign(ppl_se=[_row_ppl_se(row) for _, row in perplexity.iterrows()])
+    wide = perplexity.pivot_table(index="run", columns="dataset", values="ppl", aggfunc="last")
+    se = perplexity.pivot_table(index="run", columns="dataset", values="ppl_se", aggfunc="last", dropna=False)
     datasets = perplexity["dataset"].value_counts()
     main = next((d for d in PREFERRED_PPL_DATASETS if d in datasets), datasets.index[0] if len(datasets) else None)
     out = wide.add_prefix("ppl:")
     out["ppl"] = wide[main] if main in wide else np.nan
+    out["ppl_se"] = se[main].reindex(out.index) if main in se else np.nan
     out.columns.name = None
     return out
+
+
+def _row_ppl_se(row: pd.Series) -> float:
+    nll, tokens = row.get("doc_nll"), row.get("doc_tokens")
+    if not isinstance(nll, list) or not isinstance(tokens, list):
+        return np.nan
+    return bootstrap_ppl_se(nll, tokens, float(row["ppl"]))
 
 
 def _last_loss(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -151,7 +266,7 @@ def _last_loss(metrics: pd.DataFrame) -> pd.DataFrame:
         for source in sources:
             if source in metrics:
                 value = value.fillna(metrics[source])
-        last = metrics.assign(value=value).dropna(subset=["value"]).sort_values("step").groupby("run_id")["value"].last()
+        last = metrics.assign(value=value).dropna(subset=["value"]).sort_values("step").groupby("run")["value"].last()
         out = out.reindex(out.index.union(last.index))
         out[column] = last
     return out
@@ -165,7 +280,7 @@ def _throughputs(throughput: pd.DataFrame) -> pd.DataFrame:
     """
     if throughput.empty or not {"engine", "tokens_per_s"} <= set(throughput):
         return pd.DataFrame()
-    wide = throughput.pivot_table(index="run_id", columns="engine", values="tokens_per_s", aggfunc="max")
+    wide = throughput.pivot_table(index="run", columns="engine", values="tokens_per_s", aggfunc="max")
     wide = wide.add_prefix("thr:")
     wide.columns.name = None
     return wide

@@ -1,7 +1,8 @@
 """Which of our runs reproduce a paper row: the row's setting as constraints on run settings.
 
 Our runs use another model (gemma-3-270m) and tiny token budgets, so a paper row matches runs by *setting*
-(variant, loops, init, LoRA rank / init, distillation, early exit), never by model or N-emb. Where a table varies
+(variant, loops, init, LoRA rank / init, distillation, early exit: loss, coefficient, self-KD, phase Post / Co
+from ``early_exit_phase``, data Overlap / New from ``early_exit_data``), never by model or N-emb. Where a table varies
 the uptraining budget (Table 2: original / 15B / 60B; I.1: 15B / 60B), budgets are compared by rank: the paper's
 k-th smallest budget matches our k-th smallest ``token_budget`` of the same model; ``token_budget: 0`` is "original".
 """
@@ -15,12 +16,14 @@ import pandas as pd
 
 TIER = "budget_tier"
 ORIGINAL = "original"
-# Values a run has when its setting does not record a key (an older record, or a setting the code lacks);
-# a run without a token_budget counts as uptrained on the base (smallest) budget.
+# Values a run has when its setting does not record a key (an older record, or a setting the code lacks); only
+# values that hold for every run the code can make. A run without a token_budget counts as uptrained on the base
+# (smallest) budget; early_exit_freeze (J.1: freeze the model, train a head LoRA) is a mode this project lacks.
+# early_exit_phase and early_exit_data have no default: a run that does not say is matched by neither Post nor Co,
+# Overlap nor New (see derive_early_exit for what can be derived honestly).
 DEFAULTS: dict[str, Any] = {
     "variant": "recursive", "pretrained": True, "lora_rank": 0, "distill": "none", "early_exit": "none",
-    "early_exit_kd": False, "early_exit_train": "post", "early_exit_data": "overlap", "early_exit_freeze": False,
-    "uptrained": True, TIER: 0,
+    "early_exit_kd": False, "early_exit_freeze": False, "uptrained": True, TIER: 0,
 }
 
 
@@ -56,11 +59,27 @@ def early_exit_setting(row: pd.Series) -> dict[str, Any]:
     keys: dict[str, Any] = {"early_exit": kind if _present(kind) else "none"}
     if keys["early_exit"] == "aggressive":
         keys["early_exit_coef"] = float(row["early_exit_coef"])
-    for column, key in (("early_exit_kd", "early_exit_kd"), ("train", "early_exit_train"),
+    for column, key in (("early_exit_kd", "early_exit_kd"), ("train", "early_exit_phase"),
                         ("data", "early_exit_data"), ("freeze", "early_exit_freeze")):
         if _present(row.get(column)):
             keys[key] = row[column]
     return keys
+
+
+def derive_early_exit(summary: pd.DataFrame) -> pd.DataFrame:
+    """Fill ``early_exit_phase`` / ``early_exit_data`` where a record omits them but its setting implies them:
+    a run that started from another run's model (``start_from``; records from before ``early_exit_phase`` set it
+    only for post-training) post-trained its exits; co-training trains exits on the uptraining data itself, so its
+    data overlaps (J.1's Co row). Nothing else is guessed: a run without either stays unmatched."""
+    summary = summary.copy()
+    exits = summary.get("early_exit", pd.Series("none", index=summary.index)).fillna("none") != "none"
+    phase = summary.get("early_exit_phase", pd.Series(None, index=summary.index, dtype=object))
+    started = summary.get("start_from", pd.Series(None, index=summary.index, dtype=object)).map(_present)
+    summary["early_exit_phase"] = phase.where(phase.map(_present) | ~exits | ~started, "post")
+    data = summary.get("early_exit_data", pd.Series(None, index=summary.index, dtype=object))
+    co = summary["early_exit_phase"] == "co"
+    summary["early_exit_data"] = data.where(data.map(_present) | ~co, "overlap")
+    return summary
 
 
 def budget_tiers(summary: pd.DataFrame) -> pd.Series:

@@ -2,22 +2,26 @@
 
 Writes ``report.md`` (every table as Markdown, with its directional checks and notes), one CSV per table and per
 check list, ``runs.csv`` (one row per run) and the figures as PNGs. Corrupt or partial records are listed in the
-report by path and skipped; they never stop it.
+report by path and skipped; they never stop it. Paths are shown relative to the roots given, never absolute. A root
+that does not exist is an error (exit code 2), not an empty report.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import pandas as pd
 
+from analysis.checks import MIN_TOKENS, Z
 from analysis.figures import all_figures
-from analysis.load import Runs, load_runs
+from analysis.load import MissingRoot, Runs, load_runs, shown_path, shown_root
 from analysis.paper import provenance
 from analysis.paper import TABLES as PAPER_FILES
 from analysis.tables import PAPER_MODEL, PaperTable, build_all
+
 
 def markdown(frame: pd.DataFrame) -> str:
     """A frame as a Markdown table: all-empty columns dropped, NaN as blank, 4 significant digits."""
@@ -42,26 +46,48 @@ def table_markdown(table: PaperTable, csv: str | None = None) -> str:
     return "\n".join(parts)
 
 
-def _problems_section(runs: Runs) -> str:
+def _problems_section(runs: Runs, roots: list[str | Path]) -> str:
     if not runs.problems:
         return "No corrupt or partial records."
     lines = [f"**{len(runs.problems)} record(s) skipped** (corrupt or partial; not counted anywhere):", ""]
-    lines += [f"- `{path}`: {reason}" for path, reason in runs.problems]
+    lines += [f"- `{shown_path(path, roots)}`: {reason}" for path, reason in runs.problems]
     return "\n".join(lines)
 
 
-def write_report(roots: list[str | Path], out: str | Path, paper_model: str | None = PAPER_MODEL) -> Path:
-    """Build everything from the records under ``roots`` into ``out``; returns the report's path."""
+def _budgets(runs: Runs) -> str:
+    """Our complete runs' token budgets, e.g. ``6,144 tokens (6 runs)``."""
+    summary = runs.summary()
+    budgets = pd.to_numeric(summary.get("token_budget", pd.Series(dtype=float)), errors="coerce")
+    counts = budgets.fillna(-1).astype(int).value_counts().sort_index()
+    parts = [f"{'unknown' if b < 0 else f'{b:,} tokens'} ({n} run{'s' * (n != 1)})" for b, n in counts.items()]
+    return ", ".join(parts) or "none"
+
+
+def _conclusiveness(runs: Runs, min_tokens: int) -> str:
+    return (f"**When a check is conclusive.** The `paper` column reads the paper's printed numbers. Ours answers "
+            f"`yes` / `no` only when every run compared trained on at least {min_tokens:,} tokens (`--min-tokens`; "
+            f"runs that are by design not uptrained are exempt) and the gap exceeds {Z} standard errors (from lm-eval "
+            f"stderr, the spread over seeds, or a bootstrap over held-out documents); otherwise `inconclusive`, with "
+            f"the reason in `evidence` (gap = the claim's side minus the other, in the score's units). `n.a.`: the "
+            f"runs a check needs are missing. Token budgets of our complete runs: {_budgets(runs)}. "
+            f"See docs/analysis.md, \"What makes a check conclusive\".")
+
+
+def write_report(roots: list[str | Path], out: str | Path, paper_model: str | None = PAPER_MODEL,
+                 min_tokens: int = MIN_TOKENS) -> Path:
+    """Build everything from the records under ``roots`` into ``out``; returns the report's path. Raises
+    MissingRoot for a root that does not exist."""
+    runs = load_runs(*roots)  # logs a warning per skipped record
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(*roots)  # logs a warning per skipped record
-    tables = build_all(runs, paper_model)
+    tables = build_all(runs, paper_model, min_tokens)
     complete = int((runs.runs["status"] == "complete").sum()) if len(runs) else 0
     sections = [
         "# Relaxed Recursive Transformers: our runs vs the paper",
-        f"Runs under {', '.join(f'`{r}`' for r in roots)}: {len(runs)} loaded, {complete} complete "
+        f"Runs under {', '.join(f'`{shown_root(r)}`' for r in roots)}: {len(runs)} loaded, {complete} complete "
         f"(only complete runs enter the tables). Paper rows: {paper_model or 'all models'} (arXiv 2410.20672v3).",
-        "", _problems_section(runs), "", "## Runs", "", "See [runs.csv](runs.csv).", "",
+        "", _conclusiveness(runs, min_tokens), "",
+        _problems_section(runs, roots), "", "## Runs", "", "See [runs.csv](runs.csv).", "",
     ]
     summary = runs.summary(complete_only=False)
     summary.to_csv(out / "runs.csv", index=False)
@@ -85,9 +111,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output directory for report.md, CSVs and PNGs")
     parser.add_argument("--paper-model", default=PAPER_MODEL,
                         help=f"paper rows to compare with (default {PAPER_MODEL!r}; 'all' for every model)")
+    parser.add_argument("--min-tokens", type=int, default=MIN_TOKENS,
+                        help=f"training tokens a run needs before our checks may answer yes / no (default {MIN_TOKENS:,})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    path = write_report(args.runs, args.out, None if args.paper_model == "all" else args.paper_model)
+    try:
+        path = write_report(args.runs, args.out, None if args.paper_model == "all" else args.paper_model, args.min_tokens)
+    except MissingRoot as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(path)
 
 

@@ -2,8 +2,10 @@
 
 Every builder returns a :class:`PaperTable` whose ``frame`` has, per paper row (its setting in this project's
 names), a ``paper`` row, then an ``ours`` and a ``delta`` (ours - paper) row per model found in the runs. ``ours`` is
-the mean over the complete runs with that setting (``n_runs``); NaN where there is none. ``checks`` says whether
-the paper's conclusions hold, computed from both sources' rows.
+the mean over the complete runs with that setting (``n_runs``), with the smallest ``token_budget`` among them and
+the standard error of each score (``<score>_se``: lm-eval stderr, seeds, held-out documents); NaN where there is
+none. ``basis`` names what scores a row (ours fall back to perplexity or losses without lm-eval). ``checks`` says
+whether the paper's conclusions hold, from both sources' rows; ours only when conclusive (see analysis.checks).
 """
 
 from __future__ import annotations
@@ -15,16 +17,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.checks import Check, best, greater, largest_is_worse, verdict
+from analysis.checks import MIN_TOKENS, OURS, PAPER, Check, Rule, best, greater, largest_is_worse
 from analysis.columns import AVG, BASES, PAPER_PPL, TASK_COLUMNS
 from analysis.load import Runs
-from analysis.matching import TIER, budget_tiers, early_exit_setting, matching, paper_setting, paper_tiers
+from analysis.matching import TIER, budget_tiers, derive_early_exit, early_exit_setting, matching, paper_setting, paper_tiers
 from analysis.paper import paper_table
+from analysis.uncertainty import mean_se
 
 PAPER_MODEL = "Gemma 2B"  # the paper's main model and the closest relative of our gemma-3-270m
 ACCURACY = [*TASK_COLUMNS, AVG]
-SETTING_COLUMNS = ["variant", "loops", "init", "pretrained", "lora_rank", "lora_init", "distill", TIER, "uptrained",
-                   "early_exit", "early_exit_coef", "early_exit_kd", "early_exit_train", "early_exit_data",
+SETTING_COLUMNS = ["variant", "loops", "init", "pretrained", "lora_rank", "lora_init", "distill", TIER, "token_budget",
+                   "uptrained", "early_exit", "early_exit_coef", "early_exit_kd", "early_exit_phase", "early_exit_data",
                    "early_exit_freeze", "engine", "exit_loop"]
 ENGINES = {"static": "vanilla", "csb": "csb", "cdb": "cdb"}
 OURS_ONLY = ["ppl", "val_loss", "loss"]  # our fallback scores (see columns.BASES); the paper has no such columns
@@ -54,7 +57,14 @@ Ours = Callable[[pd.DataFrame, dict[int | None, pd.DataFrame], _Row], dict[str, 
 
 
 def _ours_accuracy(matched: pd.DataFrame, by_exit: dict[int | None, pd.DataFrame], row: _Row) -> dict[str, float]:
-    return {column: matched[column].mean() for column in [*ACCURACY, *OURS_ONLY]}
+    means = {column: matched[column].mean() for column in [*ACCURACY, *OURS_ONLY]}
+    return {**means, **{f"{basis}_se": mean_se(matched[basis], matched.get(f"{basis}_se")) for basis in BASES}}
+
+
+def _paper_budget(row: pd.Series) -> float:
+    """The paper row's training tokens (``ntok``, else the early-exit post-training ``ee_ntok``; billions)."""
+    billions = row.get("ntok", row.get("ee_ntok", np.nan))
+    return float(billions) * 1e9 if pd.notna(billions) else np.nan
 
 
 def _compare(runs: Runs, rows: list[_Row], values: list[str], ours: Ours = _ours_accuracy,
@@ -65,19 +75,20 @@ def _compare(runs: Runs, rows: list[_Row], values: list[str], ours: Ours = _ours
     for group, row in enumerate(rows):
         base = {**row.setting, **row.show, "exit_loop": row.exit_loop, "_group": group}
         paper = {column: row.paper.get(column, np.nan) for column in values}
-        out.append({**base, "source": "paper", "model": row.paper.get("model", PAPER_MODEL),
-                    "n_runs": np.nan, "n_emb": row.paper.get("n_emb", np.nan), **paper})
+        out.append({**base, "source": "paper", "model": row.paper.get("model", PAPER_MODEL), "n_runs": np.nan,
+                    "token_budget": _paper_budget(row.paper), "n_emb": row.paper.get("n_emb", np.nan), **paper})
         for model in models or [np.nan]:
             mine = {k: v[v["model"] == model] if models else v for k, v in summaries.items()}
             matched = matching(mine[row.exit_loop], row.setting)
-            values_ours = ours(matched, mine, row)
-            out.append({**base, "source": "ours", "model": model, "n_runs": len(matched),
-                        "n_emb": matched["n_emb"].mean() if len(matched) else np.nan, **values_ours})
+            budget = pd.to_numeric(matched.get("token_budget", pd.Series(dtype=float)), errors="coerce")
+            out.append({**base, "source": "ours", "model": model, "n_runs": len(matched), "token_budget": budget.min(),
+                        "n_emb": matched["n_emb"].mean() if len(matched) else np.nan, **ours(matched, mine, row)})
             out.append({**base, "source": "delta", "model": model})
     frame = pd.DataFrame(out)
     settings = [c for c in SETTING_COLUMNS if c in frame and frame[c].notna().any()]
-    columns = [*settings, "source", "model", "n_runs", "n_emb", *values, *OURS_ONLY, "_group"]
-    frame = frame.reindex(columns=list(dict.fromkeys(c for c in columns if c in frame)))
+    errors = [c for c in frame if c.endswith("_se")]
+    columns = [*settings, "source", "model", "n_runs", "basis", "n_emb", *values, *OURS_ONLY, *errors, "_group"]
+    frame = frame.assign(basis=np.nan).reindex(columns=list(dict.fromkeys(c for c in columns if c in frame)))
     return _fill_deltas(frame, delta), models
 
 
@@ -92,7 +103,7 @@ def _fill_deltas(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def _summary(runs: Runs, exit_loop: int | None) -> pd.DataFrame:
-    summary = runs.summary(exit_loop)
+    summary = derive_early_exit(runs.summary(exit_loop))
     summary[TIER] = budget_tiers(summary)
     if "token_budget" in summary:
         budget = pd.to_numeric(summary["token_budget"], errors="coerce")
@@ -107,28 +118,45 @@ def _basis(frame: pd.DataFrame) -> str | None:
     return next((b for b in BASES if b in ours and ours[b].notna().any()), None)
 
 
-def _score(frame: pd.DataFrame, basis: str | None) -> pd.Series:
-    """Higher is better: the paper's Avg for paper rows; ours by ``basis`` (perplexity / loss negated)."""
-    score = frame[AVG].where(frame["source"] == "paper") if AVG in frame else pd.Series(np.nan, index=frame.index)
+def _label_basis(frame: pd.DataFrame, basis: str | None) -> pd.DataFrame:
+    """The ``basis`` column: the paper's rows are scored by Avg; ours with runs by ``basis``, marked when it is a
+    fallback (no 7-task Avg in the runs)."""
+    frame.loc[frame["source"] == "paper", "basis"] = AVG
     if basis is not None:
-        sign = 1 if BASES[basis] else -1
-        score = score.fillna((sign * frame[basis]).where(frame["source"] == "ours"))
-    return score
+        label = basis if basis == AVG else f"{basis} (fallback: no Avg)"
+        frame.loc[(frame["source"] == "ours") & (frame["n_runs"] > 0), "basis"] = label
+    return frame
 
 
-def _checks(frame: pd.DataFrame, models: list[str], checks: list[Check], basis: str | None) -> pd.DataFrame:
-    frame = frame.assign(score=_score(frame, basis))
+def _score(frame: pd.DataFrame, basis: str | None) -> tuple[pd.Series, pd.Series]:
+    """Higher is better: the paper's Avg for paper rows; ours by ``basis`` (perplexity / loss negated), with the
+    basis's standard error (the paper prints none)."""
+    paper, ours = frame["source"] == "paper", frame["source"] == "ours"
+    score = frame[AVG].where(paper) if AVG in frame else pd.Series(np.nan, index=frame.index)
+    se = pd.Series(np.nan, index=frame.index)
+    if basis is not None:
+        score = score.fillna(((1 if BASES[basis] else -1) * frame[basis]).where(ours))
+        se = frame[f"{basis}_se"].where(ours) if f"{basis}_se" in frame else se
+    return score, se
+
+
+def _checks(frame: pd.DataFrame, models: list[str], checks: list[Check], basis: str | None, rule: Rule) -> pd.DataFrame:
+    score, se = _score(frame, basis)
+    frame = frame.assign(score=score, score_se=se)
     paper = frame[frame["source"] == "paper"]
-    table = {"check": [c.text for c in checks], "paper": [verdict(c.answer(paper)) for c in checks]}
+    table = {"check": [c.text for c in checks], "paper": [c.answer(paper, PAPER).verdict for c in checks]}
     for model in models or ["(no runs)"]:
         ours = frame[(frame["source"] == "ours") & (frame["model"] == model)]
-        table[f"ours ({model})"] = [verdict(c.answer(ours)) for c in checks]
-    table["ours scored by"] = [basis or "n.a."] * len(checks)
+        findings = [c.answer(ours, rule) for c in checks]
+        table[f"ours ({model})"] = [f.verdict for f in findings]
+        table[f"evidence ({model})"] = [f.reason for f in findings]
+    table["ours scored by"] = [c.scored_by or basis or "n.a." for c in checks]
     return pd.DataFrame(table)
 
 
 BUDGET_NOTE = ("budget_tier: the paper's k-th smallest uptraining budget (15B, 60B) matches our k-th smallest token_budget "
-               "of the same model; original = not uptrained (token_budget 0)")
+               "of the same model; original = not uptrained (token_budget 0); token_budget: training tokens per run "
+               "(paper: ntok; ours: the smallest among the row's runs)")
 
 
 def _note(basis: str | None, extra: str = "") -> str:
@@ -143,17 +171,19 @@ def _note(basis: str | None, extra: str = "") -> str:
     return "; ".join(part for part in (scored, extra) if part)
 
 
-def _table(name: str, title: str, runs: Runs, rows: list[_Row], values: list[str], checks: list[Check],
+def _table(name: str, title: str, runs: Runs, rows: list[_Row], values: list[str], checks: list[Check], rule: Rule,
            extra_note: str = "") -> PaperTable:
     frame, models = _compare(runs, rows, values)
     extra_note = "; ".join(p for p in (extra_note, BUDGET_NOTE if TIER in frame else "") if p)
-    return _finish(name, title, frame, models, checks, extra_note)
+    return _finish(name, title, frame, models, checks, rule, extra_note)
 
 
-def _finish(name: str, title: str, frame: pd.DataFrame, models: list[str], checks: list[Check], extra_note: str = "") -> PaperTable:
+def _finish(name: str, title: str, frame: pd.DataFrame, models: list[str], checks: list[Check], rule: Rule,
+            extra_note: str = "") -> PaperTable:
     basis = _basis(frame)
+    frame = _label_basis(frame, basis)
     return PaperTable(name, title, frame.drop(columns="_group").reset_index(drop=True),
-                      _checks(frame, models, checks, basis), basis, _note(basis, extra_note))
+                      _checks(frame, models, checks, basis, rule), basis, _note(basis, extra_note))
 
 
 def _paper(name: str, model: str | None) -> pd.DataFrame:
@@ -188,39 +218,39 @@ STEP, AVERAGE = "stepwise", "average"
 RECURSIVE_B2 = {"variant": "recursive", "loops": 2, "pretrained": True, "lora_rank": 0}
 
 
-def table_2(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
+def table_2(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
     checks = [Check("Uptraining lowers the full-size model's score (original > uptrained)",
                     greater({"variant": "full", TIER: "original"}, {"variant": "full", TIER: 0}))]
     return _table("2", "Table 2: full-size models, original vs uptrained", runs, _rows(_paper("2", model)),
-                  PPL_VALUES, checks)
+                  PPL_VALUES, checks, rule)
 
 
-def table_d1(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
+def table_d1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
     rows = [_Row(row, {"variant": "full", "uptrained": False}) for _, row in _paper("D.1", model).iterrows()]
-    return _table("D.1", "Table D.1: pretrained checkpoints (ours: the original model, not uptrained)", runs, rows, ACCURACY, [])
+    return _table("D.1", "Table D.1: pretrained checkpoints (ours: the original model, not uptrained)", runs, rows, ACCURACY, [], rule)
 
 
-def table_f1(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
+def table_f1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
     checks = [
         Check("Stepwise is the best init for strict recursion (B=2)", best(RECURSIVE_B2, "init", STEP)),
         Check("Recursive (Stepwise, B=2) beats the reduced-size model", greater({**RECURSIVE_B2, "init": STEP}, {"variant": "reduced", "loops": 2})),
         Check("Pretrained init (Stepwise) beats random init (B=2)", greater({**RECURSIVE_B2, "init": STEP}, {"variant": "recursive", "loops": 2, "init": "random"})),
         Check("Full-size model beats every recursive one", greater({"variant": "full"}, {**RECURSIVE_B2, "init": STEP})),
     ]
-    return _table("F.1", "Table F.1: looped-layer initialization (strict recursion)", runs, _rows(_paper("F.1", model)), PPL_VALUES, checks)
+    return _table("F.1", "Table F.1: looped-layer initialization (strict recursion)", runs, _rows(_paper("F.1", model)), PPL_VALUES, checks, rule)
 
 
-def table_g2(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
+def table_g2(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
     relaxed = {"variant": "recursive", "loops": 2, "lora_init": "svd"}
     checks = [
         Check("Average is the best init for relaxed models (largest SVD rank)", best(relaxed, "init", AVERAGE, largest="lora_rank")),
         Check("SVD beats zero LoRA init (Average, rank 512)", greater({**relaxed, "init": AVERAGE, "lora_rank": 512}, {"variant": "recursive", "init": AVERAGE, "lora_rank": 512, "lora_init": "zero"})),
         Check("Relaxation helps Average init (rank 512 SVD > strict)", greater({**relaxed, "init": AVERAGE, "lora_rank": 512}, {**RECURSIVE_B2, "init": AVERAGE})),
     ]
-    return _table("G.2", "Table G.2: relaxed models (init x rank x LoRA init)", runs, _rows(_paper("G.2", model)), PPL_VALUES, checks)
+    return _table("G.2", "Table G.2: relaxed models (init x rank x LoRA init)", runs, _rows(_paper("G.2", model)), PPL_VALUES, checks, rule)
 
 
-def table_i1(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
+def table_i1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
     step = {**RECURSIVE_B2, "init": STEP, TIER: 0}
     checks = [
         Check("KD (forward KL) helps strict recursion", greater({**step, "distill": "forward_kl"}, {**step, "distill": "none"})),
@@ -228,17 +258,17 @@ def table_i1(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
             {"init": AVERAGE, "lora_rank": 256, "distill": "forward_kl"}, {"init": AVERAGE, "lora_rank": 256, "distill": "none"})),
         Check("Longer uptraining helps (60B vs 15B tier, no KD)", greater({**step, TIER: 1, "distill": "none"}, {**step, "distill": "none"})),
     ]
-    return _table("I.1", "Table I.1: longer uptraining and KD loss", runs, _rows(_paper("I.1", model)), PPL_VALUES, checks)
+    return _table("I.1", "Table I.1: longer uptraining and KD loss", runs, _rows(_paper("I.1", model)), PPL_VALUES, checks, rule)
 
 
-def table_j1(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
+def table_j1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
     """Table J.1 (incl. Table 3's rows) with Table 3's before-EE row as the baseline; exit loop 1 = loop-1 output."""
     del model  # J.1 is Gemma-only
     base = {**RECURSIVE_B2, "init": STEP, "uptrained": True, "distill": "none"}
     before = paper_table("3").iloc[[0]]
     rows = [_Row(r, {**base, "early_exit": "none", TIER: 0}) for _, r in before.iterrows()]
     rows += [_Row(r, {**base, **early_exit_setting(r)}, None if r["output"] == "final" else 1) for _, r in paper_table("J.1").iterrows()]
-    agg = {"early_exit": "aggressive", "early_exit_coef": 0.1, "early_exit_kd": False, "early_exit_train": "post",
+    agg = {"early_exit": "aggressive", "early_exit_coef": 0.1, "early_exit_kd": False, "early_exit_phase": "post",
            "early_exit_data": "overlap", "early_exit_freeze": False}
     weighted = {**agg, "early_exit": "weighted"}
     del weighted["early_exit_coef"]
@@ -248,7 +278,7 @@ def table_j1(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
         Check("Weighted EE hurts the final output", greater({"early_exit": "none"}, {**weighted, **final})),
         Check("Aggressive EE (0.1): loop-1 output is weaker than the final", greater({**agg, **final}, {**agg, "exit_loop": 1})),
     ]
-    return _table("J.1", "Table J.1 / Table 3: early-exit training (final and loop-1 outputs)", runs, rows, PPL_VALUES, checks)
+    return _table("J.1", "Table J.1 / Table 3: early-exit training (final and loop-1 outputs)", runs, rows, PPL_VALUES, checks, rule)
 
 
 MID1, MID2 = "Avg@loop1", "Avg@loop2"
@@ -258,11 +288,12 @@ def _ours_throughput(matched: pd.DataFrame, by_exit: dict[int | None, pd.DataFra
     loop1 = by_exit[1]
     column = f"thr:{row.show['engine']}"
     return {**_ours_accuracy(matched, by_exit, row),
-            MID1: loop1.loc[loop1["run_id"].isin(matched["run_id"]), AVG].mean(),
-            "throughput": matched[column].mean() if column in matched else np.nan}
+            MID1: loop1.loc[loop1["run"].isin(matched["run"]), AVG].mean(),
+            "throughput": matched[column].mean() if column in matched else np.nan,
+            "throughput_se": mean_se(matched[column]) if column in matched else np.nan}
 
 
-def table_k2(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
+def table_k2(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
     """Simulated throughput (paper) vs ours per engine; runs match by architecture and exit loss only (KD and
     budgets change accuracy, not speed). Speed-up = throughput / the same model's vanilla full-size throughput."""
     paper = _paper("K.2", model).rename(columns={"acc_last": AVG, "acc_mid1": MID1, "acc_mid2": MID2})
@@ -281,13 +312,13 @@ def table_k2(runs: Runs, model: str | None = PAPER_MODEL) -> PaperTable:
     frame = _fill_deltas(frame, [AVG, MID1, "speedup_vanilla"])
     recursive = {"variant": "recursive", "lora_rank": 0, "engine": "cdb"}
     checks = [
-        Check("Recursive + CDB beats the vanilla full-size model's throughput", greater(recursive, {"variant": "full", "engine": "vanilla"}, "throughput")),
-        Check("Continuous sequence batching beats vanilla (full-size)", greater({"variant": "full", "engine": "csb"}, {"variant": "full", "engine": "vanilla"}, "throughput")),
+        Check("Recursive + CDB beats the vanilla full-size model's throughput", greater(recursive, {"variant": "full", "engine": "vanilla"}, "throughput"), "throughput"),
+        Check("Continuous sequence batching beats vanilla (full-size)", greater({"variant": "full", "engine": "csb"}, {"variant": "full", "engine": "vanilla"}, "throughput"), "throughput"),
         Check("Throughput falls as the LoRA rank grows (Average, Agg 0.1)", largest_is_worse(
-            {"variant": "recursive", "loops": 2, "init": AVERAGE, "early_exit_coef": 0.1}, "lora_rank", "throughput")),
+            {"variant": "recursive", "loops": 2, "init": AVERAGE, "early_exit_coef": 0.1}, "lora_rank", "throughput"), "throughput"),
     ]
     return _finish("K.2", "Table K.2 / Fig. 8: throughput (paper: simulated A100; ours: measured engines)", frame, models,
-                   checks, "throughput in tokens/s, paper = mean over SlimP/RedP/PG19; speedup_vanilla = / the vanilla full-size row")
+                   checks, rule, "throughput in tokens/s, paper = mean over SlimP/RedP/PG19; speedup_vanilla = / the vanilla full-size row")
 
 
 BUILDERS: dict[str, Callable[..., PaperTable]] = {
@@ -295,6 +326,8 @@ BUILDERS: dict[str, Callable[..., PaperTable]] = {
 }
 
 
-def build_all(runs: Runs, model: str | None = PAPER_MODEL) -> dict[str, PaperTable]:
-    """Every table, compared with paper rows of ``model`` (None: all the paper's models)."""
-    return {name: builder(runs, model) for name, builder in BUILDERS.items()}
+def build_all(runs: Runs, model: str | None = PAPER_MODEL, min_tokens: int = MIN_TOKENS) -> dict[str, PaperTable]:
+    """Every table, compared with paper rows of ``model`` (None: all the paper's models); our checks are
+    conclusive only for runs of at least ``min_tokens`` training tokens (see analysis.checks.Rule)."""
+    rule = Rule(min_tokens=min_tokens)
+    return {name: builder(runs, model, rule) for name, builder in BUILDERS.items()}
