@@ -1,6 +1,10 @@
 """The paper's figures in its style, paper points beside ours: Fig. 4/5 (accuracy vs N-emb), loss curves per
 init (our ``metrics``; the paper prints no loss numbers), Fig. 8 (throughput vs accuracy).
 
+Our points carry their standard errors as error bars where the runs give one, and our panel's title states the
+token budget behind them and whether it meets the minimum a conclusion needs (``analysis.checks.MIN_TOKENS``): a
+figure must not suggest a ranking the checks would call inconclusive.
+
 Figures are plain ``matplotlib.figure.Figure`` objects (no pyplot state): ``savefig`` renders them with Agg,
 headless, and a notebook shows them with ``display(figure)``.
 """
@@ -11,11 +15,13 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from analysis.checks import MIN_TOKENS, Z
 from analysis.columns import AVG, BASES
 from analysis.load import Runs
 from analysis.matching import ORIGINAL, TIER, budget_tiers, matching, paper_setting
 from analysis.paper import paper_table
 from analysis.tables import PAPER_MODEL, PaperTable
+from analysis.uncertainty import mean_se
 
 INIT_COLORS = {"stepwise": "tab:blue", "average": "tab:orange", "lower": "tab:green", "upper": "tab:olive",
                "random": "tab:gray"}
@@ -38,16 +44,20 @@ def kind(row: pd.Series) -> str:
 
 
 def _scatter(ax: Axes, frame: pd.DataFrame, x: str, y: str, label_ranks: bool = False) -> None:
+    """One series per kind; a ``<y>_se`` column draws 95% error bars (1.96 SE)."""
     for label, group in frame.groupby(frame.apply(kind, axis=1), sort=True):
         group = group.sort_values(x)
         if label in BASELINE_STYLE:
             ax.scatter(group[x], group[y], label=label, zorder=3, **BASELINE_STYLE[label])
-            continue
-        init = label.split("(")[1].split(",")[0].rstrip(")")
-        marker = "o" if label.startswith("recursive") else ("v" if label.endswith("zero)") else "^")
-        style = dict(color=INIT_COLORS.get(init, "tab:purple"), marker=marker)
-        line = "-" if label.startswith("relaxed") and len(group) > 1 else ""
-        ax.plot(group[x], group[y], line, label=label, markersize=7, **style)
+            color = BASELINE_STYLE[label]["color"]
+        else:
+            init = label.split("(")[1].split(",")[0].rstrip(")")
+            marker = "o" if label.startswith("recursive") else ("v" if label.endswith("zero)") else "^")
+            color = INIT_COLORS.get(init, "tab:purple")
+            line = "-" if label.startswith("relaxed") and len(group) > 1 else ""
+            ax.plot(group[x], group[y], line, label=label, markersize=7, color=color, marker=marker)
+        if f"{y}_se" in group and group[f"{y}_se"].notna().any():
+            ax.errorbar(group[x], group[y], yerr=Z * group[f"{y}_se"], fmt="none", ecolor=color, capsize=3)
         if label_ranks and "lora_rank" in group:
             for _, point in group.dropna(subset=["lora_rank"]).iterrows():
                 if point["lora_rank"] > 0:
@@ -91,7 +101,37 @@ def _finish_ours(ax: Axes, basis: str | None) -> None:
         ax.legend(fontsize=7)
 
 
-def accuracy_vs_params(runs: Runs, model: str = PAPER_MODEL) -> Figure:
+def _count(tokens: float) -> str:
+    """6144 -> 6.1K, 2e8 -> 200M: a token count short enough for a title."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if tokens >= scale:
+            return f"{tokens / scale:.3g}{unit}"
+    return f"{tokens:.0f}"
+
+
+def budget_caption(summary: pd.DataFrame, min_tokens: int = MIN_TOKENS) -> str:
+    """The training tokens behind our points, and whether they are enough for a conclusion."""
+    budgets = pd.to_numeric(summary.get("token_budget", pd.Series(dtype=float)), errors="coerce")
+    budgets = budgets[budgets > 0]
+    if budgets.empty:
+        return "training tokens unknown: no conclusion"
+    low, high = budgets.min(), budgets.max()
+    shown = _count(low) if low == high else f"{_count(low)}-{_count(high)}"
+    if low < min_tokens:
+        return f"{shown} tokens per run: below the {_count(min_tokens)} minimum, no conclusion"
+    return f"{shown} tokens per run (minimum for a conclusion: {_count(min_tokens)})"
+
+
+def _ours_points(summary: pd.DataFrame, basis: str) -> pd.DataFrame:
+    """Our runs grouped by setting: mean N-emb and score, and the score's standard error."""
+    keys = [c for c in ("model", "variant", "loops", "init", "lora_rank", "lora_init") if c in summary]
+    grouped = summary.dropna(subset=[basis, "n_emb"]).groupby(keys, dropna=False)
+    points = grouped[["n_emb", basis]].mean()
+    points[f"{basis}_se"] = [mean_se(group[basis], group.get(f"{basis}_se")) for _, group in grouped]  # same order
+    return points.reset_index()
+
+
+def accuracy_vs_params(runs: Runs, model: str = PAPER_MODEL, min_tokens: int = MIN_TOKENS) -> Figure:
     """Fig. 4/5 style: score vs non-embedding parameters, recursive / relaxed vs full-size and reduced-size."""
     fig = Figure(figsize=(12, 4.5))
     left, right = fig.subplots(1, 2)
@@ -105,13 +145,12 @@ def accuracy_vs_params(runs: Runs, model: str = PAPER_MODEL) -> Figure:
         summary = matching(summary.assign(**{TIER: budget_tiers(summary)}), {"distill": "none", "early_exit": "none"})
         summary = summary[summary[TIER].isin([0, ORIGINAL]) | summary[TIER].isna()]
         summary = summary[~((summary["variant"] == "full") & (summary[TIER] == ORIGINAL))]
-        ours = summary.dropna(subset=[basis, "n_emb"]).groupby(
-            [c for c in ("model", "variant", "loops", "init", "lora_rank", "lora_init") if c in summary], dropna=False
-        )[["n_emb", basis]].mean().reset_index()
+        ours = _ours_points(summary, basis)
         scale, unit = _unit(ours["n_emb"].max() if len(ours) else 1.0)
         _scatter(right, ours.assign(n_emb=ours["n_emb"] * scale), "n_emb", basis, label_ranks=True)
     models = ", ".join(sorted(summary["model"].dropna().unique())) if "model" in summary else ""
-    right.set(title=f"Ours: {models or 'no runs'}", xlabel=f"Non-embedding parameters ({unit if basis else 'B'})")
+    title = f"Ours: {models}\n{budget_caption(summary, min_tokens)}" if models else "Ours: no runs"
+    right.set(title=title, xlabel=f"Non-embedding parameters ({unit if basis else 'B'})")
     _finish_ours(right, basis)
     fig.tight_layout()
     return fig
@@ -171,8 +210,6 @@ def throughput_vs_accuracy(table_k2: PaperTable) -> Figure:
     return fig
 
 
-FIGURES = {"accuracy_vs_params": accuracy_vs_params, "loss_curves": loss_curves}
-
-
-def all_figures(runs: Runs, tables: dict[str, PaperTable]) -> dict[str, Figure]:
-    return {**{name: make(runs) for name, make in FIGURES.items()}, "throughput_vs_accuracy": throughput_vs_accuracy(tables["K.2"])}
+def all_figures(runs: Runs, tables: dict[str, PaperTable], min_tokens: int = MIN_TOKENS) -> dict[str, Figure]:
+    return {"accuracy_vs_params": accuracy_vs_params(runs, min_tokens=min_tokens), "loss_curves": loss_curves(runs),
+            "throughput_vs_accuracy": throughput_vs_accuracy(tables["K.2"])}

@@ -97,7 +97,7 @@ def write_report(roots: list[str | Path], out: str | Path, paper_model: str | No
         table.checks.to_csv(out / f"checks_{_slug(name)}.csv", index=False)
         sections.append(table_markdown(table, csv))
     sections += ["## Figures", ""]
-    for name, figure in all_figures(runs, tables).items():
+    for name, figure in all_figures(runs, tables, min_tokens).items():
         figure.savefig(out / f"{name}.png", dpi=120)
         sections += [f"![{name}]({name}.png)", ""]
     path = out / "report.md"

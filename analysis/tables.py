@@ -84,11 +84,11 @@ def _compare(runs: Runs, rows: list[_Row], values: list[str], ours: Ours = _ours
             out.append({**base, "source": "ours", "model": model, "n_runs": len(matched), "token_budget": budget.min(),
                         "n_emb": matched["n_emb"].mean() if len(matched) else np.nan, **ours(matched, mine, row)})
             out.append({**base, "source": "delta", "model": model})
-    frame = pd.DataFrame(out)
+    frame = pd.DataFrame(out).assign(basis=None)  # filled by _label_basis once the table's basis is known
     settings = [c for c in SETTING_COLUMNS if c in frame and frame[c].notna().any()]
     errors = [c for c in frame if c.endswith("_se")]
     columns = [*settings, "source", "model", "n_runs", "basis", "n_emb", *values, *OURS_ONLY, *errors, "_group"]
-    frame = frame.assign(basis=np.nan).reindex(columns=list(dict.fromkeys(c for c in columns if c in frame)))
+    frame = frame.reindex(columns=list(dict.fromkeys(c for c in columns if c in frame)))
     return _fill_deltas(frame, delta), models
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from analysis import build_all, load_runs
+from analysis.figures import accuracy_vs_params
 from analysis.report import main
 from analysis.uncertainty import bootstrap_ppl_se
 from rrt.records import RunRecord
@@ -112,6 +113,12 @@ def test_below_the_minimum_budget_is_inconclusive_even_when_separated(tmp_path):
     assert "6,144 < minimum 100,000,000" in f1.checks.loc[F1_INIT, "evidence (gemma3_270m)"]
     lowered = build_all(load_runs(root), min_tokens=TINY)["F.1"]  # what --min-tokens does
     assert [verdicts(lowered)[i] for i in (F1_INIT, F1_REDUCED)] == ["yes", "yes"]
+
+
+def test_figure_states_the_budget_behind_our_points(tmp_path):
+    runs = load_runs(_f1_runs(tmp_path, 50.0, 40.0, 30.0, token_budget=TINY))
+    ours_panel = accuracy_vs_params(runs).axes[1]
+    assert ours_panel.get_title().endswith("6.14K tokens per run: below the 100M minimum, no conclusion")
 
 
 def test_perplexity_without_documents_needs_seeds(tmp_path):
