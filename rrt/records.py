@@ -45,7 +45,7 @@ LIST_SECTIONS = ("metrics", "evals", "perplexity", "throughput")
 log = logging.getLogger(__name__)
 
 
-def _now() -> str:
+def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -73,7 +73,7 @@ class RunRecord:
         run_dir = Path(run_dir)
         data: dict[str, Any] = {
             "schema": SCHEMA, "run_id": run_dir.name, "run_dir": str(run_dir.resolve()), "status": "running",
-            "created": _now(), "updated": _now(), "git_revision": git_revision(),
+            "created": now(), "updated": now(), "git_revision": git_revision(),
             "config": {}, "setting": {}, "params": {}, "budget": {}, "cluster": {}, "timings": {},
             **{section: [] for section in LIST_SECTIONS},
         }
@@ -95,7 +95,7 @@ class RunRecord:
         return cls.create(run_dir)
 
     def save(self) -> None:
-        self.data["updated"] = _now()
+        self.data["updated"] = now()
         atomic_write_text(self.path, json.dumps(self.data, indent=1, default=_json_default))
 
     def update(self, **fields: Any) -> None:
@@ -151,7 +151,7 @@ def read_records(*roots: str | Path) -> tuple[list[dict[str, Any]], list[tuple[P
     for path in find_records(*roots):
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, ValueError) as error:  # ValueError: bad JSON or bytes that are not UTF-8
             problems.append((path, f"unreadable: {error}"))
             continue
         if not isinstance(data, dict):

@@ -13,5 +13,5 @@ from tests.test_eval_lm import model, tokenizer  # noqa: F401  (module fixtures:
 def saved_run_dir(tmp_path, model, tokenizer):  # noqa: F811
     """A run dir as train.py leaves it (model/ + record.json), holding the tiny converted model."""
     save_converted(model, tmp_path / "model", tokenizer=tokenizer)
-    RunRecord.create(tmp_path, config={"model": {"name": "tiny"}})
+    RunRecord.create(tmp_path, config={"model": {"name": "tiny"}}, status="complete")
     return tmp_path

@@ -29,6 +29,7 @@ PAPER_ROWS = {
     "i1_kd_relaxed": 4,      # I.1: FKL/RKL/JSD/TVD, Average r256
     "j1_early_exit": 4,      # Table 3: Weighted / Agg(0.1), with and without KD
     "j1_coef": 3,            # J.1: Agg(0.3), Agg(0.05), Agg(0.01)
+    "j1_new": 1,             # J.1: Agg(0.1) on new data
 }
 PRESETS = sorted(PAPER_ROWS) + sorted(f"{name}_cpu" for name in PAPER_ROWS)
 
@@ -136,3 +137,19 @@ def test_status_lists_state_step_tokens_loss_and_eval_avg(tmp_path: Path):
     assert cli.returncode == 0
     assert cli.stdout.splitlines()[-1] == "1 complete, 1 queued, 1 running"
     assert ["init=stepwise", "complete", "2/2", "256", "3.25", "55", "-"] in [line.split() for line in cli.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("name", ["j1_early_exit", "j1_coef_cpu", "j1_new_cpu"])
+def test_early_exit_presets_post_train_the_uptrained_run_and_report_every_loop(name: str):
+    cfg = compose_sweep(name)
+    table2 = "table2_baselines_cpu" if name.endswith("_cpu") else "table2_baselines"
+    assert cfg.model.name == f"{cfg.paths.runs_root}/sweeps/{table2}/experiment-{table2}+variant-recursive"
+    assert list(cfg.eval.exit_loops) == [1, 2]
+    assert cfg.data.skip_tokens == (cfg.budget.tokens if name.startswith("j1_new") else 0)
+
+
+@pytest.mark.parametrize("name", ["i1_kd", "i1_kd_relaxed_cpu"])
+def test_kd_presets_name_the_uptrained_full_size_teacher(name: str):
+    cfg = compose_sweep(name)
+    table2 = "table2_baselines_cpu" if name.endswith("_cpu") else "table2_baselines"
+    assert cfg.distill.teacher == f"{cfg.paths.runs_root}/sweeps/{table2}/experiment-{table2}+variant-full"

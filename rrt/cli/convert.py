@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from rrt.cli.errors import one_line_errors
 from rrt.cli.train import CONF_DIR
 
 
@@ -25,18 +25,15 @@ def mapping_lines(spec, num_layers: int) -> list[str]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="convert")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     from rrt.recursive import convert_to_recursive, count_params
     from rrt.recursive.io import save_converted
     from rrt.training import build
 
     spec = build.recursion_spec(cfg)
-    try:
-        spec.validate(build.num_layers(build.architecture(cfg)))
-        model = build.original_model(cfg)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    spec.validate(build.num_layers(build.architecture(cfg)))
+    model = build.original_model(cfg)
     before = count_params(model)
     num_layers = int(model.config.num_hidden_layers)
     start = time.perf_counter()

@@ -12,6 +12,8 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from rrt.cli.errors import one_line_errors
+from rrt.errors import UserError
 from rrt.evaluation.runner import run_evaluation, validate
 from rrt.records import RECORD_NAME, RunRecord
 
@@ -47,6 +49,9 @@ def load_target(cfg: DictConfig) -> tuple[Any, Any, RunRecord | None]:
             raise FileNotFoundError(f"run={run} is not a finished run dir: expected {RECORD_NAME} and a saved model in "
                                     "model/ (train.py writes both); for a model dir alone use checkpoint=<dir>")
         record, model_dir = RunRecord.load(run), run / "model"
+        if not record.complete:  # e.g. a diverged run: its model is not a result
+            raise UserError(f"run={run} is {record.data.get('status')!r}, not complete ({record.data.get('error')}); "
+                            f"to score its model anyway use checkpoint={model_dir}")
         tokenizer_name = tokenizer_name or OmegaConf.select(OmegaConf.create(record.data.get("config", {})),
                                                             "model.tokenizer")
     elif cfg.get("checkpoint"):
@@ -74,6 +79,7 @@ def load_target(cfg: DictConfig) -> tuple[Any, Any, RunRecord | None]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     validate(cfg.eval)
     model, tokenizer, record = load_target(cfg)

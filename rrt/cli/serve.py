@@ -13,6 +13,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from rrt.cli.errors import one_line_errors
 from rrt.cli.evaluate import CONF_DIR, load_target
 from rrt.records import RunRecord
 from rrt.serving import ConfidenceExit, Engine, ExitPolicy, FullDepth, OracleExit, exit_trajectories
@@ -60,6 +61,7 @@ def serve(cfg: DictConfig, model, tokenizer, record: RunRecord | None = None) ->
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="serve")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     validate(cfg.serve)
     model, tokenizer, record = load_target(cfg)

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from rrt.cli.errors import one_line_errors
+
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-log = logging.getLogger("rrt.train")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@one_line_errors
 def main(cfg: DictConfig) -> float | None:
-    from rrt.assets import MissingAssetError
     from rrt.training.run import train
 
-    USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, MissingAssetError)
-    try:
-        record = train(cfg)
-    except USER_ERRORS as error:  # bad input: one clear line, no traceback (RRT_DEBUG=1 shows it)
-        if os.environ.get("RRT_DEBUG"):
-            raise
-        log.error("%s", error)
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    record = train(cfg)
     if record is None:
         return None
     print(summary(record))
@@ -48,6 +38,10 @@ def summary(record) -> str:
         f"loss: {first.get('loss', float('nan')):.4f} -> {final.get('loss', float('nan')):.4f}",
         f"model: {data['run_dir']}/model   record: {data['run_dir']}/record.json",
     ]
+    teacher = data.get("setting", {}).get("teacher")
+    if teacher:
+        lines.append(f"KD teacher: {teacher}")
+    lines += [f"warning: {warning}" for warning in data.get("warnings") or []]
     return "\n".join(lines)
 
 

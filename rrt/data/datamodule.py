@@ -26,6 +26,7 @@ from rrt.data.corpus import build_local_corpus, corpus_sha256, load_documents
 from rrt.data.jsonl import expand_files, files_sha256, read_texts
 from rrt.data.packing import cached_rows, first_rows
 from rrt.data.streaming import StreamingBatches
+from rrt.errors import UserError
 
 SOURCES = ("local_corpus", "jsonl", "slimpajama")
 
@@ -35,7 +36,7 @@ class TextDataModule(L.LightningDataModule):
 
     def __init__(self, source: str, tokenizer: str, seq_len: int, micro_batch_size: int, seed: int = 0,
                  train_files: list[str] | None = None, val_files: list[str] | None = None, val_batches: int = 8,
-                 num_workers: int = 0, text_field: str = "text"):
+                 num_workers: int = 0, text_field: str = "text", skip_tokens: int = 0):
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"Unknown data source '{source}': use one of {SOURCES}")
@@ -46,6 +47,9 @@ class TextDataModule(L.LightningDataModule):
         self.micro_batch_size, self.seed, self.val_batches = micro_batch_size, seed, val_batches
         self.train_files, self.val_files = list(train_files or []), list(val_files or [])
         self.num_workers, self.text_field = num_workers, text_field
+        if skip_tokens < 0:
+            raise UserError(f"data.skip_tokens={skip_tokens} must be >= 0")
+        self.skip_tokens = skip_tokens
         self._train_rows: np.ndarray | None = None
         self._val_rows: np.ndarray | None = None
 
@@ -99,10 +103,18 @@ class TextDataModule(L.LightningDataModule):
                                     self.micro_batch_size, self.seed, rank, world, start_batch, self.text_field)
         return PackedBatches(self.train_rows(), self.micro_batch_size, self.seed, rank, world, start_batch)
 
+    def skip_batches(self) -> int:
+        """Micro-batches per rank that ``skip_tokens`` covers. Rank r reads rows r, r + W, ... of the epoch's seeded
+        order, so k micro-batches on each of W ranks are the order's first k * W * micro_batch_size rows: the same
+        text a run with any other W consumed first."""
+        _, world = self._rank_world()
+        return -(-self.skip_tokens // (self.tokens_per_micro_batch * world))
+
     def resume_batch(self) -> int:
-        """Micro-batches this rank already consumed: 0 for a fresh run, more after a checkpoint restore."""
+        """First micro-batch of this rank: the skipped ones, plus those consumed before a checkpoint restore."""
         trainer = self.trainer
-        return 0 if trainer is None else trainer.global_step * trainer.accumulate_grad_batches
+        consumed = 0 if trainer is None else trainer.global_step * trainer.accumulate_grad_batches
+        return self.skip_batches() + consumed
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_dataset(self.resume_batch()), batch_size=None, num_workers=self.num_workers,

@@ -17,7 +17,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.initialization import no_init_weights
 
+from rrt.errors import UserError
 from rrt.recursive.convert import convert_to_recursive, recursion_spec_of
+from rrt.recursive.spec import RecursionSpec
 from rrt.utils.atomic import atomic_write_text, share_like_open
 
 WEIGHTS = "model.safetensors"
@@ -54,6 +56,20 @@ def is_saved_model_dir(directory: str | Path) -> bool:
     return (Path(directory) / SPEC).exists() and (Path(directory) / WEIGHTS).exists()
 
 
+def saved_spec(directory: str | Path) -> RecursionSpec | None:
+    """The recursion spec of a saved model, read without its weights (None: a saved model without recursion)."""
+    data = json.loads((Path(directory) / SPEC).read_text()).get("recursion")
+    return RecursionSpec.from_dict(data) if data else None
+
+
+def check_finite(model: nn.Module, directory: str | Path) -> None:
+    """A model with NaN/inf weights comes from a diverged run: refuse it rather than score a broken model."""
+    bad = [name for name, param in model.named_parameters() if not torch.isfinite(param).all()]
+    if bad:
+        raise UserError(f"{directory}: {len(bad)} weight tensors are not finite (e.g. {bad[0]}): the run that saved "
+                        "it diverged; retrain it (e.g. with a lower lr or distill.temperature > 0)")
+
+
 def load_converted(directory: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the saved (converted or plain) model with its ties and adapters; identical logits."""
     directory = Path(directory)
@@ -74,6 +90,7 @@ def load_converted(directory: str | Path, dtype: torch.dtype = torch.float32, de
     with torch.no_grad():  # in-place copies keep every tied Parameter object (and its storage) shared
         for name, tensor in state.items():
             _target(model, name).copy_(tensor)
+    check_finite(model, directory)
     return model.to(device=device, dtype=dtype).eval()
 
 

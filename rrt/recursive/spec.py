@@ -37,7 +37,7 @@ class LoRASpec:
 
     def rank_for(self, group: str) -> int:
         override = (self.ranks or {}).get(group)
-        return self.rank if override is None else int(override)
+        return self.rank if override is None else override
 
     @property
     def enabled(self) -> bool:
@@ -73,8 +73,15 @@ class RecursionSpec:
         _choice("lora.init", self.lora.init, LORA_INITS)
         _choice("lora.adapter", self.lora.adapter, ADAPTERS)
         _choice("lora.svd", self.lora.svd, SVD_METHODS)
+        _integer("recursion.loops", self.loops)
         if self.loops < 1:
             raise ValueError(f"recursion.loops must be >= 1, got {self.loops}")
+        _integer("lora.rank", self.lora.rank)
+        for group, value in (self.lora.ranks or {}).items():
+            if value is not None:
+                _integer(f"lora.ranks.{group}", value)
+        if not 0 <= self.lora.lamda_freeze_b_at <= 1:
+            raise ValueError(f"lora.lamda_freeze_b_at={self.lora.lamda_freeze_b_at} is a fraction of training: use a value in [0, 1]")
         for group in ("q", "kv", "o", "ffn"):
             if self.lora.rank_for(group) < 0:
                 raise ValueError(
@@ -86,6 +93,12 @@ class RecursionSpec:
                 f"recursion.loops={self.loops} does not divide the model's {num_layers} layers; "
                 f"valid values: {valid}"
             )
+
+
+def _integer(name: str, value: Any) -> None:
+    """Ranks and loop counts are whole numbers: 2.5 would silently train 2 and record 2.5."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}={value!r} must be a whole number (e.g. {name}=64)")
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:

@@ -16,6 +16,10 @@ from rrt.training.build import final_hidden
 from rrt.training.losses import LossSpec, lm_loss
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run stops as ``failed`` with the step."""
+
+
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
     """Linear warmup to the peak lr, then cosine decay to ``min_ratio`` x peak at the last step."""
 
@@ -80,6 +84,9 @@ class RecursiveLMModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.losses(batch["input_ids"])
+        if not torch.isfinite(out["loss"]):  # a diverged run must stop as failed, never finish as "complete"
+            raise TrainingDiverged(f"non-finite training loss ({out['loss'].item()}) at step {self.global_step + 1}: "
+                                   "the run diverged (lower optim.optimizer.lr, check distill/early_exit settings)")
         self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=False, sync_dist=False)
         self.log("loss", out["loss"].detach(), prog_bar=True, logger=False)
         return out["loss"]

@@ -16,14 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from rrt.assets import load_tokenizer
 from rrt.recursive import count_params, count_params_from_config
-from rrt.recursive.io import save_converted
-from rrt.records import RunRecord
+from rrt.errors import UserError
+from rrt.recursive.io import check_finite, save_converted
+from rrt.records import RECORD_NAME, RunRecord, now
 from rrt.training import build
 from rrt.training.budget import Budget
 from rrt.training.checkpoint import last_checkpoint
 from rrt.training.losses import LossSpec, exit_weights
 from rrt.training.module import RecursiveLMModule
-from rrt.training.record_callback import RecordCallback
+from rrt.training.record_callback import CONFIG_HASH_KEY, RecordCallback
+from rrt.training.setting import config_differences, config_hash, relaxation, setting_of, size_warning
 
 log = logging.getLogger(__name__)
 
@@ -62,39 +64,42 @@ def check_writable(run_dir: Path) -> None:
         raise PermissionError(f"run dir {run_dir} is not writable ({error}); set paths.runs_root or hydra.run.dir") from error
 
 
-def setting_of(cfg: DictConfig, budget: Budget) -> dict:
-    """Flat scalars that identify the run in analysis (variant, init, loops, ranks, distill, early exit)."""
-    spec = build.recursion_spec(cfg)
-    variant = cfg.variant.name
-    recursive = variant == "recursive"
-    start = build.saved_model_dir(str(cfg.model.name))
-    return {
-        "model": str(cfg.model.name), "variant": variant, "pretrained": cfg.model.source == "pretrained" and variant != "reduced" and not (recursive and spec.init == "random"),
-        "loops": spec.loops if variant != "full" else 1, "looping": spec.looping if recursive else None,
-        "init": spec.init if variant != "full" else None, "norm_init": spec.norm_init if recursive else None,
-        "lora_rank": spec.lora.rank if recursive else 0, "lora_init": spec.lora.init if recursive and spec.lora.enabled else None,
-        "adapter": spec.lora.adapter if recursive and spec.lora.enabled else None,
-        **{f"rank_{g}": spec.lora.rank_for(g) if recursive else 0 for g in ("q", "kv", "o", "ffn")},
-        "distill": cfg.distill.loss, "distill_weight": float(cfg.distill.weight),
-        "early_exit": cfg.early_exit.loss, "early_exit_coef": float(cfg.early_exit.coef), "early_exit_kd": bool(cfg.early_exit.self_kd),
-        "token_budget": budget.steps * budget.tokens_per_step, "seed": int(cfg.seed),
-        # early-exit training after uptraining (starting from a run's model) is the paper's "Post"; else "Co"
-        "start_from": str(start) if start else None,
-        "early_exit_phase": None if cfg.early_exit.loss == "none" else ("post" if start else "co"),
-    }
+def task_overrides() -> list[str]:
+    """The command line's overrides as Hydra parsed them (e.g. ``['lora.rank=8', 'init=average']``); none outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def explicit_overrides() -> list[str]:
+    """The keys the command line set (``['lora.rank', 'init']``)."""
+    return [override.split("=", 1)[0].lstrip("+~") for override in task_overrides()]
+
+
+def check_loss_config(cfg: DictConfig) -> None:
+    """Loss settings that would give a NaN or a meaningless objective."""
+    if cfg.distill.loss != "none" and not float(cfg.distill.temperature) > 0:
+        raise UserError(f"distill.temperature={cfg.distill.temperature} must be > 0 (the paper's KD uses 1.0)")
+    for key in ("distill.weight", "early_exit.coef"):
+        if float(OmegaConf.select(cfg, key)) < 0:
+            raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be >= 0")
 
 
 def preflight(cfg: DictConfig) -> tuple[Budget, Path]:
     """Every check that can fail without compute, in the order a user would fix them."""
     run_dir = Path(cfg.paths.run_dir)
     check_writable(run_dir)
+    build.check_model_name(str(cfg.model.name))
     arch = build.architecture(cfg)
     build.check_variant(cfg, build.num_layers(arch))
+    build.check_start_model(cfg, explicit_overrides())
     budget = make_budget(cfg)
     if cfg.resume not in ("auto", "never"):
-        raise ValueError(f"resume={cfg.resume!r}; supported: ['auto', 'never']")
+        raise UserError(f"resume={cfg.resume!r}; supported: ['auto', 'never']")
     if cfg.early_exit.loss != "none" and cfg.variant.name != "recursive":
-        raise ValueError("early_exit needs a looped model: use variant=recursive")
+        raise UserError("early_exit needs a looped model: use variant=recursive")
+    check_loss_config(cfg)
+    build.teacher_dir(cfg)
     if evaluates(cfg):
         from rrt.evaluation.runner import validate
 
@@ -102,34 +107,92 @@ def preflight(cfg: DictConfig) -> tuple[Budget, Path]:
     return budget, run_dir
 
 
+def existing_record(run_dir: Path, config: dict, resume: str) -> RunRecord | None:
+    """The run dir's record when it is the same run (None for a new run or ``resume=never``), read-only.
+
+    Resuming (or calling "complete") a run dir trained with another configuration would let the record claim
+    values the restored optimizer never used, so a mismatch is an error that names the keys.
+    """
+    path = run_dir / RECORD_NAME
+    if resume == "never" or not path.exists():
+        return None
+    try:
+        record = RunRecord.load(run_dir)
+        old = record.data.get("config") or {}
+    except (ValueError, AttributeError) as error:
+        raise UserError(f"{path} is corrupt ({error}): delete it, or pass resume=never to start the run over") from error
+    differences = config_differences(old, config) if old else []
+    if differences:
+        raise UserError(f"run dir {run_dir} holds a run with another configuration ({'; '.join(differences[:5])}): "
+                        "use another run dir (paths.run_dir=...), or resume=never to discard that run")
+    return record
+
+
+def checkpoint_step(checkpoint: Path, expected_hash: str) -> int:
+    """The optimizer step a checkpoint was saved at, after checking it belongs to this configuration.
+
+    ``weights_only=True`` never runs code from the file (a planted checkpoint cannot execute anything).
+    """
+    try:
+        state = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as error:  # truncated file, or one holding more than plain tensors and containers
+        raise UserError(f"{checkpoint} cannot be read safely ({type(error).__name__}): delete it, or pass "
+                        "resume=never to start the run over") from error
+    saved_hash = state.get(CONFIG_HASH_KEY)
+    if saved_hash not in (None, expected_hash):
+        raise UserError(f"{checkpoint} was saved by a run with another configuration: use another run dir, or "
+                        "resume=never to start over")
+    return int(state["global_step"])
+
+
 def train(cfg: DictConfig) -> RunRecord | None:
     """Run (or resume, or skip when already complete) the training run described by ``cfg``."""
     started = time.time()
     budget, run_dir = preflight(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
     rank_zero = rank_zero_only.rank == 0
-    checkpoint = last_checkpoint(run_dir) if cfg.resume == "auto" else None
-    record = RunRecord.open(run_dir) if rank_zero else None
-    if record is not None and record.complete and cfg.resume == "auto":
+    record = existing_record(run_dir, config, cfg.resume) if rank_zero else None
+    if record is not None and record.complete:
         log.info("run %s is already complete; nothing to do (resume=never starts over)", run_dir)
         return record
-    log.info(budget.summary())
+    checkpoint = last_checkpoint(run_dir) if cfg.resume == "auto" else None
+    step = checkpoint_step(checkpoint, config_hash(config)) if checkpoint is not None else 0
+    if not rank_zero:
+        return _train(cfg, budget, run_dir, config, None, checkpoint, started)
+    record = record or RunRecord.create(run_dir, config=config, config_hash=config_hash(config))
+    record.update(status="running", error=None, pid=os.getpid(), host=socket.gethostname(), heartbeat=now())
+    record.truncate_metrics(after_step=step)
+    try:
+        return _train(cfg, budget, run_dir, config, record, checkpoint, started)
+    except (KeyboardInterrupt, SystemExit) as error:  # Ctrl-C (Lightning exits after its graceful shutdown)
+        record.update(status="interrupted", error=f"{type(error).__name__}: {error}")
+        raise
+    except BaseException as error:  # the record says why the run stopped; a re-run resumes from last.ckpt
+        record.update(status="failed", error=f"{type(error).__name__}: {error}")
+        raise
 
+
+def _train(cfg: DictConfig, budget: Budget, run_dir: Path, config: dict, record: RunRecord | None,
+           checkpoint: Path | None, started: float) -> RunRecord | None:
+    log.info(budget.summary())
     L.seed_everything(int(cfg.seed), workers=True)
     convert_started = time.time()
     student = build.build_student(cfg)
     convert_s = time.time() - convert_started
     teacher = build.build_teacher(cfg, student)
-    params = count_params(student)
     if record is not None:
+        params = {**count_params(student).to_dict(),
+                  "original_non_embedding": count_params_from_config(build.architecture(cfg)).non_embedding}
+        start = build.saved_model_dir(str(cfg.model.name))
+        warnings = [w for w in (size_warning(params), teacher_warning(cfg)) if w]
+        for warning in warnings:
+            log.warning("%s", warning)
         record.update(
-            status="running", error=None, config=OmegaConf.to_container(cfg, resolve=True), setting=setting_of(cfg, budget),
-            params={**params.to_dict(), "original_non_embedding": count_params_from_config(build.architecture(cfg)).non_embedding},
-            budget=budget.to_dict(), timings={**record.data.get("timings", {}), "convert_s": convert_s},
+            config=config, config_hash=config_hash(config), overrides=task_overrides(),
+            setting=setting_of(cfg, budget, student, start, build.teacher_identity(cfg)),
+            relaxation=relaxation(student), warnings=warnings, params=params, budget=budget.to_dict(),
+            timings={**record.data.get("timings", {}), "convert_s": convert_s},
         )
-        if checkpoint is not None:
-            record.truncate_metrics(after_step=torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)["global_step"])
-        else:
-            record.truncate_metrics(after_step=0)
 
     freeze_at = cfg.lora.get("lamda_freeze_b_at")
     module = RecursiveLMModule(
@@ -139,21 +202,18 @@ def train(cfg: DictConfig) -> RunRecord | None:
     )
     datamodule = hydra.utils.instantiate(cfg.data)
     loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.logger else []
-    trainer = make_trainer(cfg, budget, run_dir, loggers, RecordCallback(record, every_n_steps=int(cfg.budget.log_every_n_steps)))
+    callback = RecordCallback(record, every_n_steps=int(cfg.budget.log_every_n_steps), config_hash=config_hash(config))
+    trainer = make_trainer(cfg, budget, run_dir, loggers, callback)
     if record is not None:
         record.update(cluster=cluster_info(trainer))
 
     train_started = time.time()
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
-    except Exception as error:  # the record says why the run stopped; a re-run resumes from last.ckpt
-        if record is not None:
-            record.update(status="failed", error=f"{type(error).__name__}: {error}")
-        raise
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None, weights_only=True)
     train_s = time.time() - train_started
     if not trainer.is_global_zero:
         return None
 
+    check_finite(student, run_dir / "model")  # a diverged model is never saved as a result
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     save_converted(student, run_dir / "model", tokenizer=tokenizer)
     timings = {**record.data.get("timings", {}), "train_s": train_s}
@@ -169,6 +229,14 @@ def train(cfg: DictConfig) -> RunRecord | None:
         if hasattr(logger.experiment, "finish"):  # wandb: close the (offline) run so its files are complete
             logger.experiment.finish()
     return record
+
+
+def teacher_warning(cfg: DictConfig) -> str | None:
+    """KD from the original checkpoint is allowed, but it is not the paper's teacher: say so."""
+    if cfg.distill.loss == "none" or cfg.distill.get("teacher"):
+        return None
+    return (f"KD teacher is the original checkpoint {cfg.model.name}, not the paper's teacher (the full-size model "
+            "uptrained on the same data and budget): pass distill.teacher=<variant=full run dir>")
 
 
 def evaluates(cfg: DictConfig) -> bool:
