@@ -23,7 +23,9 @@ from rrt.records import LIST_SECTIONS, RECORD_NAME, read_records
 RUN_SECTIONS = ("setting", "params", "budget", "cluster", "timings", "summary")
 RUN_FIELDS = ("run", "run_id", "status", "record_path", "git_revision", "created", "updated")
 PREFERRED_PPL_DATASETS = ("heldout", "local_heldout")  # the local corpus's held-out split
-RELATIVE_SETTINGS = ("start_from",)  # setting values that are paths (a run's model dir): shown relative to the root
+# setting values that may be absolute paths (a post-training run's model, its start, a saved teacher): shown
+# relative to the root they were found under
+RELATIVE_SETTINGS = ("model", "start_from", "teacher")
 
 
 class MissingRoot(FileNotFoundError):
@@ -86,7 +88,7 @@ def load_runs(*roots: str | Path, wandb: bool = True) -> Runs:
     return Runs(
         runs=_runs_frame(records),
         **{section: _long_frame(records, section) for section in LIST_SECTIONS},
-        problems=list(dict.fromkeys(problems)),
+        problems=list({Path(path).resolve(): (path, reason) for path, reason in problems}.values()),
     )
 
 
@@ -170,7 +172,7 @@ def _qualify(keys: list[str], prefixes: list[str]) -> list[str]:
 def _relative_settings(record: dict[str, Any], root: Path) -> None:
     setting = record.get("setting") or {}
     for key in RELATIVE_SETTINGS:
-        if setting.get(key):
+        if isinstance(setting.get(key), str) and Path(setting[key]).is_absolute():
             setting[key] = relative_to_root(setting[key], root)
 
 

@@ -205,7 +205,8 @@ ABSOLUTE = re.compile(r"(?:^|[\s`'\"(\[|,=:])/(?:[\w.+-]+/)+")
 
 def test_report_shows_no_absolute_path(tmp_path):
     root = tmp_path / "sweep"
-    run(root, "post", 45.0, **AGG, start_from=str(root / "up" / "model"), early_exit_phase="post")
+    run(root, "post", 45.0, **AGG, start_from=str(root / "up" / "model"), early_exit_phase="post",
+        distill="forward_kl", teacher=str(tmp_path / "elsewhere" / "full"))
     run(root, "up", 50.0)
     (root / "broken").mkdir()
     (root / "broken" / "record.json").write_text("{")
