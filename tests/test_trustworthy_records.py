@@ -154,3 +154,22 @@ def test_data_novelty_needs_the_same_order_and_the_consumed_tokens_skipped(tmp_p
     assert data_novelty(cfg, {**start, "config": {"data": {**start["config"]["data"], "seed": 1}}}) == "overlap"
     assert data_novelty(cfg, {**start, "config": {"data": {"source": "jsonl", "train_files": ["a.jsonl"]}}}) == "new"
     assert data_novelty(cfg, None) is None
+
+
+def test_reduced_variant_keeps_no_weight_of_a_reloaded_checkpoint(tmp_path):
+    """The reduced-size baseline is trained from scratch even when model.name is a pretrained checkpoint dir."""
+    import torch
+
+    from rrt.training import build
+    from tests.tiny import tiny_model
+
+    tiny_model("llama", 4, seed=3).save_pretrained(tmp_path / "hf")
+    checkpoint = tiny_model("llama", 4, seed=3).state_dict()
+    cfg = compose_train(*TINY, f"model.name={tmp_path / 'hf'}", "model.source=pretrained", "variant=reduced",
+                        run_dir=tmp_path / "run")
+    student = build.build_student(cfg)
+    assert student.config.num_hidden_layers == 2 and student.config.rrt_pretrained is False
+    assert not torch.equal(student.get_input_embeddings().weight, checkpoint["model.embed_tokens.weight"])
+    for name, value in student.state_dict().items():
+        if name.startswith("model.layers."):
+            assert not any(torch.equal(value, checkpoint[k]) for k in checkpoint if k.endswith(name.split(".", 3)[3])), name
