@@ -1,11 +1,20 @@
-"""Checkpoints that are never half-written: a kill -9 during a save leaves the previous file intact."""
+"""Checkpoints that are never half-written: a kill -9 during a save leaves the previous file intact.
+
+A sharded checkpoint (``trainer=fsdp``) is a small ``.ckpt`` file naming its shard dir under ``shards/``; the
+shards are written first, so renaming the file into place commits both, and dirs no file names are removed.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+SHARDS_DIR = "shards"
+SHARDS_KEY = "rrt_shards"  # in a sharded checkpoint's file: the name of its dir under shards/
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
@@ -16,6 +25,7 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         super()._save_checkpoint(trainer, tmp)
         if trainer.is_global_zero:
             os.replace(tmp, filepath)
+            prune_shards(Path(filepath).parent)
         trainer.strategy.barrier("atomic_checkpoint")
         self._last_checkpoint_saved = filepath
 
@@ -23,3 +33,20 @@ class AtomicModelCheckpoint(ModelCheckpoint):
 def last_checkpoint(run_dir: str | Path) -> Path | None:
     path = Path(run_dir) / "checkpoints" / "last.ckpt"
     return path if path.exists() else None
+
+
+def shards_of(checkpoint: Path) -> Path | None:
+    """The shard dir of a sharded checkpoint file; None for a full checkpoint (read lazily: mmap, no code)."""
+    name = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True).get(SHARDS_KEY)
+    return None if name is None else checkpoint.parent / SHARDS_DIR / name
+
+
+def prune_shards(directory: Path) -> None:
+    """Remove the shard dirs that no checkpoint file in ``directory`` names (replaced or interrupted saves)."""
+    shards = directory / SHARDS_DIR
+    if not shards.is_dir():
+        return
+    named = {shards_of(file) for file in directory.glob("*.ckpt")}
+    for path in shards.iterdir():
+        if path not in named:
+            shutil.rmtree(path, ignore_errors=True)

@@ -26,6 +26,7 @@ from rrt.training.losses import LossSpec, exit_weights
 from rrt.training.module import RecursiveLMModule
 from rrt.training.record_callback import CONFIG_HASH_KEY, RecordCallback
 from rrt.training.setting import config_differences, config_hash, relaxation, setting_of, size_warning
+from rrt.training.strategy import trained_model
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ def _train(cfg: DictConfig, budget: Budget, run_dir: Path, config: dict, record:
     train_started = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None, weights_only=True)
     train_s = time.time() - train_started
+    student = trained_model(trainer, student)  # FSDP: all-gathered into one plain model on rank 0
     if not trainer.is_global_zero:
         return None
 
