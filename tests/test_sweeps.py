@@ -24,6 +24,7 @@ PAPER_ROWS = {
     "f1_init": 8,            # F.1: Step/Avg/Lower/Rand x B=2,3
     "g2_relaxed": 12,        # G.2: Step/Avg/Lower x rank 64/128/256/512, SVD
     "g2_relaxed_zero": 3,    # G.2: Step/Avg/Lower x rank 512, zero init
+    "g2_adapters": 24,       # not a paper table: LoRA/LaMDA/LaMDA++ x rank 64..512 x paper/PEFT mode, Average
     "g1_ranks": 10,          # G.1: the 10 per-component rank tuples
     "i1_kd": 4,              # I.1: FKL/RKL/JSD/TVD, Stepwise B=2
     "i1_kd_relaxed": 4,      # I.1: FKL/RKL/JSD/TVD, Average r256

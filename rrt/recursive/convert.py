@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 
 import torch
 from torch import nn
 
+from rrt.errors import UserError
 from rrt.models import FamilyAdapter, family_for
 from rrt.models.family import fused_rank
+from rrt.recursive.allocation import allocate_from_residuals, describe
 from rrt.recursive.indices import depths_of_position, position_of_depth, source_layers
 from rrt.recursive.relax import ADAPTER_CLASSES
 from rrt.recursive.spec import RecursionSpec
@@ -99,7 +102,7 @@ def convert_to_recursive(model: nn.Module, spec: RecursionSpec, *, initialize: b
         reinitialize(model, spec.seed)  # the paper's "Rand" baseline: no pretrained weights anywhere
 
     originals: dict[tuple[int, str], torch.Tensor] = {}
-    if initialize and spec.lora.enabled and spec.lora.init == "svd":
+    if initialize and spec.lora.enabled and (spec.lora.init == "svd" or spec.lora.adapter == "lamda++"):
         for depth, layer in enumerate(layers):
             for path in family.linears:
                 originals[depth, path] = layer.get_submodule(path).weight.detach().clone()
@@ -117,37 +120,85 @@ def convert_to_recursive(model: nn.Module, spec: RecursionSpec, *, initialize: b
                 replace_submodule(layer, path, module)
 
     if spec.lora.enabled:
-        _relax(layers, family, spec, originals, generator, initialize)
+        allocation = _relax(layers, family, spec, originals, generator, initialize)
+        spec = replace(spec, lora=replace(spec.lora, allocation=allocation))
     if spec.lora.freeze_shared:
-        for name, param in model.named_parameters():
-            param.requires_grad_(".lora_" in name)
+        freeze_shared(model)
 
     model.config.rrt_recursion = {**spec.to_dict(), "num_layers": num_layers, "family": family.name}
     return model
 
 
-def _relax(layers, family, spec, originals, generator, initialize) -> None:
+def freeze_shared(model: nn.Module) -> None:
+    """PEFT-faithful training: only adapters train (and an adapter's own frozen part, LaMDA's A, stays frozen)."""
+    for name, param in model.named_parameters():
+        if ".lora_" not in name:
+            param.requires_grad_(False)
+
+
+def capped_rank(spec: RecursionSpec, family: FamilyAdapter, path: str, linear: nn.Linear) -> int:
+    """Rank of one linear's adapter with uniform ranks: the requested one, capped at min(d_in, d_out)."""
+    return min(requested_rank(spec, family, path, linear), linear.in_features, linear.out_features)
+
+
+def _relax(layers, family, spec, originals, generator, initialize) -> dict[str, list[int]] | None:
+    """Wrap every shared linear of every depth in its own adapter; returns LaMDA++'s allocation (else None)."""
     adapter_class = ADAPTER_CLASSES[spec.lora.adapter]
-    capped = set()
-    for depth, layer in enumerate(layers):
-        for path in family.linears:
-            shared = layer.get_submodule(path)
-            requested = requested_rank(spec, family, path, shared)
-            rank = min(requested, shared.in_features, shared.out_features)
-            if rank < requested:
-                capped.add((path, requested, rank))
-            if rank == 0:
-                continue
-            wrapper = adapter_class(shared, rank)
-            if initialize:
-                residual = originals[depth, path] - shared.weight.detach() if originals else None
-                if residual is None or not torch.any(residual):
-                    wrapper.init_standard(generator)  # zero residual: standard init (App. C)
-                else:
-                    wrapper.init_from_residual(residual, spec.lora.svd)
-            replace_submodule(layer, path, wrapper)
-    for path, requested, rank in sorted(capped):
-        log.info("lora rank %d on %s capped at min(d_in, d_out) = %d", requested, path, rank)
+    linears = {(depth, path): layer.get_submodule(path) for depth, layer in enumerate(layers) for path in family.linears}
+    ranks = {key: capped_rank(spec, family, key[1], linear) for key, linear in linears.items()}
+    for path, requested, rank in sorted({(key[1], requested_rank(spec, family, key[1], linear), ranks[key])
+                                         for key, linear in linears.items()}):
+        if rank < requested:
+            log.info("lora rank %d on %s capped at min(d_in, d_out) = %d", requested, path, rank)
+
+    def residual(key: tuple[int, str]) -> torch.Tensor | None:
+        return originals[key] - linears[key].weight.detach() if originals else None
+
+    allocation = None
+    if spec.lora.adapter == "lamda++":
+        allocation = spec.lora.allocation or _allocate(linears, ranks, residual, initialize)
+        check_allocation(allocation, linears, len(layers))
+        ranks = {(depth, path): allocation[path][depth] for depth, path in linears}
+    for (depth, path), linear in linears.items():
+        if ranks[depth, path] == 0:
+            continue
+        wrapper = adapter_class(linear, ranks[depth, path])
+        if initialize:
+            delta = residual((depth, path)) if spec.lora.init == "svd" else None
+            if delta is None or not torch.any(delta):
+                wrapper.init_standard(generator)  # zero residual: standard init (App. C)
+            else:
+                wrapper.init_from_residual(delta, spec.lora.svd)
+        replace_submodule(layers[depth], path, wrapper)
+    return allocation
+
+
+def _allocate(linears, uniform, residual, initialize) -> dict[str, list[int]]:
+    """LaMDA++ ranks from the residual spectra, as ``{path: [rank per depth]}`` (rrt.recursive.allocation)."""
+    if not initialize:
+        raise UserError("lora.adapter=lamda++ allocates ranks from the residual spectra when it converts a model; "
+                        "to rebuild or count one without weights, use the spec saved with it "
+                        "(rrt.recursive.io.saved_spec(<model dir>)), which carries lora.allocation")
+    ranks = allocate_from_residuals(uniform, {key: (m.in_features, m.out_features) for key, m in linears.items()},
+                                    residual, "lamda++")
+    paths = dict.fromkeys(path for _, path in linears)
+    depths = sorted({depth for depth, _ in linears})
+    allocation = {path: [ranks[depth, path] for depth in depths] for path in paths}
+    log.info("lamda++ %s", describe(allocation))
+    return allocation
+
+
+def check_allocation(allocation: dict[str, list[int]], linears: dict[tuple[int, str], nn.Linear], depths: int) -> None:
+    """A saved allocation must name every linear, one whole rank per depth within min(d_in, d_out)."""
+    paths = {path for _, path in linears}
+    if set(allocation) != paths or any(len(ranks) != depths for ranks in allocation.values()):
+        raise UserError(f"lora.allocation must list {depths} ranks for each of {sorted(paths)}; got "
+                        f"{ {path: len(ranks) for path, ranks in allocation.items()} }")
+    for (depth, path), linear in linears.items():
+        rank = allocation[path][depth]
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= min(linear.in_features, linear.out_features):
+            raise UserError(f"lora.allocation[{path!r}][{depth}] = {rank!r} must be a whole number in "
+                            f"0..min(d_in, d_out) = {min(linear.in_features, linear.out_features)}")
 
 
 def recursion_spec_of(model: nn.Module) -> RecursionSpec | None:

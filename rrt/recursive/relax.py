@@ -73,13 +73,15 @@ class DepthLoRALinear(nn.Module):
 
 
 class DepthLaMDALinear(DepthLoRALinear):
-    """LaMDA-style relaxation: y = W' x + B S A x with A frozen, S (r x r) trained, B frozen over time.
+    """LaMDA relaxation (Azizi et al., 2024) of one depth: y = W' x + B S A x.
 
-    The mapping to recursion is our own (rrt-paper.md section 2): A and B come from the SVD of the
-    depth's residual (A = V_r^T, B = U_r) and S starts at diag(S_r), so the init equals the LoRA SVD init;
-    only S (r^2 parameters) and, until :meth:`freeze_projection` (called by the training loop at
-    ``lora.lamda_freeze_b_at`` of the run), B are updated. The paper freezes B's columns progressively; its
-    public code only zeroes gradients, which AdamW momentum ignores, so we freeze B whole at one step.
+    A (PMA, r x d_in) is frozen from construction, S (r x r, the low-dimensional adapter) trains, and B (PMB,
+    d_out x r) trains until the optimizer freezes its columns one by one (``rrt.recursive.lamda``). A's
+    ``requires_grad`` is False for the module's whole life and B's stays True, so the autograd graph is the same
+    at every step (DDP and FSDP need that); B's progressive freeze is a mask inside the optimizer step.
+
+    The mapping to recursion is ours (rrt-paper.md section 2): A = V_r^T, B = U_r and S = diag(S_r) of the depth's
+    residual, so the init equals the LoRA SVD init and B's column j belongs to the j-th largest singular value.
     """
 
     def __init__(self, base: nn.Linear, rank: int):
@@ -88,7 +90,7 @@ class DepthLaMDALinear(DepthLoRALinear):
         self.lora_S = nn.Parameter(torch.zeros(rank, rank, device=base.weight.device, dtype=base.weight.dtype))
 
     def init_standard(self, generator: torch.Generator | None = None) -> None:
-        """Zero-residual init: random orthonormal A and B, S = 0 (an exact no-op that can still learn)."""
+        """Zero-residual init: random orthonormal A and B, S = 0 (an exact no-op whose S still gets a gradient)."""
         with torch.no_grad():
             a = torch.randn(self.base.in_features, self.rank, generator=generator)
             b = torch.randn(self.base.out_features, self.rank, generator=generator)
@@ -103,11 +105,6 @@ class DepthLaMDALinear(DepthLoRALinear):
             self.lora_S.copy_(torch.diag(s))
             self.lora_A.copy_(vh)
 
-    def freeze_projection(self) -> None:
-        """Freeze B (PMB) for the rest of training; the optimizer skips parameters without gradients."""
-        self.lora_B.requires_grad_(False)
-        self.lora_B.grad = None
-
     def delta_weight(self) -> torch.Tensor:
         return self.lora_B @ self.lora_S @ self.lora_A
 
@@ -115,4 +112,6 @@ class DepthLaMDALinear(DepthLoRALinear):
         return self.base(x) + F.linear(F.linear(F.linear(x, self.lora_A), self.lora_S), self.lora_B)
 
 
-ADAPTER_CLASSES: dict[str, type[DepthLoRALinear]] = {"lora": DepthLoRALinear, "lamda": DepthLaMDALinear}
+# lamda++ is LaMDA with per-matrix ranks from the residual spectra (rrt.recursive.allocation): same module
+ADAPTER_CLASSES: dict[str, type[DepthLoRALinear]] = {"lora": DepthLoRALinear, "lamda": DepthLaMDALinear,
+                                                     "lamda++": DepthLaMDALinear}

@@ -14,7 +14,7 @@ INITS = ("stepwise", "average", "lower", "upper", "random")
 NORM_INITS = ("source", "average", "choice", "zero")
 LOOPINGS = ("cycle", "sequence")
 LORA_INITS = ("svd", "zero")
-ADAPTERS = ("lora", "lamda")
+ADAPTERS = ("lora", "lamda", "lamda++")
 SVD_METHODS = ("full", "lowrank")
 
 
@@ -29,11 +29,14 @@ class LoRASpec:
 
     rank: int = 0
     init: str = "svd"  # svd: truncated SVD of (W_depth - W_shared); zero: A random, B = 0
-    adapter: str = "lora"  # lora: B A; lamda: B S A with A frozen, S (r x r) trained, B frozen over time
+    adapter: str = "lora"  # lora: B A; lamda: B S A, A frozen, B frozen column by column; lamda++: + spectrum ranks
     ranks: dict[str, int | None] = field(default_factory=lambda: {"q": None, "kv": None, "o": None, "ffn": None})
     svd: str = "full"  # full: torch.linalg.svd; lowrank: torch.svd_lowrank (see benchmarks/conversion.py)
     freeze_shared: bool = False  # train only adapters (the paper trains everything)
-    lamda_freeze_b_at: float = 0.25  # lamda: fraction of training steps after which B (PMB) is frozen
+    lamda_freeze_b_at: float = 0.25  # lamda: t_i = floor(this x optimizer steps); B is wholly frozen after t_i
+    # lamda++: rank per linear path, one per depth, allocated from the residual spectra at conversion and saved
+    # with the model, so a load or a count on the meta device rebuilds the same adapters without the spectra
+    allocation: dict[str, list[int]] | None = None
 
     def rank_for(self, group: str) -> int:
         override = (self.ranks or {}).get(group)

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from rrt.recursive.exits import capture_loop_outputs, final_norm
-from rrt.recursive.relax import DepthLaMDALinear
 from rrt.training.build import final_hidden
 from rrt.training.losses import LossSpec, lm_loss
+from rrt.training.optim import ColumnFreezer, build_optimizer
 
 
 class TrainingDiverged(RuntimeError):
@@ -45,7 +45,6 @@ class RecursiveLMModule(L.LightningModule):
         min_lr_ratio: float,
         tokens_per_step: int,
         teacher: nn.Module | None = None,
-        lamda_freeze_step: int | None = None,
     ):
         super().__init__()
         self.student = student
@@ -54,7 +53,7 @@ class RecursiveLMModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.total_steps, self.warmup_steps, self.min_lr_ratio = total_steps, warmup_steps, min_lr_ratio
         self.tokens_per_step = tokens_per_step
-        self.lamda_freeze_step = lamda_freeze_step
+        self.freezer: ColumnFreezer | None = None  # LaMDA's progressive B freeze, built with the optimizer
         self._step_started: float | None = None
 
     @property
@@ -87,20 +86,20 @@ class RecursiveLMModule(L.LightningModule):
         if not torch.isfinite(out["loss"]):  # a diverged run must stop as failed, never finish as "complete"
             raise TrainingDiverged(f"non-finite training loss ({out['loss'].item()}) at step {self.global_step + 1}: "
                                    "the run diverged (lower optim.optimizer.lr, check distill/early_exit settings)")
-        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=False, sync_dist=False)
+        # averaged over ranks, so a DDP run logs its global batch's loss (as one process with the same batch does)
+        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=False, sync_dist=True)
         self.log("loss", out["loss"].detach(), prog_bar=True, logger=False)
         return out["loss"]
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if self._step_started is None:
             self._step_started = time.perf_counter()
-        if self.lamda_freeze_step is not None and self.global_step >= self.lamda_freeze_step:
-            for module in self.student.modules():
-                if isinstance(module, DepthLaMDALinear) and module.lora_B.requires_grad:
-                    module.freeze_projection()
 
     def on_before_optimizer_step(self, optimizer) -> None:
         step = self.global_step + 1
+        if self.freezer is not None:  # after the backward (and DDP's all-reduce), before gradient clipping
+            self.freezer.steps_done = self.global_step  # right after a resume too
+            self.freezer.mask_gradients()
         elapsed = time.perf_counter() - (self._step_started or time.perf_counter())
         self._step_started = time.perf_counter()
         self.log_dict(
@@ -118,9 +117,6 @@ class RecursiveLMModule(L.LightningModule):
         self.log("val/ppl", torch.exp(out["ce"]), sync_dist=True)
 
     def configure_optimizers(self):
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]  # no weight decay on norms and biases
-        no_decay = [p for p in params if p.ndim < 2]
-        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        optimizer, self.freezer = build_optimizer(self.student, self.optimizer_factory, self.total_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(self.warmup_steps, self.total_steps, self.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -195,11 +195,10 @@ def _train(cfg: DictConfig, budget: Budget, run_dir: Path, config: dict, record:
             timings={**record.data.get("timings", {}), "convert_s": convert_s},
         )
 
-    freeze_at = cfg.lora.get("lamda_freeze_b_at")
     module = RecursiveLMModule(
         student, loss_spec(cfg, student), hydra.utils.instantiate(cfg.optim.optimizer), total_steps=budget.steps,
         warmup_steps=budget.warmup_steps, min_lr_ratio=float(cfg.optim.min_lr_ratio), tokens_per_step=budget.tokens_per_step,
-        teacher=teacher, lamda_freeze_step=int(freeze_at * budget.steps) if cfg.lora.adapter == "lamda" else None,
+        teacher=teacher,
     )
     datamodule = hydra.utils.instantiate(cfg.data)
     loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.logger else []

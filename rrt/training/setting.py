@@ -17,7 +17,8 @@ from torch import nn
 
 from rrt.models import RANK_GROUPS, family_for
 from rrt.recursive import RecursionSpec, recursion_spec_of
-from rrt.recursive.convert import requested_rank
+from rrt.recursive.allocation import adapter_params
+from rrt.recursive.convert import capped_rank, requested_rank
 from rrt.recursive.io import saved_spec
 from rrt.recursive.relax import DepthLoRALinear
 from rrt.training.budget import Budget
@@ -67,14 +68,18 @@ def adapter_ranks(model: nn.Module) -> dict[str, list[int]]:
 
 
 def group_ranks(model: nn.Module, spec: RecursionSpec) -> dict[str, int]:
-    """Effective rank per rank group (q, kv, o, ffn): the largest rank its linears actually got.
+    """Effective rank per rank group (q, kv, o, ffn): the largest rank its linears actually got (for LaMDA++, the
+    uniform rank that sets its budget, so it lines up with LoRA and LaMDA at the same rank).
 
     A fused linear serves several groups with one rank chosen from theirs (``fused_rank``); its share of a group
     is that group's requested rank, scaled down by the fused linear's cap where it was capped.
     """
     family = family_for(model.config)
     layer = family.layer_list(model)[0]
-    effective = {path: max(ranks) for path, ranks in adapter_ranks(model).items()}
+    if spec.lora.allocation is not None:  # lamda++: the uniform ranks whose budget its allocation spends
+        effective = {path: capped_rank(spec, family, path, layer.get_submodule(path)) for path in family.linears}
+    else:
+        effective = {path: max(ranks) for path, ranks in adapter_ranks(model).items()}
     result = {}
     for group in RANK_GROUPS:
         values = [0]
@@ -96,12 +101,29 @@ def relaxation(model: nn.Module) -> dict[str, Any] | None:
     if spec is None:
         return None
     ranks = adapter_ranks(model)
-    return {
+    result = {
         "requested": {group: spec.lora.rank_for(group) for group in RANK_GROUPS},
         "effective": group_ranks(model, spec),
         # one number per linear when every depth has the same rank, else the per-depth list
         "ranks": {path: values[0] if len(set(values)) == 1 else values for path, values in ranks.items()},
+        "freeze_shared": spec.lora.freeze_shared,
     }
+    if spec.lora.allocation is not None:
+        result["allocation"] = allocation_budget(model, spec)
+    return result
+
+
+def allocation_budget(model: nn.Module, spec: RecursionSpec) -> dict[str, Any]:
+    """LaMDA++'s budget (adapter parameters at uniform ranks) and what its allocation spends of it."""
+    family = family_for(model.config)
+    budget = used = 0
+    for layer in family.layer_list(model):
+        for path in family.linears:
+            module = layer.get_submodule(path)
+            base = module.base if isinstance(module, DepthLoRALinear) else module
+            budget += adapter_params(spec.lora.adapter, capped_rank(spec, family, path, base), base.in_features, base.out_features)
+            used += sum(p.numel() for p in module.parameters(recurse=False)) if isinstance(module, DepthLoRALinear) else 0
+    return {"spectrum": "residual W_depth - W_shared (normalised energy)", "budget": budget, "used": used}
 
 
 def data_novelty(cfg: DictConfig, start_record: dict[str, Any] | None) -> str | None:
