@@ -193,21 +193,24 @@ def test_a_saved_allocation_that_does_not_fit_the_model_is_refused():
 
 
 @pytest.mark.integration
-def test_two_process_ddp_lamda_run_matches_one_process(tmp_path):
-    """B freezes column by column inside the run (t_i = 4 of 8 steps); DDP needs the graph to stay the same."""
+def test_two_process_ddp_and_fsdp_lamda_runs_match_one_process(tmp_path):
+    """B freezes column by column inside the run (t_i = 4 of 8 steps): the graph must stay the same for DDP and FSDP."""
     lamda = [*TINY, "lora=lamda", "lora.rank=4", "init=average", "lora.lamda_freeze_b_at=0.5", "trainer.precision=32-true"]
     run_train(*lamda, "budget.micro_batch_size=4", runs_root=tmp_path / "one")
-    run_train(*lamda, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", runs_root=tmp_path / "two")
-    one, two = single_record(tmp_path / "one"), single_record(tmp_path / "two")
-    assert one["status"] == two["status"] == "complete" and two["cluster"]["world_size"] == 2
-    curve_one, curve_two = losses_by_step(one), losses_by_step(two)
-    assert sorted(curve_one) == sorted(curve_two) == list(range(1, 9))
-    for step, loss in curve_one.items():
-        assert curve_two[step] == pytest.approx(loss, rel=1e-5, abs=1e-5), step
-    trained = [load_converted(Path(record["run_dir"]) / "model") for record in (one, two)]
+    run_train(*lamda, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", runs_root=tmp_path / "ddp")
+    run_train(*lamda, "trainer=fsdp_cpu", runs_root=tmp_path / "fsdp")
+    one = single_record(tmp_path / "one")
     start = build_student(compose_train(*lamda, run_dir=tmp_path / "start"))
-    for a, b, s in zip(*(lamda_adapters(m) for m in (*trained, start)), strict=True):
-        assert torch.equal(a.lora_A, s.lora_A) and torch.equal(b.lora_A, s.lora_A)  # A never trained
-        torch.testing.assert_close(a.lora_B, b.lora_B, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(a.lora_S, b.lora_S, atol=1e-5, rtol=1e-4)
-
+    reference = load_converted(Path(one["run_dir"]) / "model")
+    for name in ("ddp", "fsdp"):
+        record = single_record(tmp_path / name)
+        assert record["status"] == "complete" and record["cluster"]["world_size"] == 2, name
+        curve, expected = losses_by_step(record), losses_by_step(one)
+        assert sorted(curve) == sorted(expected) == list(range(1, 9))
+        for step, loss in expected.items():
+            assert curve[step] == pytest.approx(loss, rel=1e-5, abs=1e-5), (name, step)
+        trained = load_converted(Path(record["run_dir"]) / "model")
+        for got, want, initial in zip(*(lamda_adapters(m) for m in (trained, reference, start)), strict=True):
+            assert torch.equal(got.lora_A, initial.lora_A) and torch.equal(want.lora_A, initial.lora_A)  # A never trains
+            torch.testing.assert_close(got.lora_B, want.lora_B, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(got.lora_S, want.lora_S, atol=1e-5, rtol=1e-4)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, Shard
 
 from rrt.errors import UserError
 from rrt.recursive.convert import recursion_spec_of
@@ -38,10 +39,11 @@ class ColumnFreezer:
 
     def __init__(self, optimizer: torch.optim.Optimizer, schedules: Sequence[tuple[nn.Parameter, Sequence[int]]]):
         for param, last_steps in schedules:
-            if param.ndim != 2 or param.shape[1] != len(last_steps):
-                raise UserError(f"cannot freeze columns of a parameter of shape {tuple(param.shape)} with "
-                                f"{len(last_steps)} scheduled columns: is it sharded (trainer=fsdp)? LaMDA's "
-                                "column freeze needs whole adapter matrices: use trainer=ddp")
+            split = isinstance(param, DTensor) and any(isinstance(p, Shard) and p.dim != 0 for p in param.placements)
+            if param.ndim != 2 or param.shape[1] != len(last_steps) or split:
+                raise UserError(f"cannot freeze the {len(last_steps)} columns of a parameter of shape "
+                                f"{tuple(param.shape)}{' split by column' if split else ''}: the column freeze "
+                                "needs each rank to hold whole columns (FSDP2 shards rows, as trainer=fsdp does)")
         self.optimizer = optimizer
         self.schedules = [(param, torch.tensor(list(last_steps), dtype=torch.long)) for param, last_steps in schedules]
         self.steps_done = 0  # optimizer steps already taken (set it when resuming)
@@ -62,21 +64,21 @@ class ColumnFreezer:
         with torch.no_grad():
             for param, columns in self.frozen_columns(self.steps_done + 1):
                 if param.grad is not None:
-                    param.grad.index_fill_(1, columns, 0.0)
+                    _local(param.grad).index_fill_(1, columns, 0.0)
 
     def _state_tensors(self, param: nn.Parameter) -> dict[str, torch.Tensor]:
         state = self.optimizer.state.get(param, {})
-        return {key: value for key, value in state.items() if torch.is_tensor(value) and value.shape == param.shape}
+        return {key: _local(value) for key, value in state.items() if torch.is_tensor(value) and value.shape == param.shape}
 
     def _save(self, optimizer, args, kwargs) -> None:
-        self._saved = [(param, columns, param.detach().index_select(1, columns),
+        self._saved = [(param, columns, _local(param.detach()).index_select(1, columns),
                         {key: value.index_select(1, columns) for key, value in self._state_tensors(param).items()})
                        for param, columns in self.frozen_columns(self.steps_done + 1)]
 
     def _restore(self, optimizer, args, kwargs) -> None:
         with torch.no_grad():
             for param, columns, values, state in self._saved:
-                param.index_copy_(1, columns, values)
+                _local(param).index_copy_(1, columns, values)
                 for key, tensor in self._state_tensors(param).items():
                     if key in state:
                         tensor.index_copy_(1, columns, state[key])
@@ -84,6 +86,11 @@ class ColumnFreezer:
                         tensor.index_fill_(1, columns, 0.0)
         self._saved = []
         self.steps_done += 1
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of an FSDP2-sharded tensor (some rows, every column), or the tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def lamda_freezer(optimizer: torch.optim.Optimizer, model: nn.Module, total_steps: int) -> ColumnFreezer | None:
