@@ -23,7 +23,7 @@ ORIGINAL = "original"
 # Overlap nor New (see derive_early_exit for what can be derived honestly).
 DEFAULTS: dict[str, Any] = {
     "variant": "recursive", "pretrained": True, "lora_rank": 0, "distill": "none", "early_exit": "none",
-    "early_exit_kd": False, "early_exit_freeze": False, "uptrained": True, TIER: 0,
+    "early_exit_kd": False, "early_exit_freeze": False, "uptrained": True, TIER: 0, "adapter": "lora",
 }
 
 
@@ -41,6 +41,8 @@ def paper_setting(row: pd.Series, full_n_emb: float | None = None) -> dict[str, 
         keys["lora_rank"] = int(rank) if _present(rank) else 0
         if keys["lora_rank"] and _present(row.get("lora_init")):
             keys["lora_init"] = row["lora_init"]
+        if keys["lora_rank"]:
+            keys["adapter"] = "lora"  # the paper relaxes with LoRA: LaMDA / LaMDA++ runs are not its rows
     elif _present(pt) and not pt:
         keys = {"variant": "reduced"}
         if full_n_emb and _present(row.get("n_emb")):

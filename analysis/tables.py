@@ -26,7 +26,7 @@ from analysis.uncertainty import mean_se
 
 PAPER_MODEL = "Gemma 2B"  # the paper's main model and the closest relative of our gemma-3-270m
 ACCURACY = [*TASK_COLUMNS, AVG]
-SETTING_COLUMNS = ["variant", "loops", "init", "pretrained", "lora_rank", "lora_init", "distill", TIER, "token_budget",
+SETTING_COLUMNS = ["variant", "loops", "init", "pretrained", "lora_rank", "lora_init", "adapter", "distill", TIER, "token_budget",
                    "uptrained", "early_exit", "early_exit_coef", "early_exit_kd", "early_exit_phase", "early_exit_data",
                    "early_exit_freeze", "engine", "exit_loop"]
 ENGINES = {"static": "vanilla", "csb": "csb", "cdb": "cdb"}
