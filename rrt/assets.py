@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from rrt.errors import UserError
+
 
 class MissingAssetError(RuntimeError):
     """A registry package (or tool) that an asset is built from is not available."""
@@ -132,7 +134,7 @@ def ensure_model(name: str) -> Path:
     if path.is_dir():
         return path
     if name not in MODELS:
-        raise ValueError(f"Unknown model '{name}': use one of {sorted(MODELS)} or a path to an HF checkpoint directory")
+        raise UserError(f"Unknown model '{name}': use one of {sorted(MODELS)} or a path to an HF checkpoint directory")
     models = cache_root() / "models"
     models.mkdir(parents=True, exist_ok=True)
     return build_once(models / name, lambda out: _convert_gguf(MODELS[name], out))

@@ -59,13 +59,6 @@ def test_record_keeps_effective_ranks_and_warns_when_the_relaxed_model_is_not_sm
     assert any("not smaller than the original" in w for w in record["warnings"])
 
 
-@pytest.mark.parametrize("rank", ["2.5", "abc"])
-def test_a_rank_that_is_not_a_whole_number_is_refused(rank, tmp_path):
-    result = run_train(*TINY, f"lora.rank={rank}", runs_root=tmp_path, check=False)
-    assert result.returncode == 2 and "lora.rank" in result.stderr and "whole number" in result.stderr
-    assert not list(tmp_path.rglob("model.safetensors"))
-
-
 def test_kd_records_its_teacher(uptrained, tmp_path):
     run_train(*TINY, "distill=forward_kl", f"distill.teacher={uptrained}", runs_root=tmp_path / "saved")
     setting = single_record(tmp_path / "saved")["setting"]
@@ -82,12 +75,6 @@ def test_a_teacher_that_is_the_students_own_start_is_refused(uptrained, tmp_path
     result = run_train(*TINY, f"model.name={uptrained}", "distill=forward_kl", f"distill.teacher={uptrained}",
                        runs_root=tmp_path, check=False)
     assert result.returncode == 2 and "own starting model" in result.stderr
-
-
-def test_kd_temperature_zero_is_refused_before_compute(tmp_path):
-    result = run_train(*TINY, "distill=forward_kl", "distill.temperature=0", runs_root=tmp_path, check=False)
-    assert result.returncode == 2 and "distill.temperature" in result.stderr
-    assert not list(tmp_path.rglob("record.json"))
 
 
 def test_a_diverged_run_is_failed_with_its_step_and_saves_no_model(tmp_path):

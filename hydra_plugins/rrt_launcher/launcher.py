@@ -1,4 +1,10 @@
-"""hydra-submitit-launcher's SLURM launcher, made idempotent, validated and preemptible for rrt sweeps.
+"""rrt's Hydra launchers: local sweeps that survive a bad job, and an idempotent, validated, preemptible SLURM one.
+
+Local (``hydra/launcher=local``, the default): every job is checked by the training preflight first; invalid jobs
+are reported one line each and never run, a job that fails at run time does not stop the others, and the sweep
+exits non-zero at the end if any job was invalid or failed.
+
+SLURM (hydra-submitit-launcher's, subclassed):
 
 - Before submitting, every job's config is composed and checked by the training preflight (e.g. a global batch
   that nodes x devices x micro batch do not divide), so a bad sweep fails before anything is queued.
@@ -11,9 +17,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from typing import Any
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 
@@ -25,7 +33,7 @@ class RRTSlurmLauncher(SlurmLauncher):
         from rrt.sweeps.plan import plan_jobs
 
         assert self.config is not None and self.hydra_context is not None
-        jobs = plan_jobs(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
+        jobs, _ = plan_jobs(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
         skipped = [job for job in jobs if job.skip_reason]
         pending = [job for job in jobs if not job.skip_reason]
         for job in skipped:
@@ -50,3 +58,33 @@ class RRTSlurmLauncher(SlurmLauncher):
         if not isinstance(self.task_function, PreemptibleTask):
             self.task_function = PreemptibleTask(self.task_function)
         return super().__call__(*args, **kwargs)
+
+
+def _failed(overrides: Sequence[str], config, working_dir: str, code: int) -> JobReturn:
+    """A job that did not run to completion, as Hydra's sweeper expects it (it raises the stored exit at the end)."""
+    failed = JobReturn(overrides=list(overrides), cfg=config, working_dir=working_dir,
+                       task_name=config.hydra.job.name, status=JobStatus.FAILED)
+    failed.return_value = SystemExit(code)
+    return failed
+
+
+class RRTLocalLauncher(BasicLauncher):
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from rrt.sweeps.plan import plan_jobs
+
+        assert self.config is not None and self.hydra_context is not None
+        jobs, invalid = plan_jobs(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx,
+                                  keep_going=True)
+        returns: dict[int, JobReturn] = {}
+        for job in invalid:
+            print(f"error: sweep job #{job.index} ({' '.join(filter_overrides(job.overrides))}) is invalid and will "
+                  f"not run: {job.error}", file=sys.stderr)
+            returns[job.index] = _failed(job.overrides, job.config, "", 2)
+        for job in jobs:
+            try:
+                returns[job.index] = super().launch([list(job.overrides)], job.index)[0]
+            except SystemExit as stop:  # a job's own one-line error (its record says failed); go on with the rest
+                log.error("sweep job #%d (%s) stopped with exit code %s", job.index,
+                          " ".join(filter_overrides(job.overrides)), stop.code)
+                returns[job.index] = _failed(job.overrides, job.config, str(job.run_dir), int(stop.code or 1))
+        return [returns[index] for index in sorted(returns)]

@@ -63,12 +63,12 @@ def load_target(cfg: DictConfig) -> tuple[Any, Any, RunRecord | None]:
                 tokenizer_name or str(model_dir)), None
     elif cfg.get("model"):
         if cfg.model.get("source", "pretrained") != "pretrained":
-            raise ValueError(f"model={cfg.model.name} has no pretrained weights (source={cfg.model.source}); "
+            raise UserError(f"model={cfg.model.name} has no pretrained weights (source={cfg.model.source}); "
                              "evaluate a trained run with run=<dir> instead")
         return (assets.load_pretrained(cfg.model.name).to(cfg.device),
                 assets.load_tokenizer(tokenizer_name or cfg.model.tokenizer), None)
     else:
-        raise ValueError("nothing to evaluate: give run=<run dir>, checkpoint=<saved model or HF checkpoint dir> "
+        raise UserError("nothing to evaluate: give run=<run dir>, checkpoint=<saved model or HF checkpoint dir> "
                          "or model=<embedded model, e.g. gemma3_270m>")
     model = load_converted(model_dir, device=cfg.device)
     if tokenizer_name:

@@ -15,20 +15,31 @@ from omegaconf import DictConfig
 
 from rrt.cli.errors import one_line_errors
 from rrt.cli.evaluate import CONF_DIR, load_target
+from rrt.errors import UserError
 from rrt.records import RunRecord
 from rrt.serving import ConfidenceExit, Engine, ExitPolicy, FullDepth, OracleExit, exit_trajectories
 from rrt.serving.records import ENGINE_OF_BATCHING, ROW_KEY, throughput_row
 from rrt.serving.workload import oracle_schedule, text_requests
+from rrt.validation import ANY_INT, FRACTION, POSITIVE_INT, check_values
 
 POLICIES = ("none", "confidence", "oracle")
+RULES = {"max_batch": POSITIVE_INT, "head_batch": POSITIVE_INT, "requests": POSITIVE_INT, "prompt_tokens": POSITIVE_INT,
+         "min_new_tokens": POSITIVE_INT, "max_new_tokens": POSITIVE_INT, "seed": ANY_INT, "threads": POSITIVE_INT,
+         "threshold": FRACTION}
 
 
 def validate(cfg: DictConfig) -> None:
     """Configuration errors, before any model or data is loaded."""
+    check_values(cfg, RULES, prefix="serve.")
+    if cfg.min_new_tokens > cfg.max_new_tokens:
+        raise UserError(f"serve.min_new_tokens={cfg.min_new_tokens} > serve.max_new_tokens={cfg.max_new_tokens}: "
+                        "each request decodes a number of tokens in [min, max]")
+    if cfg.head_batch > cfg.max_batch:
+        raise UserError(f"serve.head_batch={cfg.head_batch} must be <= serve.max_batch={cfg.max_batch}")
     if cfg.policy not in POLICIES:
-        raise ValueError(f"unknown serve.policy {cfg.policy!r}; supported: {list(POLICIES)}")
+        raise UserError(f"unknown serve.policy {cfg.policy!r}; supported: {list(POLICIES)}")
     if cfg.batching not in ENGINE_OF_BATCHING:
-        raise ValueError(f"unknown serve.batching {cfg.batching!r}; supported: {list(ENGINE_OF_BATCHING)}")
+        raise UserError(f"unknown serve.batching {cfg.batching!r}; supported: {list(ENGINE_OF_BATCHING)}")
 
 
 def make_policy(cfg: DictConfig, model, tokenizer, requests, documents) -> ExitPolicy:

@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from rrt.errors import UserError
+
 
 def batches_per_epoch(n_rows: int, micro_batch_size: int, world: int) -> int:
     per_epoch = n_rows // world // micro_batch_size
     if per_epoch == 0:
-        raise ValueError(f"{n_rows} packed rows cannot fill one micro-batch of {micro_batch_size} on each of {world} "
+        raise UserError(f"{n_rows} packed rows cannot fill one micro-batch of {micro_batch_size} on each of {world} "
                          f"ranks: use more text, a smaller seq_len or a smaller micro_batch_size")
     return per_epoch
 

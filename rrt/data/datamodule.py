@@ -8,16 +8,19 @@ Validation uses ``val_files`` when given, else the local corpus's held-out split
 
 Resume: Lightning restores ``global_step`` before it builds the dataloaders, so ``train_dataloader()`` starts
 at micro-batch ``global_step * accumulate_grad_batches`` of this rank; an interrupted and resumed run sees
-the same batches as an uninterrupted one.
+the same batches as an uninterrupted one. A streaming source also saves where each of its consumers stands
+(``state_dict``), so that a resume seeks there instead of re-reading the text consumed (O(1) in it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
+import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
 from rrt.assets import ensure_model, load_tokenizer
@@ -25,7 +28,7 @@ from rrt.data.batches import PackedBatches, as_batch, eval_batches
 from rrt.data.corpus import build_local_corpus, corpus_sha256, load_documents
 from rrt.data.jsonl import expand_files, files_sha256, read_texts
 from rrt.data.packing import cached_rows, first_rows
-from rrt.data.streaming import StreamingBatches
+from rrt.data.streaming import POSITION_KEY, StreamingBatches
 from rrt.errors import UserError
 
 SOURCES = ("local_corpus", "jsonl", "slimpajama")
@@ -39,9 +42,9 @@ class TextDataModule(L.LightningDataModule):
                  num_workers: int = 0, text_field: str = "text", skip_tokens: int = 0):
         super().__init__()
         if source not in SOURCES:
-            raise ValueError(f"Unknown data source '{source}': use one of {SOURCES}")
+            raise UserError(f"Unknown data source '{source}': use one of {SOURCES}")
         if source != "local_corpus" and not train_files:
-            raise ValueError(f"data.source={source} needs data.train_files (a list of files or glob patterns)")
+            raise UserError(f"data.source={source} needs data.train_files (a list of files or glob patterns)")
         self.save_hyperparameters()
         self.source, self.tokenizer, self.seq_len = source, tokenizer, seq_len
         self.micro_batch_size, self.seed, self.val_batches = micro_batch_size, seed, val_batches
@@ -52,6 +55,7 @@ class TextDataModule(L.LightningDataModule):
         self.skip_tokens = skip_tokens
         self._train_rows: np.ndarray | None = None
         self._val_rows: np.ndarray | None = None
+        self._positions: dict[int, dict] = {}  # streaming: each consumer's position after its last trained batch
 
     @property
     def tokens_per_micro_batch(self) -> int:
@@ -100,7 +104,8 @@ class TextDataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         if self.source == "slimpajama":
             return StreamingBatches(expand_files(self.train_files), self.tokenizer, self.seq_len,
-                                    self.micro_batch_size, self.seed, rank, world, start_batch, self.text_field)
+                                    self.micro_batch_size, self.seed, rank, world, start_batch, self.text_field,
+                                    positions=self._positions)
         return PackedBatches(self.train_rows(), self.micro_batch_size, self.seed, rank, world, start_batch)
 
     def skip_batches(self) -> int:
@@ -119,6 +124,39 @@ class TextDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_dataset(self.resume_batch()), batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Note where a streamed batch's consumer stands; Lightning calls this for each batch it trains on (after
+        any prefetching), so the positions are those of the batches a checkpoint has seen."""
+        position = batch.pop(POSITION_KEY, None) if isinstance(batch, dict) else None
+        if position is not None:
+            self._positions[position.pop("consumer")] = position
+        return batch
+
+    def _streaming_layout(self) -> dict[str, int]:
+        _, world = self._rank_world()
+        return {"world": world, "workers": max(1, self.num_workers)}
+
+    def state_dict(self) -> dict:
+        """Streaming: every rank's consumer positions (collective: Lightning calls it on all ranks)."""
+        if self.source != "slimpajama":
+            return {}
+        positions = [self._positions]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            positions = [None] * dist.get_world_size()
+            dist.all_gather_object(positions, self._positions)
+        merged = {consumer: p for rank_positions in positions for consumer, p in rank_positions.items()}
+        return {**self._streaming_layout(), "positions": merged}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.source != "slimpajama" or "positions" not in state:
+            return
+        saved = {key: state[key] for key in ("world", "workers")}
+        if saved != self._streaming_layout():
+            raise UserError(f"the checkpoint's stream was read by {saved['world']} rank(s) x {saved['workers']} "
+                            f"worker(s), this run has {self._streaming_layout()}: the batch order depends on both; "
+                            "resume with the same world size and data.num_workers")
+        self._positions = {int(consumer): dict(p) for consumer, p in state["positions"].items()}
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import zstandard
 
+from rrt.errors import MissingFieldError, UserError
+
 
 def _lines(path: Path) -> Iterator[str]:
     if path.name.endswith(".zst"):
@@ -20,17 +22,38 @@ def _lines(path: Path) -> Iterator[str]:
             yield from handle
 
 
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line); a file that is not UTF-8 text (or not zstd where it says so) names itself."""
+    number = 0
+    try:
+        for number, line in enumerate(_lines(path), start=1):
+            yield number, line
+    except (UnicodeDecodeError, zstandard.ZstdError) as error:
+        raise UserError(f"{path}:{number + 1} is not UTF-8 JSON lines ({type(error).__name__}): "
+                        "give .jsonl (or .jsonl.zst) files with one JSON object per line") from error
+
+
 def read_texts(path: str | Path, text_field: str = "text") -> Iterator[str]:
     """The ``text_field`` of each non-blank line, streamed (shards may be far larger than memory)."""
     path = Path(path)
-    for number, line in enumerate(_lines(path), start=1):
+    for number, line in _numbered_lines(path):
         if not line.strip():
             continue
-        record = json.loads(line)
-        if text_field not in record:
-            raise KeyError(f"{path}:{number} has no field '{text_field}' (fields: {sorted(record)}); "
-                           f"set data.text_field to the field that holds the text")
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}:{number} is not valid JSON ({error.msg}): one JSON object per line") from error
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            fields = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise MissingFieldError(f"{path}:{number} has no text field '{text_field}' (fields: {fields}); "
+                            f"set data.text_field to the field that holds the text")
         yield record[text_field]
+
+
+def check_jsonl(path: str | Path, text_field: str = "text", lines: int = 100) -> None:
+    """Read the first ``lines`` documents so that a wrong file fails before any model is built (not hours in)."""
+    for _ in zip(range(lines), read_texts(path, text_field)):
+        pass
 
 
 def files_sha256(files: Sequence[str | Path]) -> str:
@@ -51,6 +74,6 @@ def expand_files(patterns: Sequence[str]) -> list[Path]:
         path = Path(pattern).expanduser()
         matches = sorted(path.parent.glob(path.name)) if any(c in path.name for c in "*?[") else [path]
         if not matches or not all(match.is_file() for match in matches):
-            raise FileNotFoundError(f"No data file matches '{pattern}': check data.train_files / data.val_files")
+            raise FileNotFoundError(f"no data file matches '{pattern}': check data.train_files / data.val_files")
         files.extend(matches)
     return files

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from rrt.assets import cache_root, file_lock, load_tokenizer
+from rrt.errors import UserError
 from rrt.utils.atomic import share_like_open
 
 
@@ -24,7 +25,7 @@ def special_ids(tokenizer) -> tuple[int, int]:
     """(BOS, EOS) ids; models without a BOS (e.g. GPT-NeoX) use EOS as the document separator for both."""
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise ValueError(f"Tokenizer {tokenizer.name_or_path} has no EOS token: set tokenizer.eos_token before packing")
+        raise UserError(f"Tokenizer {tokenizer.name_or_path} has no EOS token: set tokenizer.eos_token before packing")
     bos = tokenizer.bos_token_id
     return (eos if bos is None else bos), eos
 
@@ -46,7 +47,7 @@ class RowPacker:
 
     def __init__(self, seq_len: int, bos: int, eos: int):
         if seq_len < 2:
-            raise ValueError(f"seq_len must be at least 2 (BOS + one token), got {seq_len}")
+            raise UserError(f"seq_len must be at least 2 (BOS + one token), got {seq_len}")
         self.seq_len, self.bos, self.eos = seq_len, bos, eos
         self._row: list[int] = []
 

@@ -15,6 +15,7 @@ from lm_eval import simple_evaluate  # offline: rrt/__init__.py set the HF varia
 from lm_eval.tasks import TaskManager
 from torch import nn
 
+from rrt.errors import UserError
 from rrt.evaluation import data
 from rrt.evaluation.lm import RecursiveLM
 from rrt.evaluation.tasks import PAPER_TASKS, resolve_tasks, task_dir
@@ -36,13 +37,13 @@ def check_fewshot(tasks: Sequence[str], num_fewshot: int | None) -> None:
         return
     missing = [t for t in tasks if "train" not in data.SPLITS[t] and t not in ("lambada_openai",)]
     if missing:
-        raise ValueError(f"num_fewshot={num_fewshot}: no local train split (few-shot pool) for {missing}; "
+        raise UserError(f"num_fewshot={num_fewshot}: no local train split (few-shot pool) for {missing}; "
                          "evaluate them with num_fewshot=null (the harness default, 0) or drop them from eval.tasks")
 
 
 def check_subset(subset: str) -> None:
     if subset not in SUBSETS:
-        raise ValueError(f"eval.subset={subset!r}: use one of {SUBSETS} (which docs eval.limit keeps)")
+        raise UserError(f"eval.subset={subset!r}: use one of {SUBSETS} (which docs eval.limit keeps)")
 
 
 def doc_selection(task: str, limit: int | float | None, subset: str = "first") -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
+from rrt.errors import UserError
 from rrt.evaluation.lm import RecursiveLM
 from rrt.evaluation.scoring import TokenPair, score
 
@@ -21,7 +22,7 @@ from rrt.evaluation.scoring import TokenPair, score
 def check_window(context_len: int, stride: int) -> None:
     """A window of ``context_len`` tokens (BOS included) advancing by ``stride`` must keep some context."""
     if not 1 <= stride <= context_len - 1:
-        raise ValueError(f"stride={stride} must be in 1..context_len-1={context_len - 1}")
+        raise UserError(f"stride={stride} must be in 1..context_len-1={context_len - 1}")
 
 
 def windows(tokens: list[int], bos: int, context_len: int, stride: int) -> list[TokenPair]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
 
+from rrt.errors import UserError
 from rrt.evaluation import data
 from rrt.evaluation.harness import check_fewshot, check_subset, evaluate, exit_loop_list
 from rrt.evaluation.perplexity import check_window, perplexity, read_jsonl_texts
@@ -36,7 +37,7 @@ def _ppl_sources(cfg_eval: DictConfig) -> dict[str, str | None]:
     sources: dict[str, str | None] = {}
     for name in ppl.get("datasets") or []:
         if name not in LOCAL_SPLITS:
-            raise ValueError(f"unknown perplexity dataset '{name}': local ones are {LOCAL_SPLITS}; "
+            raise UserError(f"unknown perplexity dataset '{name}': local ones are {LOCAL_SPLITS}; "
                              "give other corpora as eval.perplexity.files={name: path.jsonl.zst}")
         sources[name] = None
     for name, path in (ppl.get("files") or {}).items():
@@ -46,8 +47,24 @@ def _ppl_sources(cfg_eval: DictConfig) -> dict[str, str | None]:
     return sources
 
 
-def validate(cfg_eval: DictConfig) -> None:
-    """Every configuration error, before a model is loaded."""
+def check_exit_loops(exit_loops, loops: int | None) -> None:
+    """``eval.exit_loops``: null, one loop or a list of loops (null in a list = the last), each in 1..loops."""
+    values = list(exit_loops) if isinstance(exit_loops, (list, ListConfig)) else [exit_loops]
+    for value in values:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (loops is not None and value > loops):
+            bound = f"1..{loops}" if loops is not None else ">= 1"
+            raise UserError(f"eval.exit_loops={exit_loops!r}: each exit loop must be an integer in {bound} "
+                            "(e.g. eval.exit_loops=[1,2]; null = the full model)")
+
+
+def validate(cfg_eval: DictConfig, loops: int | None = None) -> None:
+    """Every configuration error, before a model is loaded (``loops``: the model's loop count, when known)."""
+    limit = cfg_eval.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+        raise UserError(f"eval.limit={limit!r} must be a number of docs > 0 (or null for the full split)")
+    check_exit_loops(cfg_eval.get("exit_loops"), loops)
     tasks = _tasks(cfg_eval)
     check_fewshot(tasks, cfg_eval.get("num_fewshot"))
     check_subset(cfg_eval.get("subset", "first"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import lm_eval
 import yaml
 
+from rrt.errors import UserError
 from rrt.evaluation import data
 from rrt.utils.atomic import atomic_write_text
 
@@ -48,9 +49,9 @@ def resolve_tasks(tasks: str | list[str]) -> list[str]:
     names = list(PAPER_TASKS) if tasks == GROUP else [tasks] if isinstance(tasks, str) else list(tasks)
     unknown = [name for name in names if name not in PAPER_TASKS]
     if unknown:
-        raise ValueError(f"unknown eval task(s) {unknown}; known: {GROUP} or any of {sorted(PAPER_TASKS)}")
+        raise UserError(f"unknown eval task(s) {unknown}; known: {GROUP} or any of {sorted(PAPER_TASKS)}")
     if not names:
-        raise ValueError(f"no eval tasks given; use {GROUP} or a list of {sorted(PAPER_TASKS)}")
+        raise UserError(f"no eval tasks given; use {GROUP} or a list of {sorted(PAPER_TASKS)}")
     return names
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from rrt.errors import UserError
+
 RANK_GROUPS = ("q", "kv", "o", "ffn")
 
 
@@ -69,7 +71,7 @@ def family_for(config) -> FamilyAdapter:
     """The adapter for an HF config (by ``model_type``), or a ValueError listing what is supported."""
     model_type = getattr(config, "model_type", None)
     if model_type not in _REGISTRY:
-        raise ValueError(
+        raise UserError(
             f"unsupported model family {model_type!r}; supported model_types: {sorted(_REGISTRY)} "
             f"(families: {supported_families()}). Add one with a small file in rrt/models/."
         )

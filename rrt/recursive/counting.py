@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
+from rrt.errors import UserError
 from rrt.recursive.spec import RecursionSpec
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
@@ -44,7 +45,7 @@ def model_config(name: str) -> PretrainedConfig:
     path = MODEL_CONFIG_DIR / f"{name}.json"
     if not path.exists():
         known = sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
-        raise ValueError(f"unknown model config {name!r}; shipped: {known}")
+        raise UserError(f"unknown model config {name!r}; shipped: {known}")
     data = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
     return AutoConfig.for_model(data.pop("model_type"), **data)
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from rrt.errors import UserError
 from rrt.models import family_for
 from rrt.recursive.convert import recursion_spec_of, replace_submodule
 
@@ -22,9 +23,9 @@ def exit_depth(model: nn.Module, loop: int) -> int:
     spec = recursion_spec_of(model)
     loops = spec.loops if spec else 1
     if not 1 <= loop <= loops:
-        raise ValueError(f"exit_loop={loop} is outside 1..{loops} (the model loops {loops} times)")
+        raise UserError(f"exit_loop={loop} is outside 1..{loops} (the model loops {loops} times)")
     if spec and spec.looping != "cycle" and loop != loops:
-        raise ValueError(f"early exit needs looping=cycle; this model uses looping={spec.looping}")
+        raise UserError(f"early exit needs looping=cycle; this model uses looping={spec.looping}")
     num_layers = len(family_for(model.config).layer_list(model))
     return num_layers // loops * loop
 

@@ -82,11 +82,15 @@ def load_converted(directory: str | Path, dtype: torch.dtype = torch.float32, de
     spec = recursion_spec_of(model)
     if spec is not None:
         convert_to_recursive(model, spec, initialize=False)
-    state = load_file(str(directory / WEIGHTS))
+    try:
+        state = load_file(str(directory / WEIGHTS))
+    except Exception as error:  # truncated or overwritten file: name it and the way out
+        raise UserError(f"{directory / WEIGHTS} is unreadable ({type(error).__name__}: {error}): the save was cut "
+                        "short or the file was changed; re-run the run that wrote it (resume=never) or restore it") from error
     expected = unique_state(model)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{directory}: weights do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise UserError(f"{directory}: weights do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})")
     with torch.no_grad():  # in-place copies keep every tied Parameter object (and its storage) shared
         for name, tensor in state.items():
             _target(model, name).copy_(tensor)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from rrt.errors import UserError
+
 INITS = ("stepwise", "average", "lower", "upper", "random")
 NORM_INITS = ("source", "average", "choice", "zero")
 LOOPINGS = ("cycle", "sequence")
@@ -78,21 +80,21 @@ class RecursionSpec:
         _choice("lora.svd", self.lora.svd, SVD_METHODS)
         _integer("recursion.loops", self.loops)
         if self.loops < 1:
-            raise ValueError(f"recursion.loops must be >= 1, got {self.loops}")
+            raise UserError(f"recursion.loops must be >= 1, got {self.loops}")
         _integer("lora.rank", self.lora.rank)
         for group, value in (self.lora.ranks or {}).items():
             if value is not None:
                 _integer(f"lora.ranks.{group}", value)
         if not 0 <= self.lora.lamda_freeze_b_at <= 1:
-            raise ValueError(f"lora.lamda_freeze_b_at={self.lora.lamda_freeze_b_at} is a fraction of training: use a value in [0, 1]")
+            raise UserError(f"lora.lamda_freeze_b_at={self.lora.lamda_freeze_b_at} is a fraction of training: use a value in [0, 1]")
         for group in ("q", "kv", "o", "ffn"):
             if self.lora.rank_for(group) < 0:
-                raise ValueError(
+                raise UserError(
                     f"lora rank for {group!r} is {self.lora.rank_for(group)}; ranks must be >= 0 (0 = strict recursion)"
                 )
         if num_layers is not None and num_layers % self.loops:
             valid = [b for b in range(1, num_layers + 1) if num_layers % b == 0]
-            raise ValueError(
+            raise UserError(
                 f"recursion.loops={self.loops} does not divide the model's {num_layers} layers; "
                 f"valid values: {valid}"
             )
@@ -101,9 +103,9 @@ class RecursionSpec:
 def _integer(name: str, value: Any) -> None:
     """Ranks and loop counts are whole numbers: 2.5 would silently train 2 and record 2.5."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name}={value!r} must be a whole number (e.g. {name}=64)")
+        raise UserError(f"{name}={value!r} must be a whole number (e.g. {name}=64)")
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
-        raise ValueError(f"unknown {name} {value!r}; supported: {list(options)}")
+        raise UserError(f"unknown {name} {value!r}; supported: {list(options)}")

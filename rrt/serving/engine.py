@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from rrt.errors import UserError
 from rrt.serving.policies import ExitPolicy, FullDepth
 from rrt.serving.stack import DepthStack, check_attention
 
@@ -83,14 +84,14 @@ class Engine:
     def __init__(self, model: nn.Module, policy: ExitPolicy | None = None, max_batch: int = 8,
                  scheduling: str = "continuous", head_batch: int = 1, attention: str = "padded"):
         if scheduling not in SCHEDULINGS:
-            raise ValueError(f"unknown scheduling {scheduling!r}; supported: {list(SCHEDULINGS)}")
+            raise UserError(f"unknown scheduling {scheduling!r}; supported: {list(SCHEDULINGS)}")
         if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+            raise UserError(f"max_batch must be >= 1, got {max_batch}")
         self.stack = DepthStack(model)
         self.policy = policy or FullDepth()
         check_attention(attention)
         if not 1 <= head_batch <= max_batch:
-            raise ValueError(f"head_batch must be in 1..max_batch={max_batch}, got {head_batch}")
+            raise UserError(f"head_batch must be in 1..max_batch={max_batch}, got {head_batch}")
         self.max_batch, self.scheduling, self.head_batch, self.attention = max_batch, scheduling, head_batch, attention
 
     def generate(self, requests: Iterable[Request]) -> tuple[dict[int, list[int]], EngineStats]:

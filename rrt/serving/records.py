@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rrt.errors import UserError
 from rrt.records import RECORD_NAME, RunRecord
 from rrt.serving.engine import EngineStats
 
@@ -17,7 +18,7 @@ def throughput_row(batching: str, exit_policy: str, stats: EngineStats, max_batc
                    **extra: Any) -> dict[str, Any]:
     """One measured engine run as a record row; ``batching`` is static, csb or cdb."""
     if batching not in ENGINE_OF_BATCHING:
-        raise ValueError(f"unknown batching {batching!r}; supported: {list(ENGINE_OF_BATCHING)}")
+        raise UserError(f"unknown batching {batching!r}; supported: {list(ENGINE_OF_BATCHING)}")
     return {
         "engine": ENGINE_OF_BATCHING[batching], "batching": batching, "exit_policy": exit_policy,
         "tokens_per_s": stats.tokens_per_s, "block_tokens_per_s": stats.tokens / stats.block_s if stats.block_s else None,

@@ -24,6 +24,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.models.llama.modeling_llama import rotate_half
 
+from rrt.errors import UserError
 from rrt.models import family_for
 from rrt.recursive import recursion_spec_of
 from rrt.recursive.convert import parameter_leaves
@@ -57,7 +58,7 @@ AttentionInterface.register(PER_ITEM, per_item_attention)
 
 def check_attention(kind: str) -> None:
     if kind not in ATTENTIONS:
-        raise ValueError(f"unknown attention {kind!r}; supported: {list(ATTENTIONS)}")
+        raise UserError(f"unknown attention {kind!r}; supported: {list(ATTENTIONS)}")
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,11 @@ class DepthStack:
     def __init__(self, model: nn.Module):
         family = family_for(model.config)
         if family.name not in SUPPORTED_FAMILIES:
-            raise ValueError(f"serving supports families {list(SUPPORTED_FAMILIES)}, not {family.name!r} "
+            raise UserError(f"serving supports families {list(SUPPORTED_FAMILIES)}, not {family.name!r} "
                              "(fused QKV or partial rotary would need their own state propagation)")
         spec = recursion_spec_of(model)
         if spec and spec.looping != "cycle" and spec.loops > 1:
-            raise ValueError(f"depth-wise batching needs looping=cycle; this model uses looping={spec.looping}")
+            raise UserError(f"depth-wise batching needs looping=cycle; this model uses looping={spec.looping}")
         config = model.config
         layers = family.layer_list(model)
         self.model, self.config = model, config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
+from rrt.errors import UserError
 from rrt.serving.engine import Request
 from rrt.serving.trajectories import Trajectory
 
@@ -17,7 +18,7 @@ def text_requests(tokenizer, documents: list[str], count: int, prompt_tokens: in
     need = prompt_tokens + max_new
     docs = list(itertools.islice((d for d in documents if len(tokenizer(d).input_ids) > need), count))
     if len(docs) < count:
-        raise ValueError(f"only {len(docs)} documents have more than {need} tokens; ask for fewer requests or new tokens")
+        raise UserError(f"only {len(docs)} documents have more than {need} tokens; ask for fewer requests or new tokens")
     requests = [Request(i, tokenizer(d).input_ids[:prompt_tokens], rng.randint(min_new, max_new)) for i, d in enumerate(docs)]
     return requests, docs
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 
+from rrt.errors import UserError
 from rrt.records import RunRecord
 
 
@@ -27,6 +28,16 @@ class PlannedJob:
     config: DictConfig
     run_dir: Path
     skip_reason: str | None  # why it is not submitted again (complete, or still alive on SLURM); None: submit
+
+
+@dataclass(frozen=True)
+class InvalidJob:
+    """A job whose config fails the preflight: it is reported, never run."""
+
+    index: int
+    overrides: tuple[str, ...]
+    config: DictConfig
+    error: str
 
 
 def skip_reason(run_dir: Path, resume: str) -> str | None:
@@ -73,7 +84,7 @@ def job_run_dir(sweep_config: DictConfig) -> Path:
 
 def validate(sweep_config: DictConfig, run_dir: Path) -> None:
     """The training preflight (budget divisibility over nodes x devices, variant, writable run dir) for one job."""
-    from rrt.training.run import preflight
+    from rrt.training.preflight import preflight
 
     config = copy.deepcopy(sweep_config)
     with read_write(config.hydra), open_dict(config.hydra):
@@ -82,9 +93,11 @@ def validate(sweep_config: DictConfig, run_dir: Path) -> None:
         preflight(config)
 
 
-def plan_jobs(config_loader, master_config: DictConfig, job_overrides: Sequence[Sequence[str]], first_index: int) -> list[PlannedJob]:
-    """Compose, validate and locate every job; raise ValueError naming the job whose config is bad."""
-    jobs = []
+def plan_jobs(config_loader, master_config: DictConfig, job_overrides: Sequence[Sequence[str]], first_index: int,
+              keep_going: bool = False) -> tuple[list[PlannedJob], list[InvalidJob]]:
+    """Compose, validate and locate every job. A bad job raises a UserError naming it (nothing is submitted), or,
+    with ``keep_going`` (a local sweep), is returned as invalid so that the valid jobs still run."""
+    jobs, invalid = [], []
     for offset, overrides in enumerate(job_overrides):
         index = first_index + offset
         sweep_config = config_loader.load_sweep_config(master_config, list(overrides))
@@ -92,6 +105,9 @@ def plan_jobs(config_loader, master_config: DictConfig, job_overrides: Sequence[
         try:
             validate(sweep_config, run_dir)
         except (ValueError, FileNotFoundError, PermissionError) as error:
-            raise ValueError(f"sweep job #{index} ({' '.join(overrides)}) would fail, nothing was submitted: {error}") from error
+            if not keep_going:
+                raise UserError(f"sweep job #{index} ({' '.join(overrides)}) would fail, nothing was submitted: {error}") from error
+            invalid.append(InvalidJob(index, tuple(overrides), sweep_config, str(error)))
+            continue
         jobs.append(PlannedJob(index, tuple(overrides), sweep_config, run_dir, skip_reason(run_dir, sweep_config.resume)))
-    return jobs
+    return jobs, invalid

@@ -16,11 +16,12 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, open_dict
+
+from rrt.training.checkpoint import StepBoundary, save_last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class PreemptionCheckpoint(Checkpoint):
         self.signum = signal.Signals[signum] if isinstance(signum, str) else signal.Signals(signum)
         self.received = False
         self._previous: Any = None
-        self._last_step: int | None = None
+        self._boundary = StepBoundary()
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._previous = signal.getsignal(self.signum)
@@ -51,20 +52,14 @@ class PreemptionCheckpoint(Checkpoint):
         self.received = True
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._last_step = trainer.global_step
+        self._boundary.reached(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if trainer.global_step == self._last_step:  # inside a gradient accumulation: not a step boundary
+        if not self._boundary.reached(trainer):  # inside a gradient accumulation: not a step boundary
             return
-        self._last_step = trainer.global_step
         if not trainer.strategy.reduce_boolean_decision(self.received, all=False):
             return
-        path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"  # what train(resume=auto) reads
-        tmp = path.with_name(path.name + ".tmp")
-        trainer.save_checkpoint(tmp)
-        if trainer.is_global_zero:
-            os.replace(tmp, path)
-        trainer.strategy.barrier("preemption_checkpoint")
+        path = save_last_checkpoint(trainer)
         log.warning("preempted at step %d: saved %s", trainer.global_step, path)
         if trainer.is_global_zero:
             # The requeue makes SLURM send SIGTERM at once; Lightning's SIGTERM handler would start a collective

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from rrt.errors import UserError
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -29,18 +31,18 @@ class Budget:
     def validate(self) -> None:
         per_pass = self.micro_batch_size * self.world_size
         if self.global_batch % per_pass:
-            raise ValueError(
+            raise UserError(
                 f"budget.global_batch={self.global_batch} is not divisible by micro_batch_size x world size = "
                 f"{self.micro_batch_size} x {self.world_size}; choose a global batch that is a multiple of {per_pass} "
                 f"or change budget.micro_batch_size / trainer.devices / trainer.num_nodes"
             )
         if self.steps < 1:
-            raise ValueError(
+            raise UserError(
                 f"budget.tokens={self.tokens} is smaller than one optimizer step of {self.tokens_per_step} tokens "
                 f"(global_batch {self.global_batch} x seq_len {self.seq_len}); raise budget.tokens"
             )
         if self.warmup_steps >= self.steps:
-            raise ValueError(f"budget.warmup_steps={self.warmup_steps} must be smaller than the {self.steps} steps")
+            raise UserError(f"budget.warmup_steps={self.warmup_steps} must be smaller than the {self.steps} steps")
 
     def summary(self) -> str:
         return (

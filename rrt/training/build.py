@@ -46,13 +46,13 @@ def check_variant(cfg: DictConfig, num_layers: int) -> None:
     """Reject meaningless combinations before any weight is loaded."""
     variant = cfg.variant.name
     if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; supported: {list(VARIANTS)}")
+        raise UserError(f"unknown variant {variant!r}; supported: {list(VARIANTS)}")
     spec = recursion_spec(cfg)
     spec.validate(num_layers)
     if variant in ("full", "reduced") and spec.lora.enabled:
-        raise ValueError(f"variant={variant} has no shared layers to relax: set lora.rank=0 (got {spec.lora.rank})")
+        raise UserError(f"variant={variant} has no shared layers to relax: set lora.rank=0 (got {spec.lora.rank})")
     if variant == "reduced" and spec.init != "random":
-        raise ValueError(
+        raise UserError(
             "variant=reduced is trained from scratch (the paper's reduced-size baseline) and selects init=random "
             f"itself: drop init={spec.init}"
         )
@@ -64,6 +64,14 @@ def saved_model_dir(name: str) -> Path | None:
         if is_saved_model_dir(path):
             return path
     return None
+
+
+MODEL_SOURCES = ("pretrained", "config")
+
+
+def check_model_source(source: str) -> None:
+    if source not in MODEL_SOURCES:
+        raise UserError(f"unknown model.source {source!r}; supported: {list(MODEL_SOURCES)}")
 
 
 def check_model_name(name: str) -> None:
@@ -87,15 +95,14 @@ def original_model(cfg: DictConfig) -> nn.Module:
     saved = saved_model_dir(name)
     if saved is not None:
         return load_converted(saved)
+    check_model_source(cfg.model.source)
     if cfg.model.source == "pretrained":
         from rrt.assets import load_pretrained
 
         model = load_pretrained(name)
-    elif cfg.model.source == "config":
+    else:
         torch.manual_seed(int(cfg.seed))
         model = AutoModelForCausalLM.from_config(architecture(cfg))
-    else:
-        raise UserError(f"unknown model.source {cfg.model.source!r}; supported: ['pretrained', 'config']")
     model.config.rrt_pretrained = cfg.model.source == "pretrained"
     return model
 
@@ -116,6 +123,15 @@ def check_start_model(cfg: DictConfig, explicit: list[str]) -> None:
         was = ", ".join(f"{key}={built[key]}" for key in touched)
         raise UserError(f"model.name={cfg.model.name} is a converted model ({was}); {said} contradicts it: drop the "
                         "override (a loaded model is trained as it was built) or convert the original model again")
+
+
+def loops_of(cfg: DictConfig) -> int:
+    """How many loops the trained model will have: the start model's when it is converted, else the config's."""
+    start = saved_model_dir(str(cfg.model.name))
+    loaded = saved_spec(start) if start is not None else None
+    if loaded is not None:
+        return loaded.loops
+    return int(cfg.recursion.loops) if cfg.variant.name == "recursive" else 1
 
 
 def _spec_keys(spec: RecursionSpec) -> dict[str, object]:
@@ -208,7 +224,7 @@ def build_teacher(cfg: DictConfig, student: nn.Module) -> nn.Module | None:
 def check_same_vocab(teacher: nn.Module, student: nn.Module) -> None:
     t, s = teacher.get_output_embeddings().weight.shape[0], student.get_output_embeddings().weight.shape[0]
     if t != s:
-        raise ValueError(f"teacher vocabulary ({t}) differs from the student's ({s}): KD needs the same tokenizer")
+        raise UserError(f"teacher vocabulary ({t}) differs from the student's ({s}): KD needs the same tokenizer")
 
 
 def final_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

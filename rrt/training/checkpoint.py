@@ -30,6 +30,32 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         self._last_checkpoint_saved = filepath
 
 
+class StepBoundary:
+    """Tells optimizer-step boundaries from the micro-batches inside a gradient accumulation."""
+
+    def __init__(self) -> None:
+        self._last_step: int | None = None
+
+    def reached(self, trainer) -> bool:
+        """Whether ``trainer.global_step`` moved since the last call (it did not inside an accumulation)."""
+        if trainer.global_step == self._last_step:
+            return False
+        self._last_step = trainer.global_step
+        return True
+
+
+def save_last_checkpoint(trainer) -> Path:
+    """Save ``<run dir>/checkpoints/last.ckpt`` (what ``train(resume=auto)`` reads) on every rank, atomically."""
+    path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+    tmp = path.with_name(path.name + ".tmp")
+    trainer.save_checkpoint(tmp)
+    if trainer.is_global_zero:
+        os.replace(tmp, path)
+        prune_shards(path.parent)
+    trainer.strategy.barrier("save_last_checkpoint")
+    return path
+
+
 def last_checkpoint(run_dir: str | Path) -> Path | None:
     path = Path(run_dir) / "checkpoints" / "last.ckpt"
     return path if path.exists() else None

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from rrt.errors import UserError
+
 KD_LOSSES = ("none", "forward_kl", "reverse_kl", "jsd", "tvd")
 EXIT_LOSSES = ("none", "weighted", "aggressive")
 IGNORE_INDEX = -100
@@ -35,7 +37,7 @@ def kd_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kin
     elif kind == "tvd":
         value = 0.5 * (t.exp() - s.exp()).abs().sum(-1)
     else:
-        raise ValueError(f"unknown KD loss {kind!r}; supported: {list(KD_LOSSES[1:])}")
+        raise UserError(f"unknown KD loss {kind!r}; supported: {list(KD_LOSSES[1:])}")
     return value * temperature**2
 
 
@@ -51,7 +53,7 @@ def exit_weights(kind: str, loops: int, coef: float) -> list[float]:
         return [i / total for i in range(1, loops + 1)]
     if kind == "aggressive":
         return [coef] * (loops - 1) + [1.0]
-    raise ValueError(f"unknown early-exit loss {kind!r}; supported: {list(EXIT_LOSSES)}")
+    raise UserError(f"unknown early-exit loss {kind!r}; supported: {list(EXIT_LOSSES)}")
 
 
 @dataclass(frozen=True)

@@ -22,90 +22,16 @@ from rrt.records import RECORD_NAME, RunRecord, now
 from rrt.training import build
 from rrt.training.budget import Budget
 from rrt.training.checkpoint import last_checkpoint
+from rrt.training.interrupt import RunInterrupted, terminate_as_interrupt
 from rrt.training.losses import LossSpec, exit_weights
 from rrt.training.module import RecursiveLMModule
+from rrt.training.preflight import evaluates, preflight, task_overrides
 from rrt.training.record_callback import CONFIG_HASH_KEY, RecordCallback
+from rrt.training.run_lock import run_dir_lock
 from rrt.training.setting import config_differences, config_hash, relaxation, setting_of, size_warning
 from rrt.training.strategy import trained_model
 
 log = logging.getLogger(__name__)
-
-
-def world_size(trainer_cfg: DictConfig) -> int:
-    """devices x num_nodes, resolving 'auto' / -1 the way Lightning does for the chosen accelerator."""
-    devices = trainer_cfg.get("devices", 1)
-    if devices in ("auto", -1, "-1"):
-        accelerator = trainer_cfg.get("accelerator", "cpu")
-        devices = torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else 1
-    elif isinstance(devices, (list, tuple)) or hasattr(devices, "__len__") and not isinstance(devices, str):
-        devices = len(devices)
-    return int(devices) * int(trainer_cfg.get("num_nodes", 1))
-
-
-def make_budget(cfg: DictConfig) -> Budget:
-    budget = Budget(
-        tokens=int(cfg.budget.tokens),
-        seq_len=int(cfg.budget.seq_len),
-        global_batch=int(cfg.budget.global_batch),
-        micro_batch_size=int(cfg.budget.micro_batch_size),
-        world_size=world_size(cfg.trainer),
-        warmup_steps=int(cfg.budget.warmup_steps),
-    )
-    budget.validate()
-    return budget
-
-
-def check_writable(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise PermissionError(f"run dir {run_dir} is not writable ({error}); set paths.runs_root or hydra.run.dir") from error
-
-
-def task_overrides() -> list[str]:
-    """The command line's overrides as Hydra parsed them (e.g. ``['lora.rank=8', 'init=average']``); none outside Hydra."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def explicit_overrides() -> list[str]:
-    """The keys the command line set (``['lora.rank', 'init']``)."""
-    return [override.split("=", 1)[0].lstrip("+~") for override in task_overrides()]
-
-
-def check_loss_config(cfg: DictConfig) -> None:
-    """Loss settings that would give a NaN or a meaningless objective."""
-    if cfg.distill.loss != "none" and not float(cfg.distill.temperature) > 0:
-        raise UserError(f"distill.temperature={cfg.distill.temperature} must be > 0 (the paper's KD uses 1.0)")
-    for key in ("distill.weight", "early_exit.coef"):
-        if float(OmegaConf.select(cfg, key)) < 0:
-            raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be >= 0")
-
-
-def preflight(cfg: DictConfig) -> tuple[Budget, Path]:
-    """Every check that can fail without compute, in the order a user would fix them."""
-    run_dir = Path(cfg.paths.run_dir)
-    check_writable(run_dir)
-    build.check_model_name(str(cfg.model.name))
-    arch = build.architecture(cfg)
-    build.check_variant(cfg, build.num_layers(arch))
-    build.check_start_model(cfg, explicit_overrides())
-    budget = make_budget(cfg)
-    if cfg.resume not in ("auto", "never"):
-        raise UserError(f"resume={cfg.resume!r}; supported: ['auto', 'never']")
-    if cfg.early_exit.loss != "none" and cfg.variant.name != "recursive":
-        raise UserError("early_exit needs a looped model: use variant=recursive")
-    check_loss_config(cfg)
-    build.teacher_dir(cfg)
-    if evaluates(cfg):
-        from rrt.evaluation.runner import validate
-
-        validate(cfg.eval)  # an eval mistake must not surface only after training
-    return budget, run_dir
 
 
 def existing_record(run_dir: Path, config: dict, resume: str) -> RunRecord | None:
@@ -150,27 +76,44 @@ def train(cfg: DictConfig) -> RunRecord | None:
     """Run (or resume, or skip when already complete) the training run described by ``cfg``."""
     started = time.time()
     budget, run_dir = preflight(cfg)
+    if rank_zero_only.rank != 0:  # DDP ranks > 0: rank 0 owns the run dir and its record
+        return _train(cfg, budget, run_dir, OmegaConf.to_container(cfg, resolve=True), None, last_step_checkpoint(cfg, run_dir), started)
+    with run_dir_lock(run_dir), terminate_as_interrupt():
+        return _train_rank_zero(cfg, budget, run_dir, started)
+
+
+def last_step_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
+    return last_checkpoint(run_dir) if cfg.resume == "auto" else None
+
+
+def _train_rank_zero(cfg: DictConfig, budget: Budget, run_dir: Path, started: float) -> RunRecord:
     config = OmegaConf.to_container(cfg, resolve=True)
-    rank_zero = rank_zero_only.rank == 0
-    record = existing_record(run_dir, config, cfg.resume) if rank_zero else None
+    record = existing_record(run_dir, config, cfg.resume)
     if record is not None and record.complete:
         log.info("run %s is already complete; nothing to do (resume=never starts over)", run_dir)
         return record
-    checkpoint = last_checkpoint(run_dir) if cfg.resume == "auto" else None
+    checkpoint = last_step_checkpoint(cfg, run_dir)
     step = checkpoint_step(checkpoint, config_hash(config)) if checkpoint is not None else 0
-    if not rank_zero:
-        return _train(cfg, budget, run_dir, config, None, checkpoint, started)
     record = record or RunRecord.create(run_dir, config=config, config_hash=config_hash(config))
     record.update(status="running", error=None, pid=os.getpid(), host=socket.gethostname(), heartbeat=now())
     record.truncate_metrics(after_step=step)
     try:
         return _train(cfg, budget, run_dir, config, record, checkpoint, started)
-    except (KeyboardInterrupt, SystemExit) as error:  # Ctrl-C (Lightning exits after its graceful shutdown)
-        record.update(status="interrupted", error=f"{type(error).__name__}: {error}")
+    except (RunInterrupted, KeyboardInterrupt, SystemExit) as error:  # a signal: resumable from last.ckpt
+        record.update(status="interrupted", error=str(error) or type(error).__name__)
         raise
     except BaseException as error:  # the record says why the run stopped; a re-run resumes from last.ckpt
         record.update(status="failed", error=f"{type(error).__name__}: {error}")
         raise
+    finally:
+        remove_partial_files(run_dir)
+
+
+def remove_partial_files(run_dir: Path) -> None:
+    """Half-written checkpoint / model files (``*.tmp``) of a run that stopped; complete files are kept."""
+    for pattern in ("checkpoints/*.tmp", "model/*.tmp"):
+        for path in run_dir.glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 def _train(cfg: DictConfig, budget: Budget, run_dir: Path, config: dict, record: RunRecord | None,
@@ -208,7 +151,12 @@ def _train(cfg: DictConfig, budget: Budget, run_dir: Path, config: dict, record:
         record.update(cluster=cluster_info(trainer))
 
     train_started = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None, weights_only=True)
+    finally:  # wandb: close the (offline) run whatever happened, so its files are complete
+        for logger in loggers:
+            if hasattr(logger.experiment, "finish"):
+                logger.experiment.finish()
     train_s = time.time() - train_started
     student = trained_model(trainer, student)  # FSDP: all-gathered into one plain model on rank 0
     if not trainer.is_global_zero:
@@ -226,9 +174,6 @@ def _train(cfg: DictConfig, budget: Budget, run_dir: Path, config: dict, record:
         timings["eval_s"] = time.time() - eval_started
     timings["total_s"] = time.time() - started
     record.update(status="complete", timings=timings)
-    for logger in loggers:
-        if hasattr(logger.experiment, "finish"):  # wandb: close the (offline) run so its files are complete
-            logger.experiment.finish()
     return record
 
 
@@ -238,11 +183,6 @@ def teacher_warning(cfg: DictConfig) -> str | None:
         return None
     return (f"KD teacher is the original checkpoint {cfg.model.name}, not the paper's teacher (the full-size model "
             "uptrained on the same data and budget): pass distill.teacher=<variant=full run dir>")
-
-
-def evaluates(cfg: DictConfig) -> bool:
-    """Whether the run evaluates after training (eval tasks or perplexity configured; eval=none has neither)."""
-    return bool(cfg.eval.get("tasks") or cfg.eval.get("perplexity"))
 
 
 def loss_spec(cfg: DictConfig, student) -> LossSpec:
