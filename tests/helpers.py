@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -45,3 +46,19 @@ def compose_config(name: str, *overrides: str):
 def compose_train(*overrides: str, run_dir: Path):
     """The composed training config, with the run dir given (no Hydra run dir needed)."""
     return compose_config("config", *overrides, f"paths.run_dir={run_dir}")
+
+
+def start_train(*overrides: str, runs_root: Path) -> subprocess.Popen:
+    command = [sys.executable, str(ROOT / "train.py"), *overrides, f"paths.runs_root={runs_root}"]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "2"})
+
+
+def wait_for_steps(runs_root: Path, steps: int, process: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while process.poll() is None and time.time() < deadline:
+        records = list(runs_root.rglob("record.json"))
+        if records and len(losses_by_step(single_record(runs_root))) >= steps:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the run did not reach step {steps} (exit code {process.poll()})")

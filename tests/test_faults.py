@@ -6,30 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, TINY, losses_by_step, run_train, single_record
+from tests.helpers import ROOT, TINY, losses_by_step, run_train, single_record, start_train, wait_for_steps
 
 OVERRIDES = [*TINY, "budget.tokens=2048", "budget.checkpoint_every_n_steps=100"]  # 16 steps, no periodic checkpoint
-
-
-def start_train(*overrides: str, runs_root: Path) -> subprocess.Popen:
-    command = [sys.executable, str(ROOT / "train.py"), *overrides, f"paths.runs_root={runs_root}"]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "2"})
-
-
-def wait_for_steps(runs_root: Path, steps: int, process: subprocess.Popen, timeout: float = 600) -> None:
-    deadline = time.time() + timeout
-    while process.poll() is None and time.time() < deadline:
-        records = list(runs_root.rglob("record.json"))
-        if records and len(losses_by_step(single_record(runs_root))) >= steps:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the run did not reach step {steps} (exit code {process.poll()})")
 
 
 @pytest.fixture(scope="module")

@@ -76,3 +76,22 @@ def prune_shards(directory: Path) -> None:
     for path in shards.iterdir():
         if path not in named:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def drop_optimizer_state(run_dir: str | Path) -> None:
+    """After a complete run: keep ``last.ckpt`` with the weights and counters (to fine-tune from) but without
+    optimizer and scheduler state, and remove the periodic checkpoints (AdamW state is 2x the weights; a sweep of
+    complete runs would otherwise keep ~3x its models on disk). Sharded checkpoints are kept as they are."""
+    directory = Path(run_dir) / "checkpoints"
+    last = directory / "last.ckpt"
+    if not last.is_file() or (directory / SHARDS_DIR).is_dir():
+        return
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    for key in ("optimizer_states", "lr_schedulers"):
+        state.pop(key, None)
+    tmp = last.with_name(last.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, last)
+    for path in directory.glob("*.ckpt"):
+        if path.name != last.name:
+            path.unlink()

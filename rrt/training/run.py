@@ -21,10 +21,12 @@ from rrt.recursive.io import check_finite, save_converted
 from rrt.records import RECORD_NAME, RunRecord, now
 from rrt.training import build
 from rrt.training.budget import Budget
-from rrt.training.checkpoint import last_checkpoint
+from rrt.training.checkpoint import drop_optimizer_state, last_checkpoint
 from rrt.training.interrupt import RunInterrupted, terminate_as_interrupt
+from rrt.training.loggers import log_experiment, make_loggers
 from rrt.training.losses import LossSpec, exit_weights
 from rrt.training.module import RecursiveLMModule
+from rrt.training.progress import single_log_handler
 from rrt.training.preflight import evaluates, preflight, task_overrides
 from rrt.training.record_callback import CONFIG_HASH_KEY, RecordCallback
 from rrt.training.run_lock import run_dir_lock
@@ -75,6 +77,7 @@ def checkpoint_step(checkpoint: Path, expected_hash: str) -> int:
 def train(cfg: DictConfig) -> RunRecord | None:
     """Run (or resume, or skip when already complete) the training run described by ``cfg``."""
     started = time.time()
+    single_log_handler()
     budget, run_dir = preflight(cfg)
     if rank_zero_only.rank != 0:  # DDP ranks > 0: rank 0 owns the run dir and its record
         return _train(cfg, budget, run_dir, OmegaConf.to_container(cfg, resolve=True), None, last_step_checkpoint(cfg, run_dir), started)
@@ -144,7 +147,9 @@ def _train(cfg: DictConfig, budget: Budget, run_dir: Path, config: dict, record:
         teacher=teacher,
     )
     datamodule = hydra.utils.instantiate(cfg.data)
-    loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.logger else []
+    loggers = make_loggers(cfg, record)
+    if record is not None:
+        log_experiment(loggers, config, record.data["setting"])
     callback = RecordCallback(record, every_n_steps=int(cfg.budget.log_every_n_steps), config_hash=config_hash(config))
     trainer = make_trainer(cfg, budget, run_dir, loggers, callback)
     if record is not None:
@@ -174,6 +179,8 @@ def _train(cfg: DictConfig, budget: Budget, run_dir: Path, config: dict, record:
         timings["eval_s"] = time.time() - eval_started
     timings["total_s"] = time.time() - started
     record.update(status="complete", timings=timings)
+    if not cfg.get("keep_optimizer_state", False):
+        drop_optimizer_state(run_dir)
     return record
 
 

@@ -21,13 +21,8 @@ from rrt.recursive.allocation import adapter_params
 from rrt.recursive.convert import capped_rank, requested_rank
 from rrt.recursive.io import saved_spec
 from rrt.recursive.relax import DepthLoRALinear
+from rrt.run_names import is_identity_key
 from rrt.training.budget import Budget
-
-# Config keys that do not change what is trained: a run resumed or compared with one of them changed is the
-# same run (logging, evaluation after training, where files go, how many devices share the same global batch).
-NOT_IDENTITY = ("logger", "eval", "paths", "resume", "callbacks", "hydra", "run_name", "task_name",
-                "trainer.devices", "trainer.num_nodes", "trainer.accelerator")
-
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts as ``{"a.b.c": leaf}`` (lists are leaves)."""
@@ -41,8 +36,7 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def run_identity(config: dict[str, Any]) -> dict[str, Any]:
     """The resolved config's keys that change what a run trains (flat)."""
-    return {key: value for key, value in flatten(config).items()
-            if not any(key == skip or key.startswith(skip + ".") for skip in NOT_IDENTITY)}
+    return {key: value for key, value in flatten(config).items() if is_identity_key(key)}
 
 
 def config_hash(config: dict[str, Any]) -> str:
