@@ -57,3 +57,24 @@ def check_required(cfg: DictConfig) -> None:
     missing = sorted(key for key in OmegaConf.missing_keys(cfg) if not key.startswith("hydra."))  # Hydra's own: set per job
     if missing:
         raise UserError(f"{', '.join(missing)} must be set (e.g. {missing[0]}=...): the chosen config group requires it")
+
+
+def check_device(device: str, key: str = "device") -> None:
+    """``device=cuda`` on a machine without CUDA would fail at the first tensor move, after the model loaded."""
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"{key}={device} but this machine has no CUDA device: use {key}=cpu")
+
+
+def check_output_file(path: str | None, key: str = "output") -> None:
+    """A results file must be writable before hours of evaluation are spent on it."""
+    if not path:
+        return
+    from pathlib import Path
+
+    target = Path(path).expanduser().absolute()
+    parent = next((p for p in target.parents if p.exists()), None)
+    if target.is_dir() or parent is None or not parent.is_dir():
+        raise UserError(f"{key}={path} must be a file path in a directory (got a directory, or a file where a "
+                        "directory should be)")

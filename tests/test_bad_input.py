@@ -169,6 +169,8 @@ EVAL_CASES = [
     (["model=gemma3_270m", "eval.exit_loops=last"], "eval.exit_loops"),
     (["model=gemma3_270m", "eval.tasks=[squad]"], "squad"),
     (["model=gemma3_270m", "eval.subset=middle"], "eval.subset"),
+    (["model=gemma3_270m", "device=cuda"], "device=cuda"),
+    (["model=gemma3_270m", "output=/"], "output=/"),
 ]
 
 
@@ -192,6 +194,8 @@ SERVE_CASES = [
     (["serve.batching=magic"], "serve.batching"),
     (["serve.threshold=2"], "serve.threshold"),
     (["serve.threads=abc"], "serve.threads"),
+    (["device=cuda"], "device=cuda"),
+    (["serve.output=/"], "serve.output"),
 ]
 
 

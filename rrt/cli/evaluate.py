@@ -16,6 +16,7 @@ from rrt.cli.errors import one_line_errors
 from rrt.errors import UserError
 from rrt.evaluation.runner import run_evaluation, validate
 from rrt.records import RECORD_NAME, RunRecord
+from rrt.validation import check_device, check_output_file
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -82,6 +83,8 @@ def load_target(cfg: DictConfig) -> tuple[Any, Any, RunRecord | None]:
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     validate(cfg.eval)
+    check_device(cfg.device)
+    check_output_file(cfg.get("output"))
     model, tokenizer, record = load_target(cfg)
     results = run_evaluation(cfg.eval, model, tokenizer, record=record, output=cfg.get("output"))
     print(format_results(results))

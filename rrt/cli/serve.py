@@ -20,7 +20,7 @@ from rrt.records import RunRecord
 from rrt.serving import ConfidenceExit, Engine, ExitPolicy, FullDepth, OracleExit, exit_trajectories
 from rrt.serving.records import ENGINE_OF_BATCHING, ROW_KEY, throughput_row
 from rrt.serving.workload import oracle_schedule, text_requests
-from rrt.validation import ANY_INT, FRACTION, POSITIVE_INT, check_values
+from rrt.validation import ANY_INT, FRACTION, POSITIVE_INT, check_device, check_output_file, check_values
 
 POLICIES = ("none", "confidence", "oracle")
 RULES = {"max_batch": POSITIVE_INT, "head_batch": POSITIVE_INT, "requests": POSITIVE_INT, "prompt_tokens": POSITIVE_INT,
@@ -75,6 +75,8 @@ def serve(cfg: DictConfig, model, tokenizer, record: RunRecord | None = None) ->
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     validate(cfg.serve)
+    check_device(cfg.device)
+    check_output_file(cfg.serve.get("output"), "serve.output")
     model, tokenizer, record = load_target(cfg)
     row = serve(cfg.serve, model, tokenizer, record)
     print(json.dumps(row, indent=1))
