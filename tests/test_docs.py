@@ -1,0 +1,26 @@
+"""Numbers in the docs are the results files' numbers: every marked table matches what benchmarks.docs renders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.docs import RESULTS, ROOT, TABLES, build, rendered
+
+
+def test_docs_match_the_results_files():
+    assert build(check=True) == [], "run `python -m benchmarks.docs` after re-running a benchmark"
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_a_changed_result_makes_its_doc_stale(name, tmp_path, monkeypatch):
+    table = TABLES[name]
+    data = json.loads((RESULTS / table.results).read_text())
+    first = data["rows"][0]
+    key = next(k for k, v in first.items() if isinstance(v, float))
+    first[key] = first[key] * 7 + 1
+    (tmp_path / table.results).write_text(json.dumps(data))
+    monkeypatch.setattr("benchmarks.docs.RESULTS", tmp_path)
+    text = (ROOT / table.doc).read_text()
+    assert rendered(text, name, table) != text
