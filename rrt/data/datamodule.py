@@ -45,6 +45,8 @@ class TextDataModule(L.LightningDataModule):
             raise UserError(f"Unknown data source '{source}': use one of {SOURCES}")
         if source != "local_corpus" and not train_files:
             raise UserError(f"data.source={source} needs data.train_files (a list of files or glob patterns)")
+        # plain lists (Hydra passes ListConfigs): the checkpoint keeps these hyperparameters and is read weights_only
+        train_files, val_files = list(train_files or []), list(val_files or [])
         self.save_hyperparameters()
         self.source, self.tokenizer, self.seq_len = source, tokenizer, seq_len
         self.micro_batch_size, self.seed, self.val_batches = micro_batch_size, seed, val_batches
