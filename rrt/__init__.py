@@ -21,3 +21,12 @@ def _offline_by_default() -> None:
 
 
 _offline_by_default()
+
+
+def __getattr__(name: str):
+    """``rrt.from_pretrained`` / ``rrt.save_pretrained``, imported on first use: ``import rrt`` stays free of torch."""
+    if name in ("from_pretrained", "save_pretrained"):
+        from rrt.recursive import io
+
+        return {"from_pretrained": io.load_converted, "save_pretrained": io.save_converted}[name]
+    raise AttributeError(f"module 'rrt' has no attribute {name!r}")

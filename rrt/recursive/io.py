@@ -4,6 +4,12 @@
 re-tie on load. Here each unique parameter is written once under its first name; loading rebuilds the
 architecture, converts it with ``initialize=False`` (no SVD is recomputed) and fills the unique tensors,
 so ties are restored by construction.
+
+A converted dir must not pass for a plain checkpoint: stock ``from_pretrained`` would build the L-layer model,
+ignore the adapters and leave tied norms random, with only a load report. Its ``config.json`` therefore names, as
+``transformers_weights`` (the weights file transformers reads instead of ``model.safetensors``), a sentence that is
+no safetensors name: transformers refuses it before loading anything and quotes it, so the user reads the way out
+(:data:`HF_REFUSAL`). ``AutoConfig`` still reads the config, so rrt and tokenizers read it as before.
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ from rrt.utils.atomic import atomic_write_text, share_like_open
 
 WEIGHTS = "model.safetensors"
 SPEC = "recursion.json"
+CONFIG = "config.json"
+HF_REFUSAL = ("this dir holds an rrt Recursive Transformer, not a plain checkpoint: load it with "
+              "rrt.from_pretrained(<dir>) (lm-eval: rrt-lm-eval --model rrt --model_args pretrained=<dir>), "
+              "or export a plain one with rrt-export <dir> <out>")
 
 
 def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -42,6 +52,8 @@ def save_converted(model: nn.Module, directory: str | Path, tokenizer=None) -> P
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(directory)
     spec = recursion_spec_of(model)
+    if spec is not None:
+        refuse_stock_loaders(directory)
     atomic_write_text(directory / SPEC, json.dumps({"recursion": spec.to_dict() if spec else None}, indent=2))
     tmp = directory / (WEIGHTS + ".tmp")
     save_file({k: v.cpu() for k, v in unique_state(model).items()}, str(tmp), metadata={"format": "pt"})
@@ -50,6 +62,12 @@ def save_converted(model: nn.Module, directory: str | Path, tokenizer=None) -> P
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory
+
+
+def refuse_stock_loaders(directory: Path) -> None:
+    """Make transformers' ``from_pretrained`` (and so ``lm_eval --model hf``) raise :data:`HF_REFUSAL` on this dir."""
+    config = json.loads((directory / CONFIG).read_text())
+    atomic_write_text(directory / CONFIG, json.dumps({**config, "transformers_weights": HF_REFUSAL}, indent=2) + "\n")
 
 
 def is_saved_model_dir(directory: str | Path) -> bool:
@@ -76,6 +94,7 @@ def load_converted(directory: str | Path, dtype: torch.dtype = torch.float32, de
     if not is_saved_model_dir(directory):
         raise FileNotFoundError(f"{directory} is not a saved rrt model (expected {SPEC} and {WEIGHTS})")
     config = AutoConfig.from_pretrained(directory)
+    config.__dict__.pop("transformers_weights", None)  # the stock-loader refusal; rrt reads the weights itself
     with no_init_weights():  # every tensor is overwritten below; random init would only cost time
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.tie_weights()  # skipped under no_init_weights; a tied LM head must alias the embedding again
