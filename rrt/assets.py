@@ -9,67 +9,17 @@ directory that is renamed into place, so readers never see a half-written checkp
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import fcntl
 import importlib.util
-import os
-import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from rrt.cache import MissingAssetError, build_once, cache_root
 from rrt.errors import UserError
-
-
-class MissingAssetError(RuntimeError):
-    """A registry package (or tool) that an asset is built from is not available."""
-
-
-def cache_root() -> Path:
-    """``$RRT_CACHE_DIR``, default ``~/.cache/rrt``."""
-    return Path(os.environ.get("RRT_CACHE_DIR", Path.home() / ".cache" / "rrt")).expanduser()
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock across processes (ranks, SLURM jobs) sharing one file system."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _share(directory: Path) -> None:
-    """mkdtemp and some writers make files private; the cache is shared by jobs and users."""
-    directory.chmod(0o755)
-    for path in directory.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-
-
-def build_once(target: Path, build: Callable[[Path], None]) -> Path:
-    """Create directory ``target`` with ``build(tmp_dir)`` exactly once, atomically, under a lock."""
-    if target.is_dir():
-        return target
-    with file_lock(target.parent / f".{target.name}.lock"):
-        if target.is_dir():  # another process finished while we waited
-            return target
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-        try:
-            build(tmp)
-            _share(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return target
 
 
 def package_dir(module: str, pip_command: str) -> Path:
@@ -148,23 +98,3 @@ def load_pretrained(name: str, dtype: torch.dtype = torch.float32) -> PreTrained
 def load_tokenizer(name: str):
     """The tokenizer for an embedded model name or checkpoint path."""
     return AutoTokenizer.from_pretrained(ensure_model(name))
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``rrt-assets fetch <model name>|corpus``: build a cached asset and print where it is."""
-    parser = argparse.ArgumentParser(prog="rrt-assets", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    fetch = sub.add_parser("fetch", help="build (once) and print the location of a model or the local corpus")
-    fetch.add_argument("asset", choices=[*MODELS, "corpus"])
-    args = parser.parse_args(argv)
-    if args.asset == "corpus":
-        from rrt.data.corpus import build_local_corpus
-
-        paths = build_local_corpus()
-        print(f"train:    {paths.train}\nheldout:  {paths.heldout}\nmanifest: {paths.manifest}")
-    else:
-        print(ensure_model(args.asset))
-
-
-if __name__ == "__main__":
-    main()

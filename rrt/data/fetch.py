@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rrt.assets import MissingAssetError
+from rrt.cache import MissingAssetError
 
 
 def sha256_file(path: Path) -> str:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rrt.assets import cache_root, file_lock, load_tokenizer
+from rrt.assets import load_tokenizer
+from rrt.cache import cache_root, file_lock
 from rrt.errors import UserError
 from rrt.utils.atomic import share_like_open
 
