@@ -41,7 +41,7 @@ test: assets  ## the fast suite plus a bounded set of real integration tests (wh
 test-full: assets  ## everything, including slow tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-BENCHMARKS := conversion training eval_speed serving
+BENCHMARKS := conversion training eval_speed serving lamda
 
 bench: assets  ## ratio benchmarks (tables printed, JSON in benchmarks/results/)
 	for b in $(BENCHMARKS); do OMP_NUM_THREADS=1 $(PY) -m benchmarks.$$b || exit 1; done
