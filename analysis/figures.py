@@ -12,8 +12,14 @@ headless, and a notebook shows them with ``display(figure)``.
 from __future__ import annotations
 
 import pandas as pd
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+
+from rrt.extras import missing_extra
+
+try:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+except ImportError as error:  # matplotlib is the [analysis] extra
+    raise missing_extra(["matplotlib"], "analysis", "analysis.figures") from error
 
 from analysis.checks import MIN_TOKENS, Z
 from analysis.columns import AVG, BASES

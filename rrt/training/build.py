@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
+from rrt.assets import check_hub_model, ensure_model, is_hub_id
 from rrt.models import family_for
 from rrt.recursive import LoRASpec, RecursionSpec, convert_to_recursive, recursion_spec_of
 from rrt.recursive.counting import model_config
@@ -39,6 +40,8 @@ def architecture(cfg: DictConfig) -> PretrainedConfig:
     saved = saved_model_dir(str(cfg.model.name))
     if saved is not None or Path(str(cfg.model.name)).is_dir():
         return AutoConfig.from_pretrained(saved or cfg.model.name)  # a converted model keeps all L depths
+    if cfg.model.source == "pretrained" and is_hub_id(str(cfg.model.name)):  # the hub model's, not model.config's
+        return AutoConfig.from_pretrained(ensure_model(str(cfg.model.name)))
     return model_config(cfg.model.config)
 
 
@@ -75,14 +78,17 @@ def check_model_source(source: str) -> None:
 
 
 def check_model_name(name: str) -> None:
-    """A ``model.name`` that names a path must be a finished run dir, a saved model or an HF checkpoint dir."""
+    """A ``model.name`` that names a path must be a finished run dir, a saved model or an HF checkpoint dir; one
+    shaped like a hub id (``org/name``) that is no local path must be downloadable (rrt.assets.check_hub_model)."""
     path = Path(name).expanduser()
     if saved_model_dir(name) is not None or path.is_dir() and (path / "config.json").is_file():
         return
     if (path / RECORD_NAME).is_file():
         raise UserError(f"model.name={name} is a run dir without model/: the run has not finished (see its "
                         f"{RECORD_NAME} status); resume it first, or start from another run")
-    if "/" in name or path.exists():
+    if is_hub_id(name):
+        check_hub_model(name)
+    elif "/" in name or path.exists():
         raise UserError(f"model.name={name}: no such run dir, saved rrt model or HF checkpoint dir")
 
 
@@ -225,15 +231,6 @@ def check_same_vocab(teacher: nn.Module, student: nn.Module) -> None:
     t, s = teacher.get_output_embeddings().weight.shape[0], student.get_output_embeddings().weight.shape[0]
     if t != s:
         raise UserError(f"teacher vocabulary ({t}) differs from the student's ({s}): KD needs the same tokenizer")
-
-
-def final_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """Final-normed hidden states (B, T, H) from the base model, without computing the LM head."""
-    return model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
-
-
-def softcap_of(model: nn.Module) -> float | None:
-    return getattr(model.config, "final_logit_softcapping", None)
 
 
 def num_layers(config: PretrainedConfig) -> int:

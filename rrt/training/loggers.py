@@ -13,6 +13,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from rrt.extras import require
 from rrt.records import RunRecord
 
 SETTING_TAGS = ("variant", "init", "loops", "lora_rank", "adapter", "distill", "early_exit", "early_exit_phase")
@@ -41,14 +42,23 @@ def wandb_id(record: RunRecord | None) -> str | None:
     return record.data["wandb_id"]
 
 
+def _logger_choice(key: str) -> str:
+    """How the user picked the logger (``logger=wandb_offline``), for messages; the config key outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choice = HydraConfig.get().runtime.choices.get("logger") if HydraConfig.initialized() else None
+    return f"logger={choice or key}"
+
+
 def make_loggers(cfg: DictConfig, record: RunRecord | None) -> list:
     setting = record.data.get("setting", {}) if record is not None else {}
     loggers = []
-    for logger_cfg in (cfg.logger or {}).values():
+    for key, logger_cfg in (cfg.logger or {}).items():
         if logger_cfg is None:
             continue
         extra = {}
         if str(logger_cfg.get("_target_", "")).endswith("WandbLogger"):
+            require("wandb", "wandb", _logger_choice(str(key)), instead="use logger=csv")
             extra = {"id": wandb_id(record), "resume": "allow", "group": sweep_group(), "tags": tags(setting)}
         loggers.append(hydra.utils.instantiate(logger_cfg, **extra))
     return loggers
