@@ -130,7 +130,7 @@ def check_hub_model(repo_id: str) -> None:
         return  # downloaded on first use
     try:
         _hub_snapshot(repo_id, local_only=True)
-    except Exception as error:  # huggingface_hub's LocalEntryNotFoundError (or an OSError) when not cached
+    except OSError as error:  # huggingface_hub's LocalEntryNotFoundError (a FileNotFoundError) when not cached
         raise UserError(_offline_message(repo_id)) from error
 
 
@@ -139,7 +139,8 @@ def hub_model(repo_id: str) -> Path:
     check_hub_model(repo_id)
     try:
         return _hub_snapshot(repo_id, local_only=_hub_offline())
-    except Exception as error:  # any failure to fetch (unknown repo, gated, no network) is the user's to fix
+    except Exception as error:  # any failure to fetch (unknown repo, gated, no network: httpx and
+        # huggingface_hub raise unrelated types) is the user's to fix, in one line
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"could not download model {repo_id} from the Hugging Face hub: {reason}") from error
 
@@ -163,10 +164,10 @@ def ensure_model(name: str) -> Path:
 
 
 def load_pretrained(name: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """The pretrained causal LM (eval mode) for an embedded model name or checkpoint path."""
+    """The pretrained causal LM (eval mode) for an embedded model name, checkpoint path or hub id."""
     return AutoModelForCausalLM.from_pretrained(ensure_model(name), dtype=dtype).eval()
 
 
 def load_tokenizer(name: str):
-    """The tokenizer for an embedded model name or checkpoint path."""
+    """The tokenizer for an embedded model name, checkpoint path or hub id."""
     return AutoTokenizer.from_pretrained(ensure_model(name))
