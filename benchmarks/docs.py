@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import RESULTS
+from benchmarks.simulate import table as simulate_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_NAMES = {"lambada_openai": "LAMBADA", "hellaswag": "HellaSwag", "piqa": "PIQA", "winogrande": "WinoGrande",
@@ -58,6 +59,7 @@ TABLES: dict[str, Table] = {
     "eval_speed": Table("docs/evaluation.md", "eval_speed.json", eval_speed),
     "conversion": Table("docs/conversion.md", "conversion.json", ratio_rows),
     "training": Table("docs/conversion.md", "training.json", ratio_rows),
+    "simulate": Table("docs/serving.md", "simulate.json", simulate_table),
 }
 
 

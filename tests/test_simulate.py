@@ -151,28 +151,29 @@ def test_simulated_time_equals_the_engines_own_costs(monkeypatch, loops, schedul
 
 
 def test_a_smaller_recursive_model_holds_a_larger_batch_under_the_same_cap():
-    full, recursive = model_for("llama"), model_for("llama", loops=2)
-    (full_weights, kv), (recursive_weights, recursive_kv) = memory_of(full), memory_of(recursive)
-    assert kv == recursive_kv == 2 * 6 * 2 * 8 * 4  # keys + values, 6 depths, 2 kv heads, head_dim 8, fp32
-    assert full_weights == 4 * sum(p.numel() for p in full.parameters())
-    cap, length = full_weights + 10 * kv * 32 + 5, 32
-    full_costs = ModelCosts(1, 6, ONE, ONE, ONE, ONE, ONE, full_weights, kv)
-    recursive_costs = ModelCosts(2, 3, ONE, ONE, ONE, ONE, ONE, recursive_weights, kv)
-    assert full_costs.max_batch(cap, length) == 10
-    assert recursive_costs.max_batch(cap, length) == 10 + (full_weights - recursive_weights + 5) // (kv * length)
-    assert recursive_costs.max_batch(cap, length) > 10
+    full, recursive = memory_of(model_for("llama")), memory_of(model_for("llama", loops=2))
+    kv = 2 * 6 * 2 * 8 * 4  # keys + values, 6 depths, 2 kv heads, head_dim 8, fp32
+    assert full.kv_bytes_per_position == recursive.kv_bytes_per_position == kv
+    assert full.weight_bytes == 4 * sum(p.numel() for p in model_for("llama").parameters())
+    assert recursive.weight_bytes < full.weight_bytes
+    length = 32
+    cap = full.weight_bytes + 10 * kv * length + 5
+    assert full.max_batch(cap, length) == 10
+    assert recursive.max_batch(cap, length) == 10 + (full.weight_bytes - recursive.weight_bytes + 5) // (kv * length)
+    assert recursive.max_batch(cap, length) > 10
     with pytest.raises(ValueError, match="not one request's KV cache"):
-        full_costs.max_batch(full_weights + kv * length - 1, length)
+        full.max_batch(full.weight_bytes + kv * length - 1, length)
 
 
 def test_measured_costs_describe_the_model():
-    model = model_for("gemma3", loops=2)
-    measured = measure_costs(model, batch_sizes=[1, 4], prompt_lengths=[3, 5], max_len=12, repeats=1)
-    assert (measured.loops, measured.shared) == (2, 3)
-    assert (measured.weight_bytes, measured.kv_bytes_per_position) == memory_of(model)
-    for curve in (measured.block, measured.head, measured.embed, measured.propagate):
-        assert [n for n, _ in curve.points] == [1, 4] and all(t > 0 for _, t in curve.points)
-    assert [n for n, _ in measured.prefill.points] == [3, 5]
+    models = [model_for("gemma3"), model_for("gemma3", loops=2, rank=4)]
+    measured = measure_costs(models, batch_sizes=[4, 1], prompt_lengths=[5, 3], max_len=12, repeats=1)
+    assert [(m.loops, m.shared) for m in measured] == [(1, 6), (2, 3)]
+    assert [m.memory for m in measured] == [memory_of(m) for m in models]
+    for costs_ in measured:
+        for curve in (costs_.block, costs_.head, costs_.embed, costs_.propagate):
+            assert [n for n, _ in curve.points] == [1, 4] and all(t > 0 for _, t in curve.points)
+        assert [n for n, _ in costs_.prefill.points] == [3, 5]
 
 
 def test_curve_interpolates_between_points_and_is_flat_outside():

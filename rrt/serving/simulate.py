@@ -8,7 +8,7 @@ batching (CSB) and continuous depth-wise batching (CDB). This module does the sa
   head, the embedding, the state propagation of one skipped depth (all as functions of the rows in the call) and
   of one request's prefill (of its prompt length), measured on the real model through the engine's own calls,
   piecewise linear between the measured points; plus the model's weight and per-depth KV bytes, which set the
-  largest batch a memory cap allows (:meth:`ModelCosts.max_batch`): a smaller recursive model holds more requests;
+  largest batch a memory cap allows (:meth:`Memory.max_batch`): a smaller recursive model holds more requests;
 - **exit trajectories** replayed as a request queue (:func:`trajectory_queue`, from
   :func:`rrt.serving.trajectories.exit_trajectories`);
 - a **scheduler** (:func:`simulate`) that follows :class:`rrt.serving.engine.Engine` step for step (same slots,
@@ -46,7 +46,7 @@ import bisect
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -88,18 +88,11 @@ class Curve:
 
 
 @dataclass(frozen=True)
-class ModelCosts:
-    """What one model's serving costs on this machine: per-call times and memory."""
+class Memory:
+    """What sets the largest batch: the unique weights, and each request's keys/values at every depth."""
 
-    loops: int  # B (1 for an unconverted model)
-    shared: int  # layers per loop: K, or L for an unconverted model
-    block: Curve  # one pass of the ``shared`` layers over n decode rows
-    head: Curve  # final norm + LM head over n rows
-    embed: Curve  # embedding of n new tokens
-    propagate: Curve  # state propagation of one skipped depth for n exited rows
-    prefill: Curve  # one request's prompt forward through all depths + head, by prompt length
-    weight_bytes: int = 0
-    kv_bytes_per_position: int = 0  # keys + values of one request at one position, all depths
+    weight_bytes: int
+    kv_bytes_per_position: int  # keys + values of one request at one position, all depths
 
     def max_batch(self, memory_bytes: int, max_len: int) -> int:
         """Most requests whose full-length KV cache fits beside the weights under ``memory_bytes``."""
@@ -112,66 +105,98 @@ class ModelCosts:
         return free // per_request
 
 
-def memory_of(model: nn.Module) -> tuple[int, int]:
-    """(weight bytes of the unique parameters, KV bytes per request per position over all depths)."""
+def memory_of(model: nn.Module) -> Memory:
+    """A tied parameter counts once (a recursive model's weights are smaller); every depth keeps its own KV."""
     stack = DepthStack(model)
     size = stack.embed.weight.element_size()
-    return count_params(model).total * size, 2 * stack.num_depths * stack.kv_heads * stack.head_dim * size
+    return Memory(count_params(model).total * size, 2 * stack.num_depths * stack.kv_heads * stack.head_dim * size)
 
 
-def _fastest(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+@dataclass(frozen=True)
+class ModelCosts:
+    """What one model's serving costs on this machine: seconds per call, and its memory."""
+
+    loops: int  # B (1 for an unconverted model)
+    shared: int  # layers per loop: K, or L for an unconverted model
+    block: Curve  # one pass of the ``shared`` layers over n decode rows
+    head: Curve  # final norm + LM head over n rows
+    embed: Curve  # embedding of n new tokens
+    propagate: Curve  # state propagation of one skipped depth for n exited rows
+    prefill: Curve  # one request's prompt forward through all depths + head, by prompt length
+    memory: Memory = Memory(0, 0)
 
 
-def measure_costs(model: nn.Module, batch_sizes: Sequence[int], prompt_lengths: Sequence[int], max_len: int,
-                  repeats: int = 3) -> ModelCosts:
-    """Median seconds of the engine's own calls on ``model``: the shared layers at each batch size (positions
-    spread over ``prompt..max_len``, rows round robin over the loops), the head, the embedding, one depth's
-    state propagation, and ``Engine`` prefills of each prompt length."""
-    stack = DepthStack(model)
-    sizes = sorted(set(batch_sizes))
-    start = min(prompt_lengths)
-    pool = stack.new_pool(sizes[-1], max_len)
-    generator = torch.Generator().manual_seed(0)
-    weight = stack.embed.weight
-    hidden = torch.randn(sizes[-1], 1, weight.shape[1], generator=generator, dtype=weight.dtype)
+class _Probe:
+    """The engine's own calls on one model, on synthetic rows: positions spread over ``start..max_len``, rows
+    round robin over the loops (a relaxed model then runs one call per loop, as in a mixed-loop step)."""
 
-    def rows(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    PARTS = ("block", "head", "embed", "propagate")
+
+    def __init__(self, model: nn.Module, rows: int, start: int, max_len: int):
+        self.model, self.stack = model, DepthStack(model)
+        self.start, self.max_len = start, max_len
+        self.pool = self.stack.new_pool(rows, max_len)
+        weight = self.stack.embed.weight
+        self.generator = torch.Generator().manual_seed(0)
+        self.hidden = torch.randn(rows, 1, weight.shape[1], generator=self.generator, dtype=weight.dtype)
+
+    def rows(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index = torch.arange(n)
-        positions = start + (2 * index + 1) * (max_len - 1 - start) // (2 * n)
-        return index, index % stack.loops, positions[:, None]
+        positions = self.start + (2 * index + 1) * (self.max_len - 1 - self.start) // (2 * n)
+        return index, index % self.stack.loops, positions[:, None]
 
-    def block(n: int) -> None:
-        slots, loops, positions = rows(n)
-        out = hidden[:n]
-        for i in range(stack.shared):
-            out = stack.run_shared_layer(i, out, slots, loops, positions, pool)
+    def seconds(self, part: str, n: int) -> float:
+        with torch.inference_mode():
+            begin = time.perf_counter()
+            getattr(self, part)(n)
+            return time.perf_counter() - begin
 
-    def propagate(n: int) -> None:
-        slots, _, positions = rows(n)
-        stack.propagate_state(stack.num_depths - 1, hidden[:n], slots, positions, pool)
+    def block(self, n: int) -> None:
+        slots, loops, positions = self.rows(n)
+        out = self.hidden[:n]
+        for i in range(self.stack.shared):
+            out = self.stack.run_shared_layer(i, out, slots, loops, positions, self.pool)
 
-    def prefill(length: int) -> float:
-        engine = Engine(model, max_batch=1)
-        prompt = torch.randint(0, weight.shape[0], (length,), generator=generator).tolist()
-        return min(engine.generate([Request(0, prompt, 1)])[1].prefill_s for _ in range(repeats + 1))
+    def head(self, n: int) -> None:
+        self.stack.logits(self.hidden[:n, 0])
 
-    def curve(fn: Callable[[int], object]) -> Curve:
-        return Curve(tuple((n, _fastest(lambda n=n: fn(n), repeats)) for n in sizes))
+    def embed(self, n: int) -> None:
+        self.stack.embed(torch.zeros(n, dtype=torch.long))
 
-    with torch.inference_mode():
-        costs = {"block": curve(block), "head": curve(lambda n: stack.logits(hidden[:n, 0])),
-                 "embed": curve(lambda n: stack.embed(torch.zeros(n, dtype=torch.long))),
-                 "propagate": curve(propagate)}
-    weights, kv = memory_of(model)
-    return ModelCosts(stack.loops, stack.shared, prefill=Curve(tuple((p, prefill(p)) for p in sorted(set(prompt_lengths)))),
-                      weight_bytes=weights, kv_bytes_per_position=kv, **costs)
+    def propagate(self, n: int) -> None:
+        slots, _, positions = self.rows(n)
+        self.stack.propagate_state(self.stack.num_depths - 1, self.hidden[:n], slots, positions, self.pool)
+
+    def prefill(self, length: int) -> float:
+        """The engine's own prefill time for one request of ``length`` prompt tokens."""
+        prompt = torch.randint(0, self.stack.embed.weight.shape[0], (length,), generator=self.generator).tolist()
+        return Engine(self.model, max_batch=1).generate([Request(0, prompt, 1)])[1].prefill_s
+
+    def costs(self, curves: dict[str, Curve]) -> ModelCosts:
+        return ModelCosts(self.stack.loops, self.stack.shared, memory=memory_of(self.model), **curves)
+
+
+def measure_costs(models: Sequence[nn.Module], batch_sizes: Sequence[int], prompt_lengths: Sequence[int],
+                  max_len: int, repeats: int = 3) -> list[ModelCosts]:
+    """Seconds of the engine's calls on each model: the shared layers, head, embedding and one depth's state
+    propagation at each batch size, and prefills of each prompt length. Every point is timed ``repeats`` times
+    after a warm-up, the models in turn (load from other processes hits them alike), and the fastest counts
+    (other processes only add time)."""
+    sizes, lengths = sorted(set(batch_sizes)), sorted(set(prompt_lengths))
+    probes = [_Probe(model, sizes[-1], lengths[0], max_len) for model in models]
+    points: list[dict[str, list[tuple[int, float]]]] = [{} for _ in probes]
+    jobs = [(part, n, lambda probe, part=part, n=n: probe.seconds(part, n)) for part in _Probe.PARTS for n in sizes]
+    jobs += [("prefill", n, lambda probe, n=n: probe.prefill(n)) for n in lengths]
+    for part, n, timed in jobs:
+        times = [[] for _ in probes]
+        for round_ in range(repeats + 1):
+            for probe, out in zip(probes, times):
+                seconds = timed(probe)
+                if round_:  # round 0 warms up
+                    out.append(seconds)
+        for point, out in zip(points, times):
+            point.setdefault(part, []).append((n, min(out)))
+    return [probe.costs({part: Curve(tuple(p)) for part, p in point.items()}) for probe, point in zip(probes, points)]
 
 
 def trajectory_queue(trajectories: Sequence[Trajectory], prompt_tokens: int, count: int, min_new: int, max_new: int,
