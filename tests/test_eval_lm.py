@@ -13,7 +13,7 @@ from rrt.assets import load_tokenizer
 from rrt.evaluation.harness import task_manager
 from rrt.evaluation.lm import RecursiveLM
 from rrt.recursive import RecursionSpec, convert_to_recursive
-from rrt.recursive.exits import exit_after_loop
+from rrt.recursive.model import RecursiveModel
 from tests.tiny import tiny_config
 
 TASKS = ["lambada_openai", "hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
@@ -52,7 +52,7 @@ def test_registered_under_rrt():
 def test_loglikelihoods_match_hflm(model, tokenizer, requests, exit_loop):
     ours = RecursiveLM(model, tokenizer, exit_loop=exit_loop, batch_size=5, progress=False).loglikelihood(requests)
     reference = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, device="cpu")
-    with exit_after_loop(model, exit_loop):
+    with RecursiveModel(model).exit_after(exit_loop):
         expected = reference.loglikelihood(requests, disable_tqdm=True)
     assert len(ours) == len(expected) == len(requests)
     for (value, greedy), (ref_value, ref_greedy) in zip(ours, expected):

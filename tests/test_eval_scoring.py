@@ -9,7 +9,7 @@ import torch
 
 from rrt.evaluation.scoring import score, score_batch, score_shared
 from rrt.recursive import RecursionSpec, convert_to_recursive
-from rrt.recursive.exits import exit_after_loop
+from rrt.recursive.model import RecursiveModel
 from tests.tiny import tiny_model
 
 FAMILIES = ["gemma3", "gemma", "llama", "qwen2", "gpt_neox"]
@@ -46,7 +46,7 @@ def test_shared_context_scores_equal_separate_forwards(family, exit_loop):
     model = convert_to_recursive(sharp_attention(tiny_model(family)), RecursionSpec(loops=2))
     groups = contexts()
     pairs = [(ctx, cont) for ctx, conts in groups for cont in conts]
-    with exit_after_loop(model, exit_loop):
+    with RecursiveModel(model).exit_after(exit_loop):
         shared = score_shared(model, groups)
         separate = score_batch(model, pairs, max_length=128)
     assert_same(shared, separate)

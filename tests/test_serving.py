@@ -7,7 +7,7 @@ import torch
 
 from rrt.records import RunRecord
 from rrt.recursive import LoRASpec, RecursionSpec, convert_to_recursive
-from rrt.recursive.exits import exit_after_loop
+from rrt.recursive.model import RecursiveModel
 from rrt.serving import (ConfidenceExit, DepthStack, Engine, FullDepth, OracleExit, Request, Trajectory, agreement,
                          confidence_exits, exit_summary, exit_trajectories)
 from rrt.serving.records import throughput_row, write_throughput
@@ -143,7 +143,7 @@ def test_trajectories_match_static_exit_predictions():
         ids = _Tokenizer()(document, return_tensors="pt").input_ids
         with torch.inference_mode():
             final = model(input_ids=ids).logits[0].argmax(-1)
-            with exit_after_loop(model, 1):
+            with RecursiveModel(model).exit_after(1):
                 loop1 = model(input_ids=ids).logits[0].argmax(-1)
         assert torch.equal(trajectory.oracle, torch.where(loop1 == final, 1, 2))
         assert torch.equal(trajectory.agrees[0], loop1 == final)

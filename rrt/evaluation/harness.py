@@ -19,8 +19,7 @@ from rrt.errors import UserError
 from rrt.evaluation import data
 from rrt.evaluation.lm import RecursiveLM
 from rrt.evaluation.tasks import PAPER_TASKS, resolve_tasks, task_dir
-from rrt.recursive.convert import recursion_spec_of
-from rrt.recursive.exits import exit_depth
+from rrt.recursive.model import RecursiveModel
 
 BOOTSTRAP_ITERS = 1000  # only LAMBADA's (unreported) perplexity is bootstrapped; acc stderrs are closed-form
 SUBSETS = ("first", "spread")
@@ -59,18 +58,13 @@ def doc_selection(task: str, limit: int | float | None, subset: str = "first") -
     return {"limit": None, "samples": {task: [i * size // count for i in range(count)]}}
 
 
-def model_loops(model: nn.Module) -> int:
-    spec = recursion_spec_of(model)
-    return spec.loops if spec else 1
-
-
 def exit_loop_list(model: nn.Module, exit_loops: Sequence[int | None] | int | None) -> list[int]:
     """Requested exit loops as ints (None = the last loop = the full model), deduplicated, in order, validated."""
-    loops = model_loops(model)
+    recursive = RecursiveModel(model)
     requested = exit_loops if isinstance(exit_loops, Sequence) else [exit_loops]
-    chosen = list(dict.fromkeys(loops if b is None else int(b) for b in requested or [None]))
+    chosen = list(dict.fromkeys(recursive.loops if b is None else int(b) for b in requested or [None]))
     for exit_loop in chosen:
-        exit_depth(model, exit_loop)  # raises with the model's loop count
+        recursive.exit_depth(exit_loop)  # raises with the model's loop count
     return chosen
 
 

@@ -13,7 +13,7 @@ from lm_eval.models.utils import resolve_max_length
 from torch import nn
 
 from rrt.evaluation.scoring import MAX_POSITIONS, score
-from rrt.recursive.exits import exit_depth
+from rrt.recursive.model import RecursiveModel
 
 
 def default_add_bos(model: nn.Module, tokenizer) -> bool | None:
@@ -45,7 +45,7 @@ class RecursiveLM(TemplateLM):
         if tokenizer is None:
             raise ValueError("RecursiveLM needs the tokenizer of the model")
         if exit_loop is not None:
-            exit_depth(pretrained, int(exit_loop))  # fail now, with the model's loop count, not mid-evaluation
+            RecursiveModel(pretrained).exit_depth(int(exit_loop))  # fail now, with the model's loop count, not mid-evaluation
         self.model = pretrained.eval()
         self.tokenizer = tokenizer
         self.exit_loop = None if exit_loop is None else int(exit_loop)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rrt.recursive.exits import exit_after_loop
+from rrt.recursive.model import RecursiveModel
 
 TokenPair = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
 SharedContext = tuple[list[int], list[list[int]]]  # (context tokens, its continuations)
@@ -186,7 +186,7 @@ def score(model: nn.Module, pairs: list[TokenPair], *, batch_size: int, max_leng
     shared.sort(key=lambda members: -len(pieces[members[0]][0]) - max(len(pieces[i][1]) for i in members))
     single.sort(key=lambda i: (-len(pieces[i][0]) - len(pieces[i][1]), tuple(pieces[i][0] + pieces[i][1])))
     scored: list[tuple[float, bool]] = [(0.0, True)] * len(pieces)
-    with exit_after_loop(model, exit_loop), tqdm(total=len(pieces), disable=not progress, desc=desc) as bar:
+    with RecursiveModel(model).exit_after(exit_loop), tqdm(total=len(pieces), disable=not progress, desc=desc) as bar:
         for batch in _batches(shared, len, scored_tokens, batch_size, max_positions):
             contexts = [(pieces[members[0]][0], [pieces[i][1] for i in members]) for members in batch]
             indices = [i for members in batch for i in members]

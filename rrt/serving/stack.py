@@ -25,12 +25,11 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.models.llama.modeling_llama import rotate_half
 
 from rrt.errors import UserError
-from rrt.models import family_for
-from rrt.recursive import recursion_spec_of
+from rrt.recursive.model import RecursiveModel, soft_cap
 from rrt.recursive.convert import parameter_leaves
 from rrt.serving.kv import KVPool, RowCache
 
-SUPPORTED_FAMILIES = ("gemma3", "gemma", "llama", "qwen2")
+SUPPORTED_FAMILIES = ("gemma3", "gemma", "llama", "qwen2", "gpt_neox")
 FULL = "full_attention"
 ATTENTIONS = ("padded", "per_item")
 PER_ITEM = "rrt_per_item"
@@ -61,6 +60,11 @@ def check_attention(kind: str) -> None:
         raise UserError(f"unknown attention {kind!r}; supported: {list(ATTENTIONS)}")
 
 
+def attention_of(layer: nn.Module) -> nn.Module:
+    """The layer's attention module (``self_attn``; GPT-NeoX: ``attention``)."""
+    return layer.self_attn if hasattr(layer, "self_attn") else layer.attention
+
+
 @dataclass(frozen=True)
 class Depth:
     layer: nn.Module
@@ -73,25 +77,24 @@ class DepthStack:
     """Embedding, per-depth layers, state propagation and head of one (recursive) causal LM."""
 
     def __init__(self, model: nn.Module):
-        family = family_for(model.config)
+        recursive = RecursiveModel(model)
+        family, spec = recursive.family, recursive.spec
         if family.name not in SUPPORTED_FAMILIES:
             raise UserError(f"serving supports families {list(SUPPORTED_FAMILIES)}, not {family.name!r} "
-                             "(fused QKV or partial rotary would need their own state propagation)")
-        spec = recursion_spec_of(model)
+                             "(its layers would need their own state propagation)")
         if spec and spec.looping != "cycle" and spec.loops > 1:
             raise UserError(f"depth-wise batching needs looping=cycle; this model uses looping={spec.looping}")
         config = model.config
-        layers = family.layer_list(model)
+        layers = recursive.layers
         self.model, self.config = model, config
-        self.num_depths = len(layers)
-        self.loops = spec.loops if spec else 1
-        self.shared = self.num_depths // self.loops
-        self.norm = family.final_norm_module(model)
+        self.num_depths = recursive.num_layers
+        self.loops, self.shared = recursive.loops, recursive.shared
+        self.norm = recursive.final_norm
         self.embed = model.get_input_embeddings()
         self.head = model.get_output_embeddings()
         self.rotary = model.get_decoder().rotary_emb
         self._rotary_typed = "layer_type" in inspect.signature(self.rotary.forward).parameters
-        self.softcap = getattr(config, "final_logit_softcapping", None)
+        self.softcap = recursive.softcap
         types = getattr(config, "layer_types", None) or [FULL] * self.num_depths
         leaves: dict[tuple[int, ...], int] = {}
         self.depths = []
@@ -99,9 +102,12 @@ class DepthStack:
             key = tuple(id(m) for _, m in parameter_leaves(layer))
             window = getattr(config, "sliding_window", None) if types[d] == "sliding_attention" else None
             self.depths.append(Depth(layer, types[d], window, leaves.setdefault(key, len(leaves))))
-        attn = layers[0].self_attn
-        self.head_dim = attn.head_dim
-        self.kv_heads = config.num_key_value_heads
+        attn = attention_of(layers[0])
+        self.head_dim = getattr(attn, "head_dim", None) or attn.head_size  # GPT-NeoX: head_size
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        # the layer's cache argument: ``cache`` (transformers 5.x llama-style layers), ``layer_past`` (GPT-NeoX)
+        forward = inspect.signature(layers[0].forward).parameters
+        self._cache_arg = "layer_past" if "layer_past" in forward else "cache"
 
     @contextmanager
     def attention(self, kind: str) -> Iterator[None]:
@@ -122,13 +128,17 @@ class DepthStack:
         return KVPool(slots, self.num_depths, self.kv_heads, max_len, self.head_dim, weight.dtype, weight.device)
 
     def rope(self, hidden: torch.Tensor, positions: torch.Tensor, depths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin [n, q, head_dim], each row with its own depth's rotary (Gemma 3: local vs global base)."""
+        """cos/sin [n, q, rotary dims], each row with its own depth's rotary (Gemma 3: local vs global base); the
+        rotary dims are head_dim, or fewer with partial rotary (GPT-NeoX)."""
         types = [self.depths[d].layer_type for d in depths]
-        cos, sin = torch.empty(2, *positions.shape, self.head_dim, dtype=hidden.dtype, device=hidden.device)
+        cos = sin = None
         for layer_type in set(types):
             rows = torch.tensor([t == layer_type for t in types], device=hidden.device)
             args = (layer_type,) if self._rotary_typed else ()
-            cos[rows], sin[rows] = self.rotary(hidden, positions[rows], *args)
+            part_cos, part_sin = self.rotary(hidden, positions[rows], *args)
+            if cos is None:
+                cos, sin = part_cos.new_empty(2, *positions.shape, part_cos.shape[-1])
+            cos[rows], sin[rows] = part_cos, part_sin
         return cos, sin
 
     def mask(self, positions: torch.Tensor, depths: list[int]) -> torch.Tensor:
@@ -159,30 +169,34 @@ class DepthStack:
         depth_tensor = torch.tensor(depths, device=hidden.device)
         return self.depths[depth].layer(
             hidden, position_embeddings=self.rope(hidden, positions, depths), attention_mask=self.mask(positions, depths),
-            position_ids=positions, cache=RowCache(pool, slots, depth_tensor, positions))
+            position_ids=positions, **{self._cache_arg: RowCache(pool, slots, depth_tensor, positions)})
 
     def propagate_state(self, depth: int, hidden: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
                         pool: KVPool) -> None:
         """State propagation (CALM): keys/values of a skipped depth from the copied exit hidden state.
 
         Runs only this depth's input norm and k/v projections (+ Gemma's k_norm, + rotary), the minimum the
-        cache needs; tested against what the full HF layer writes for the same input.
+        cache needs (GPT-NeoX's fused QKV projection computes the queries too); tested against what the full HF
+        layer writes for the same input.
         """
         layer = self.depths[depth].layer
-        attn = layer.self_attn
+        attn = attention_of(layer)
         x = layer.input_layernorm(hidden)
-        shape = (*hidden.shape[:-1], -1, self.head_dim)
-        keys = attn.k_proj(x).view(shape).transpose(1, 2)
-        values = attn.v_proj(x).view(shape).transpose(1, 2)
+        if hasattr(attn, "query_key_value"):  # GPT-NeoX: per head [q | k | v]
+            fused = attn.query_key_value(x).view(*hidden.shape[:-1], -1, 3 * self.head_dim).transpose(1, 2)
+            _, keys, values = fused.chunk(3, dim=-1)
+        else:
+            shape = (*hidden.shape[:-1], -1, self.head_dim)
+            keys = attn.k_proj(x).view(shape).transpose(1, 2)
+            values = attn.v_proj(x).view(shape).transpose(1, 2)
         if hasattr(attn, "k_norm"):
             keys = attn.k_norm(keys)
         cos, sin = self.rope(hidden, positions, [depth] * hidden.shape[0])
-        keys = keys * cos[:, None] + rotate_half(keys) * sin[:, None]
+        rotary = keys[..., :cos.shape[-1]] * 1.0001
+        rotary = rotary * cos[:, None] + rotate_half(rotary) * sin[:, None]
+        keys = torch.cat([rotary, keys[..., cos.shape[-1]:]], dim=-1)
         pool.write(slots, torch.full_like(slots, depth), positions, keys, values)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head (+ Gemma's final soft-capping) on exit hidden states [n, H]."""
-        logits = self.head(self.norm(hidden))
-        if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        return soft_cap(self.head(self.norm(hidden)), self.softcap)

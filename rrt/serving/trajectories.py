@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rrt.recursive.exits import capture_loop_outputs
+from rrt.recursive.model import RecursiveModel
 from rrt.serving.stack import DepthStack
 
 
@@ -32,7 +32,7 @@ def exit_trajectories(model: nn.Module, tokenizer, documents: Iterable[str], max
     with torch.inference_mode():
         for document in documents:
             ids = tokenizer(document, return_tensors="pt").input_ids[:, :max_tokens]
-            with capture_loop_outputs(model) as captured:
+            with RecursiveModel(model).loop_outputs() as captured:
                 final = model(input_ids=ids, use_cache=False).logits[0].argmax(-1)
             oracle = torch.full_like(final, stack.loops)
             confidence, agrees = [], []

@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from rrt.errors import UserError
+from rrt.recursive.model import soft_cap
 
 KD_LOSSES = ("none", "forward_kl", "reverse_kl", "jsd", "tvd")
 EXIT_LOSSES = ("none", "weighted", "aggressive")
@@ -68,10 +69,7 @@ class LossSpec:
 
 
 def _logits(hidden: torch.Tensor, head: torch.Tensor, softcap: float | None) -> torch.Tensor:
-    logits = hidden @ head.T
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits
+    return soft_cap(hidden @ head.T, softcap)
 
 
 def _chunk_terms(spec: LossSpec, head, labels, teacher_head, teacher_hidden, *exits) -> torch.Tensor:

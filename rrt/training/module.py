@@ -10,8 +10,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from rrt.recursive.exits import capture_loop_outputs, final_norm
-from rrt.training.build import final_hidden
+from rrt.recursive.model import RecursiveModel
 from rrt.training.losses import LossSpec, lm_loss
 from rrt.training.optim import ColumnFreezer, build_optimizer
 
@@ -65,21 +64,16 @@ class RecursiveLMModule(L.LightningModule):
             self.teacher.to(self.device)
 
     def losses(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        student = RecursiveModel(self.student)
         with_exits = len(self.loss_spec.exit_weights) > 1
-        if with_exits:
-            with capture_loop_outputs(self.student) as captured:
-                final = final_hidden(self.student, input_ids)
-            norm = final_norm(self.student)
-            exits = [norm(h) for h in captured] + [final]
-        else:
-            exits = [final_hidden(self.student, input_ids)]
+        exits = student.exit_hiddens(input_ids) if with_exits else [student.final_hidden(input_ids)]
         teacher_hidden = teacher_head = None
         if self.teacher is not None:
+            teacher = RecursiveModel(self.teacher)
             with torch.no_grad():
-                teacher_hidden = final_hidden(self.teacher, input_ids)
-            teacher_head = self.teacher.get_output_embeddings().weight
-        head = self.student.get_output_embeddings().weight
-        return lm_loss(exits, head, input_ids, self.loss_spec, teacher_hidden, teacher_head)
+                teacher_hidden = teacher.final_hidden(input_ids)
+            teacher_head = teacher.head
+        return lm_loss(exits, student.head, input_ids, self.loss_spec, teacher_hidden, teacher_head)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.losses(batch["input_ids"])

@@ -18,6 +18,7 @@ from rrt.assets import load_tokenizer
 from rrt.recursive import count_params, count_params_from_config
 from rrt.errors import UserError
 from rrt.recursive.io import check_finite, save_converted
+from rrt.recursive.model import RecursiveModel
 from rrt.records import RECORD_NAME, RunRecord, now
 from rrt.training import build
 from rrt.training.budget import Budget
@@ -202,7 +203,7 @@ def loss_spec(cfg: DictConfig, student) -> LossSpec:
         kd_weight=float(cfg.distill.weight) if cfg.distill.loss != "none" else 0.0,
         temperature=float(cfg.distill.temperature),
         chunk_tokens=int(cfg.loss.chunk_tokens),
-        softcap=build.softcap_of(student),
+        softcap=RecursiveModel(student).softcap,
     )
 
 
