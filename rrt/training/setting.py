@@ -15,11 +15,12 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
-from rrt.models import RANK_GROUPS, family_for
+from rrt.models import RANK_GROUPS
 from rrt.recursive import RecursionSpec, recursion_spec_of
 from rrt.recursive.allocation import adapter_params
 from rrt.recursive.convert import capped_rank, requested_rank
 from rrt.recursive.io import saved_spec
+from rrt.recursive.model import RecursiveModel
 from rrt.recursive.relax import DepthLoRALinear
 from rrt.run_names import is_identity_key
 from rrt.training.budget import Budget
@@ -52,8 +53,8 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def adapter_ranks(model: nn.Module) -> dict[str, list[int]]:
     """Effective adapter rank of every shared linear, per depth (0 where a depth has no adapter)."""
-    family = family_for(model.config)
-    layers = family.layer_list(model)
+    recursive = RecursiveModel(model)
+    family, layers = recursive.family, recursive.layers
     ranks: dict[str, list[int]] = {}
     for path in family.linears:
         modules = [layer.get_submodule(path) for layer in layers]
@@ -68,8 +69,8 @@ def group_ranks(model: nn.Module, spec: RecursionSpec) -> dict[str, int]:
     A fused linear serves several groups with one rank chosen from theirs (``fused_rank``); its share of a group
     is that group's requested rank, scaled down by the fused linear's cap where it was capped.
     """
-    family = family_for(model.config)
-    layer = family.layer_list(model)[0]
+    recursive = RecursiveModel(model)
+    family, layer = recursive.family, recursive.layers[0]
     if spec.lora.allocation is not None:  # lamda++: the uniform ranks whose budget its allocation spends
         effective = {path: capped_rank(spec, family, path, layer.get_submodule(path)) for path in family.linears}
     else:
@@ -109,9 +110,10 @@ def relaxation(model: nn.Module) -> dict[str, Any] | None:
 
 def allocation_budget(model: nn.Module, spec: RecursionSpec) -> dict[str, Any]:
     """LaMDA++'s budget (adapter parameters at uniform ranks) and what its allocation spends of it."""
-    family = family_for(model.config)
+    recursive = RecursiveModel(model)
+    family = recursive.family
     budget = used = 0
-    for layer in family.layer_list(model):
+    for layer in recursive.layers:
         for path in family.linears:
             module = layer.get_submodule(path)
             base = module.base if isinstance(module, DepthLoRALinear) else module
