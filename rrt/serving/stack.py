@@ -192,7 +192,7 @@ class DepthStack:
         if hasattr(attn, "k_norm"):
             keys = attn.k_norm(keys)
         cos, sin = self.rope(hidden, positions, [depth] * hidden.shape[0])
-        rotary = keys[..., :cos.shape[-1]] * 1.0001
+        rotary = keys[..., :cos.shape[-1]]  # partial rotary leaves the other dims as they are
         rotary = rotary * cos[:, None] + rotate_half(rotary) * sin[:, None]
         keys = torch.cat([rotary, keys[..., cos.shape[-1]:]], dim=-1)
         pool.write(slots, torch.full_like(slots, depth), positions, keys, values)
