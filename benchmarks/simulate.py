@@ -99,7 +99,6 @@ def simulate_model(name: str, args: argparse.Namespace) -> tuple[list[dict], dic
             row["vs_vanilla"], row["vs_csb"] = row["tokens_per_s"] / vanilla, row["tokens_per_s"] / csb
         rows += mode_rows
     basis = {"memory_gib": args.memory_gib, "max_batch": {"full": full_batch, "recursive": recursive_batch},
-             "memory": {"full": asdict(full_costs.memory), "recursive": asdict(recursive_costs.memory)},
              "exits": exit_summary([t.oracle for t in trajectories], args.loops), "documents": len(documents),
              "costs": {"full": asdict(full_costs), "recursive": asdict(recursive_costs)}}
     return rows, basis
@@ -113,15 +112,16 @@ def table(data: dict) -> str:
     basis, max_len = [], data["setting"]["prompt_tokens"] + data["setting"]["max_new"]
     for name, b in data["basis"].items():
         full, recursive = b["costs"]["full"], b["costs"]["recursive"]
+        memory = full["memory"]
         top = b["max_batch"]
 
         def per_token(costs: dict, batch: int) -> str:  # all loops of one token, no exit
             return f"{1e3 * costs['loops'] * Curve(tuple(map(tuple, costs['block']['points'])))(batch) / batch:.1f}"
         basis.append({
             "model": name, "cap GiB": f"{b['memory_gib']:g}",
-            "weights MiB full / recursive": f"{b['memory']['full']['weight_bytes'] / 2**20:.0f} / "
-                                            f"{b['memory']['recursive']['weight_bytes'] / 2**20:.0f}",
-            "KV MiB per request": f"{b['memory']['full']['kv_bytes_per_position'] * max_len / 2**20:.1f}",
+            "weights MiB full / recursive": f"{memory['weight_bytes'] / 2**20:.0f} / "
+                                            f"{recursive['memory']['weight_bytes'] / 2**20:.0f}",
+            "KV MiB per request": f"{memory['kv_bytes_per_position'] * max_len / 2**20:.1f}",
             "max batch full / recursive": f"{top['full']} / {top['recursive']}",
             "exit at loop 1": f"{b['exits']['exit_frac_loop1']:.3f}",
             "block ms/token full, batch 1 / max": f"{per_token(full, 1)} / {per_token(full, top['full'])}",
