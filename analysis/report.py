@@ -17,8 +17,8 @@ import pandas as pd
 
 from analysis.checks import MIN_TOKENS, Z
 from analysis.load import MissingRoot, Runs, load_runs, shown_path, shown_root
-from analysis.paper import provenance
 from analysis.paper import TABLES as PAPER_FILES
+from analysis.paper import provenance
 from analysis.tables import PAPER_MODEL, PaperTable, build_all
 from rrt.extras import MissingExtraError, require
 

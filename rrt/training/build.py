@@ -12,11 +12,11 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from rrt.assets import check_hub_model, ensure_model, is_hub_id
+from rrt.errors import UserError
 from rrt.models import family_for
+from rrt.records import RECORD_NAME
 from rrt.recursive import LoRASpec, RecursionSpec, convert_to_recursive, recursion_spec_of
 from rrt.recursive.counting import model_config
-from rrt.errors import UserError
-from rrt.records import RECORD_NAME
 from rrt.recursive.io import WEIGHTS, is_saved_model_dir, load_converted, saved_spec
 
 log = logging.getLogger(__name__)
