@@ -199,7 +199,8 @@ def compile_layers(model: nn.Module, backend: str) -> nn.Module:
 def train_section(check: Check) -> dict:
     setting = check.setting
     eager = variants(check)
-    models = {**eager, **{f"{n} +compile": compile_layers(copy.deepcopy(m), setting.compile_backend) for n, m in eager.items()}}
+    compiled = {f"{n} +compile": compile_layers(copy.deepcopy(m), setting.compile_backend) for n, m in eager.items()}
+    models = {**eager, **compiled}
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5, fused=check.cuda) for name, m in models.items()}
     ids = torch.randint(0, models["vanilla"].config.vocab_size, (setting.batch, setting.seq_len),
                         generator=torch.Generator().manual_seed(0)).to(check.device)
@@ -338,7 +339,8 @@ def fsdp_section(check: Check) -> dict:
         ids = torch.randint(0, model.config.vocab_size, (setting.batch, setting.seq_len),
                             generator=torch.Generator().manual_seed(1)).to(check.device)
         losses = [train_step(check, model, optimizer, ids)]
-        seconds = check.seconds(lambda: losses.extend(train_step(check, model, optimizer, ids) for _ in range(setting.steps)))
+        seconds = check.seconds(
+            lambda: losses.extend(train_step(check, model, optimizer, ids) for _ in range(setting.steps)))
         with tempfile.TemporaryDirectory() as directory:
             dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=directory)
             state = {"model": get_model_state_dict(models[1])}
@@ -367,8 +369,8 @@ def serving_section(check: Check) -> dict:
     generator = torch.Generator().manual_seed(0)
     rows = []
     for batch in setting.serve_batches:
-        requests = [Request(i, torch.randint(3, full.config.vocab_size, (setting.serve_prompt,), generator=generator).tolist(),
-                            setting.serve_new) for i in range(2 * batch)]
+        prompts = torch.randint(3, full.config.vocab_size, (2 * batch, setting.serve_prompt), generator=generator)
+        requests = [Request(i, prompt.tolist(), setting.serve_new) for i, prompt in enumerate(prompts)]
         engines = {name: Engine(model, FullDepth(), max_batch=batch, scheduling=scheduling)
                    for name, (model, scheduling) in setups.items()}
         for engine in engines.values():
@@ -458,7 +460,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reduced", action="store_true", help="tiny models, a few steps (the CPU/CI mode)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of the default")
     parser.add_argument("--budget-s", type=float, help="stop starting sections after this many seconds")
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/gpu/gpu_check[_reduced].json)")
     args = parser.parse_args(argv)

@@ -108,8 +108,9 @@ def test_resume_reads_o1_text_and_gives_the_uninterrupted_batches(tokenizer_dir,
 
 @pytest.mark.parametrize("zstd", [False, True])
 def test_resume_with_workers_and_ranks_continues_exactly(tokenizer_dir, tmp_path, zstd):  # noqa: F811
-    files = [write_jsonl(tmp_path / f"c{s}.jsonl{'.zst' if zstd else ''}", [doc(s * 40 + i, 5 + i % 7) for i in range(40)],
-                         zstd=zstd) for s in range(3)]
+    suffix = ".jsonl.zst" if zstd else ".jsonl"
+    files = [write_jsonl(tmp_path / f"c{s}{suffix}", [doc(s * 40 + i, 5 + i % 7) for i in range(40)], zstd=zstd)
+             for s in range(3)]
 
     def dataset(data: TextDataModule, start: int) -> StreamingBatches:
         return StreamingBatches(files, tokenizer_dir, 8, 2, seed=5, rank=1, world=2, start_batch=start,

@@ -55,7 +55,8 @@ class RecursiveFSDPStrategy(ModelParallelStrategy):
     def setup(self, trainer: L.Trainer) -> None:
         """ModelParallelStrategy.setup with :func:`shard` in place of the module's ``configure_model``."""
         self.accelerator.setup(trainer)
-        shard(self.lightning_module.student, self.device_mesh["data_parallel"], self.mp_policy, self.reshard_after_forward)
+        mesh = self.device_mesh["data_parallel"]
+        shard(self.lightning_module.student, mesh, self.mp_policy, self.reshard_after_forward)
         self.model = self.precision_plugin.convert_module(self.model)
         self.model_to_device()
         self.barrier()
