@@ -24,7 +24,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from rrt.models import family_for
+from rrt.recursive.model import RecursiveModel
 
 HEAD_ALIAS = "rrt_lm_head"  # the LM head's second name, inside the base model (root unit), while sharded
 
@@ -41,7 +41,7 @@ def shared_leaves(model: nn.Module) -> list[nn.Module]:
     """
     users: dict[int, set[int]] = {}
     leaves: dict[int, tuple[int, nn.Module]] = {}
-    for depth, layer in enumerate(family_for(model.config).layer_list(model)):
+    for depth, layer in enumerate(RecursiveModel(model).layers):
         for path, module in layer.named_modules():
             if path and _holds_params(module):
                 users.setdefault(id(module), set()).add(depth)
@@ -54,7 +54,7 @@ def units(model: nn.Module) -> Iterator[nn.Module]:
     """The modules :func:`shard` makes units of, in order, except the root."""
     yield from shared_leaves(model)
     tied = {id(p) for leaf in shared_leaves(model) for p in leaf.parameters()}
-    for layer in family_for(model.config).layer_list(model):
+    for layer in RecursiveModel(model).layers:
         if any(id(p) not in tied for p in layer.parameters()):
             yield layer
 
