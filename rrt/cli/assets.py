@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 
 from rrt.assets import MODELS, ensure_model
+from rrt.cli.errors import one_line_errors
 from rrt.data.corpus import build_local_corpus
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rrt-assets", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
