@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import RESULTS
+from benchmarks.lamda import table as lamda_table
 from benchmarks.simulate import table as simulate_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,7 @@ TABLES: dict[str, Table] = {
     "eval_speed": Table("docs/evaluation.md", "eval_speed.json", eval_speed),
     "conversion": Table("docs/conversion.md", "conversion.json", ratio_rows),
     "training": Table("docs/conversion.md", "training.json", ratio_rows),
+    "lamda": Table("docs/conversion.md", "lamda.json", lamda_table),
     "simulate": Table("docs/serving.md", "simulate.json", simulate_table),
 }
 
