@@ -14,9 +14,9 @@ model weights") but not the rule (rrt-paper.md section 2.2), and its public code
   residual's energy, ``sum_{i<=k} p_i >= tau``, with ``tau`` as high as the budget allows. Computed greedily, one
   rank at a time to the matrix that keeps the smallest share so far (max-min over matrices). A flatter spectrum
   keeps less energy per component, so it needs, and gets, more rank: of two matrices of the same shape, the flatter
-  one (cumulative shares never larger) gets at least as much rank, up to one rank lost to a tie. Ranks are integers, capped at min(d_in, d_out)
-  (the spectrum's length). Maximising the total kept energy per parameter instead would starve flat matrices, whose
-  components are each worth little, for moderately steep ones.
+  one (cumulative shares never larger) gets at least as much rank, up to one rank lost to a tie. Ranks are
+  integers, capped at min(d_in, d_out) (the spectrum's length). Maximising the total kept energy per parameter
+  instead would starve flat matrices, whose components are each worth little, for moderately steep ones.
 - **Budget.** The adapter parameters of the same run with uniform ranks (the requested, capped rank of each
   linear): the allocation never exceeds it and stops only when no single extra rank fits, so it is met to within
   less than one rank's parameters of the cheapest matrix still growing.

@@ -15,7 +15,8 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def svd_factors(residual: torch.Tensor, rank: int, method: str = "full") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def svd_factors(residual: torch.Tensor, rank: int,
+                method: str = "full") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Truncated SVD of ``residual`` (out x in) in fp32: returns (U_r, S_r, V_r^T)."""
     residual = residual.detach().to(torch.float32)
     if method == "lowrank" and rank < min(residual.shape):

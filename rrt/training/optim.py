@@ -68,7 +68,8 @@ class ColumnFreezer:
 
     def _state_tensors(self, param: nn.Parameter) -> dict[str, torch.Tensor]:
         state = self.optimizer.state.get(param, {})
-        return {key: _local(value) for key, value in state.items() if torch.is_tensor(value) and value.shape == param.shape}
+        return {key: _local(value) for key, value in state.items()
+                if torch.is_tensor(value) and value.shape == param.shape}
 
     def _save(self, optimizer, args, kwargs) -> None:
         self._saved = [(param, columns, _local(param.detach()).index_select(1, columns),
@@ -98,8 +99,8 @@ def lamda_freezer(optimizer: torch.optim.Optimizer, model: nn.Module, total_step
     spec = recursion_spec_of(model)
     if spec is None or not spec.lora.adapter.startswith("lamda"):
         return None
-    schedules = [(param, steps) for param, steps in pmb_schedules(model, freeze_end_step(spec.lora.lamda_freeze_b_at, total_steps))
-                 if param.requires_grad]
+    end_step = freeze_end_step(spec.lora.lamda_freeze_b_at, total_steps)
+    schedules = [(param, steps) for param, steps in pmb_schedules(model, end_step) if param.requires_grad]
     return ColumnFreezer(optimizer, schedules) if schedules else None
 
 
