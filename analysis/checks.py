@@ -88,22 +88,28 @@ def _tokens(group: Rows) -> float:
     return float(positive.min()) if len(positive) else math.inf
 
 
+def _shown(value: float, sign: str = "") -> str:
+    """9,944 / 0.21: whole numbers with separators once the fraction no longer matters (``sign="+"``: signed)."""
+    return f"{value:{sign},.0f}" if abs(value) >= 100 else f"{value:{sign}.3g}"
+
+
 def compare(first: Estimate, second: Estimate, rule: Rule, or_equal: bool = False) -> Finding:
     """Is ``first`` above (``or_equal``: not below) ``second``? yes / no only when ``rule`` finds it conclusive;
     the reason's gap is first - second in score units (positive: as claimed)."""
     gap = first.mean - second.mean
+    shown_gap = _shown(gap, "+")
     tokens = min(first.tokens, second.tokens) if not (math.isnan(first.tokens) or math.isnan(second.tokens)) else math.nan
     if rule.min_tokens is not None and not tokens >= rule.min_tokens:
         shown = "unknown" if math.isnan(tokens) else f"{tokens:,.0f}"
-        return Finding(INCONCLUSIVE, f"gap {gap:+.3g}; token budget {shown} < minimum {rule.min_tokens:,}")
+        return Finding(INCONCLUSIVE, f"gap {shown_gap}; token budget {shown} < minimum {rule.min_tokens:,}")
     if rule.z is not None:
         margin = rule.z * math.hypot(first.se, second.se)
         if math.isnan(margin):
-            return Finding(INCONCLUSIVE, f"gap {gap:+.3g} without an uncertainty (one run, no stderr or per-document values)")
+            return Finding(INCONCLUSIVE, f"gap {shown_gap} without an uncertainty (one run, no stderr or per-document values)")
         if abs(gap) <= margin:
-            return Finding(INCONCLUSIVE, f"gap {gap:+.3g} within ±{margin:.2g} ({rule.z} SE)")
-        return Finding(YES if gap > 0 else NO, f"gap {gap:+.3g} beyond ±{margin:.2g} ({rule.z} SE)")
-    return Finding(YES if gap > 0 or (or_equal and gap == 0) else NO, f"gap {gap:+.3g}")
+            return Finding(INCONCLUSIVE, f"gap {shown_gap} within ±{_shown(margin)} ({rule.z} SE)")
+        return Finding(YES if gap > 0 else NO, f"gap {shown_gap} beyond ±{_shown(margin)} ({rule.z} SE)")
+    return Finding(YES if gap > 0 or (or_equal and gap == 0) else NO, f"gap {shown_gap}")
 
 
 def greater(a: dict[str, Any], b: dict[str, Any], column: str = "score", or_equal: bool = False) -> Callable[[Rows, Rule], Finding]:

@@ -162,7 +162,7 @@ def accuracy_vs_params(runs: Runs, model: str = PAPER_MODEL, min_tokens: int = M
     return fig
 
 
-def loss_curves(runs: Runs) -> Figure:
+def loss_curves(runs: Runs, min_tokens: int = MIN_TOKENS) -> Figure:
     """Training CE per step of every complete run, coloured by init (the paper's Fig. F.1 shows only curves)."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
@@ -181,7 +181,8 @@ def loss_curves(runs: Runs) -> Figure:
         color = baseline or INIT_COLORS.get(setting.get("init"), "tab:purple")
         style = "--" if pd.notna(setting.get("lora_rank")) and setting.get("lora_rank", 0) > 0 else "-"
         ax.plot(curve["step"], curve[column], style, color=color, label=kind(setting), linewidth=1.2)
-    ax.set(title="Ours: training loss per init (dashed: relaxed)", xlabel="Step", ylabel=f"Training {column}")
+    title = f"Ours: training loss per init (dashed: relaxed)\n{budget_caption(summary, min_tokens)}"
+    ax.set(title=title, xlabel="Step", ylabel=f"Training {column}")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     return fig
@@ -217,5 +218,5 @@ def throughput_vs_accuracy(table_k2: PaperTable) -> Figure:
 
 
 def all_figures(runs: Runs, tables: dict[str, PaperTable], min_tokens: int = MIN_TOKENS) -> dict[str, Figure]:
-    return {"accuracy_vs_params": accuracy_vs_params(runs, min_tokens=min_tokens), "loss_curves": loss_curves(runs),
+    return {"accuracy_vs_params": accuracy_vs_params(runs, min_tokens=min_tokens), "loss_curves": loss_curves(runs, min_tokens),
             "throughput_vs_accuracy": throughput_vs_accuracy(tables["K.2"])}

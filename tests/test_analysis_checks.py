@@ -215,3 +215,19 @@ def test_report_shows_no_absolute_path(tmp_path):
     assert "at least 1,000 tokens" in texts["report.md"] and "`sweep/broken/record.json`" in texts["report.md"]
     for name, text in texts.items():
         assert str(tmp_path) not in text and not ABSOLUTE.search(text), name
+
+
+REPO = Path(__file__).parents[1]
+SHIPPED = REPO / "docs" / "report"
+
+
+def test_shipped_report_is_generated_from_its_records_and_claims_no_direction(tmp_path, monkeypatch):
+    """docs/report is what `python -m analysis.report docs/report/records --out docs/report` writes (tables and
+    checks; PNGs depend on the matplotlib build), and its 6,144-token runs answer no check yes or no."""
+    monkeypatch.chdir(REPO)
+    main(["docs/report/records", "--out", str(tmp_path)])
+    for generated in sorted(tmp_path.glob("*.csv")) + [tmp_path / "report.md"]:
+        assert generated.read_text() == (SHIPPED / generated.name).read_text(), f"docs/report/{generated.name} is stale"
+    for checks in SHIPPED.glob("checks_*.csv"):
+        ours = pd.read_csv(checks).filter(like="ours (")
+        assert set(ours.stack()) <= {"inconclusive", "n.a."}, checks.name
