@@ -98,21 +98,27 @@ def compare(first: Estimate, second: Estimate, rule: Rule, or_equal: bool = Fals
     the reason's gap is first - second in score units (positive: as claimed)."""
     gap = first.mean - second.mean
     shown_gap = _shown(gap, "+")
-    tokens = min(first.tokens, second.tokens) if not (math.isnan(first.tokens) or math.isnan(second.tokens)) else math.nan
+    tokens = (
+        min(first.tokens, second.tokens) if not (math.isnan(first.tokens) or math.isnan(second.tokens)) else math.nan
+    )
     if rule.min_tokens is not None and not tokens >= rule.min_tokens:
         shown = "unknown" if math.isnan(tokens) else f"{tokens:,.0f}"
         return Finding(INCONCLUSIVE, f"gap {shown_gap}; token budget {shown} < minimum {rule.min_tokens:,}")
     if rule.z is not None:
         margin = rule.z * math.hypot(first.se, second.se)
         if math.isnan(margin):
-            return Finding(INCONCLUSIVE, f"gap {shown_gap} without an uncertainty (one run, no stderr or per-document values)")
+            return Finding(
+                INCONCLUSIVE, f"gap {shown_gap} without an uncertainty (one run, no stderr or per-document values)"
+            )
         if abs(gap) <= margin:
             return Finding(INCONCLUSIVE, f"gap {shown_gap} within ±{_shown(margin)} ({rule.z} SE)")
         return Finding(YES if gap > 0 else NO, f"gap {shown_gap} beyond ±{_shown(margin)} ({rule.z} SE)")
     return Finding(YES if gap > 0 or (or_equal and gap == 0) else NO, f"gap {shown_gap}")
 
 
-def greater(a: dict[str, Any], b: dict[str, Any], column: str = "score", or_equal: bool = False) -> Callable[[Rows, Rule], Finding]:
+def greater(
+    a: dict[str, Any], b: dict[str, Any], column: str = "score", or_equal: bool = False
+) -> Callable[[Rows, Rule], Finding]:
     """Rows matching ``a`` score above (or level with) rows matching ``b``."""
     def answer(rows: Rows, rule: Rule) -> Finding:
         first, second = estimate(rows, a, column), estimate(rows, b, column)

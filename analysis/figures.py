@@ -31,7 +31,10 @@ from analysis.uncertainty import mean_se
 
 INIT_COLORS = {"stepwise": "tab:blue", "average": "tab:orange", "lower": "tab:green", "upper": "tab:olive",
                "random": "tab:gray"}
-BASELINE_STYLE = {"full-size": dict(marker="*", color="black", s=160), "reduced-size": dict(marker="s", color="tab:red", s=70)}
+BASELINE_STYLE = {
+    "full-size": dict(marker="*", color="black", s=160),
+    "reduced-size": dict(marker="s", color="tab:red", s=70),
+}
 BASIS_LABEL = {AVG: "Few-shot accuracy, Avg of 7 tasks (%)", "ppl": "Held-out perplexity (lower is better)",
                "val_loss": "Final validation CE (lower is better)", "loss": "Final training CE (lower is better)"}
 
@@ -67,7 +70,13 @@ def _scatter(ax: Axes, frame: pd.DataFrame, x: str, y: str, label_ranks: bool = 
         if label_ranks and "lora_rank" in group:
             for _, point in group.dropna(subset=["lora_rank"]).iterrows():
                 if point["lora_rank"] > 0:
-                    ax.annotate(f"r{int(point['lora_rank'])}", (point[x], point[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                    ax.annotate(
+                        f"r{int(point['lora_rank'])}",
+                        (point[x], point[y]),
+                        textcoords="offset points",
+                        xytext=(4, 4),
+                        fontsize=7,
+                    )
 
 
 def _paper_points(model: str) -> pd.DataFrame:
@@ -142,7 +151,11 @@ def accuracy_vs_params(runs: Runs, model: str = PAPER_MODEL, min_tokens: int = M
     fig = Figure(figsize=(12, 4.5))
     left, right = fig.subplots(1, 2)
     _scatter(left, _paper_points(model), "n_emb", AVG, label_ranks=True)
-    left.set(title=f"Paper: {model}, B=2, 15B tokens (Tables F.1, G.2)", xlabel="Non-embedding parameters (B)", ylabel=BASIS_LABEL[AVG])
+    left.set(
+        title=f"Paper: {model}, B=2, 15B tokens (Tables F.1, G.2)",
+        xlabel="Non-embedding parameters (B)",
+        ylabel=BASIS_LABEL[AVG],
+    )
     left.legend(fontsize=7)
     summary = runs.summary()
     basis = _ours_basis(summary)
@@ -197,16 +210,31 @@ def throughput_vs_accuracy(table_k2: PaperTable) -> Figure:
         label = ("vanilla" if row["batching"] == "static" else "vanilla + CSB") if pd.isna(row["loops"]) else (
             "recursive + CDB" if pd.isna(row["lora_rank"]) else f"relaxed r{int(row['lora_rank'])} + CDB")
         left.scatter(row["throughput"], row["acc"], s=60, marker="*" if pd.isna(row["loops"]) else "o")
-        left.annotate(f"{label} (x{row['speedup_vanilla']:.2f})", (row["throughput"], row["acc"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    left.set(title="Paper Fig. 8: Gemma, simulated A100 throughput", xlabel="Throughput (tokens/s)", ylabel=BASIS_LABEL[AVG])
+        left.annotate(
+            f"{label} (x{row['speedup_vanilla']:.2f})",
+            (row["throughput"], row["acc"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=7,
+        )
+    left.set(
+        title="Paper Fig. 8: Gemma, simulated A100 throughput", xlabel="Throughput (tokens/s)", ylabel=BASIS_LABEL[AVG]
+    )
     frame = table_k2.frame
     ours = frame[(frame["source"] == "ours")].dropna(subset=["throughput"])
     basis = table_k2.basis
     if not ours.empty and basis is not None and ours[basis].notna().any():
-        for _, row in ours.dropna(subset=[basis]).drop_duplicates(["model", "variant", "lora_rank", "engine"]).iterrows():
+        for _, row in (
+            ours.dropna(subset=[basis]).drop_duplicates(["model", "variant", "lora_rank", "engine"]).iterrows()
+        ):
             right.scatter(row["throughput"], row[basis], s=60)
-            right.annotate(f"{kind(row)} + {row['engine']} (x{row['speedup_vanilla']:.2f})", (row["throughput"], row[basis]),
-                           textcoords="offset points", xytext=(4, 4), fontsize=7)
+            right.annotate(
+                f"{kind(row)} + {row['engine']} (x{row['speedup_vanilla']:.2f})",
+                (row["throughput"], row[basis]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
         right.set_ylabel(BASIS_LABEL[basis])
         if not BASES[basis]:
             right.invert_yaxis()
@@ -218,5 +246,8 @@ def throughput_vs_accuracy(table_k2: PaperTable) -> Figure:
 
 
 def all_figures(runs: Runs, tables: dict[str, PaperTable], min_tokens: int = MIN_TOKENS) -> dict[str, Figure]:
-    return {"accuracy_vs_params": accuracy_vs_params(runs, min_tokens=min_tokens), "loss_curves": loss_curves(runs, min_tokens),
-            "throughput_vs_accuracy": throughput_vs_accuracy(tables["K.2"])}
+    return {
+        "accuracy_vs_params": accuracy_vs_params(runs, min_tokens=min_tokens),
+        "loss_curves": loss_curves(runs, min_tokens),
+        "throughput_vs_accuracy": throughput_vs_accuracy(tables["K.2"]),
+    }

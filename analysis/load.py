@@ -58,7 +58,9 @@ class Runs:
         loops = out["loops"] if "loops" in out else pd.Series(dtype=float)
         if "variant" in out:  # full / reduced models loop once (a reduced run's loops name the B it stands in for)
             loops = loops.where(out["variant"].fillna("recursive") == "recursive", 1)
-        out = out.join(_task_scores(self.evals, exit_loop, loops)).join(_perplexities(self.perplexity, exit_loop, loops))
+        out = out.join(_task_scores(self.evals, exit_loop, loops)).join(
+            _perplexities(self.perplexity, exit_loop, loops)
+        )
         if exit_loop is None:
             out = out.join(_last_loss(self.metrics)).join(_throughputs(self.throughput))
         for column in [*TASK_COLUMNS, AVG, "Avg_se", "ppl", "ppl_se", "val_loss", "loss"]:

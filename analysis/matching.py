@@ -51,7 +51,9 @@ def paper_setting(row: pd.Series, full_n_emb: float | None = None) -> dict[str, 
         keys = {"variant": "full"}
     keys["early_exit"] = "none"  # tables without an early-exit column trained none; J.1 / K.2 rows override it
     kd = row.get("kd")
-    keys["distill"] = (row.get("kd_func") if _present(row.get("kd_func")) else "forward_kl") if _present(kd) and kd else "none"
+    keys["distill"] = (
+        (row.get("kd_func") if _present(row.get("kd_func")) else "forward_kl") if _present(kd) and kd else "none"
+    )
     return {key: value for key, value in keys.items() if _present(value)}
 
 
@@ -124,7 +126,11 @@ def _equal(value: Any, wanted: Any) -> bool:
     if not _present(value):
         return False
     if isinstance(wanted, bool) or isinstance(value, bool):
-        return bool(value) == bool(wanted) if isinstance(value, (bool, int, float)) else str(value).lower() == str(wanted).lower()
+        return (
+            bool(value) == bool(wanted)
+            if isinstance(value, (bool, int, float))
+            else str(value).lower() == str(wanted).lower()
+        )
     if isinstance(wanted, (int, float)):
         try:
             return math.isclose(float(value), float(wanted))

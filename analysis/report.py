@@ -114,12 +114,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output directory for report.md, CSVs and PNGs")
     parser.add_argument("--paper-model", default=PAPER_MODEL,
                         help=f"paper rows to compare with (default {PAPER_MODEL!r}; 'all' for every model)")
-    parser.add_argument("--min-tokens", type=int, default=MIN_TOKENS,
-                        help=f"training tokens a run needs before our checks may answer yes / no (default {MIN_TOKENS:,})")
+    parser.add_argument(
+        "--min-tokens",
+        type=int,
+        default=MIN_TOKENS,
+        help=f"training tokens a run needs before our checks may answer yes / no (default {MIN_TOKENS:,})",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        path = write_report(args.runs, args.out, None if args.paper_model == "all" else args.paper_model, args.min_tokens)
+        path = write_report(
+            args.runs, args.out, None if args.paper_model == "all" else args.paper_model, args.min_tokens
+        )
     except (MissingRoot, MissingExtraError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -20,15 +20,41 @@ import pandas as pd
 from analysis.checks import MIN_TOKENS, OURS, PAPER, Check, Rule, best, greater, largest_is_worse
 from analysis.columns import AVG, BASES, PAPER_PPL, TASK_COLUMNS
 from analysis.load import Runs
-from analysis.matching import TIER, budget_tiers, derive_early_exit, early_exit_setting, matching, paper_setting, paper_tiers
+from analysis.matching import (
+    TIER,
+    budget_tiers,
+    derive_early_exit,
+    early_exit_setting,
+    matching,
+    paper_setting,
+    paper_tiers,
+)
 from analysis.paper import paper_table
 from analysis.uncertainty import mean_se
 
 PAPER_MODEL = "Gemma 2B"  # the paper's main model and the closest relative of our gemma-3-270m
 ACCURACY = [*TASK_COLUMNS, AVG]
-SETTING_COLUMNS = ["variant", "loops", "init", "pretrained", "lora_rank", "lora_init", "adapter", "distill", TIER, "token_budget",
-                   "uptrained", "early_exit", "early_exit_coef", "early_exit_kd", "early_exit_phase", "early_exit_data",
-                   "early_exit_freeze", "engine", "exit_loop"]
+SETTING_COLUMNS = [
+    "variant",
+    "loops",
+    "init",
+    "pretrained",
+    "lora_rank",
+    "lora_init",
+    "adapter",
+    "distill",
+    TIER,
+    "token_budget",
+    "uptrained",
+    "early_exit",
+    "early_exit_coef",
+    "early_exit_kd",
+    "early_exit_phase",
+    "early_exit_data",
+    "early_exit_freeze",
+    "engine",
+    "exit_loop",
+]
 ENGINES = {"static": "vanilla", "csb": "csb", "cdb": "cdb"}
 OURS_ONLY = ["ppl", "val_loss", "loss"]  # our fallback scores (see columns.BASES); the paper has no such columns
 
@@ -154,20 +180,24 @@ def _checks(frame: pd.DataFrame, models: list[str], checks: list[Check], basis: 
     return pd.DataFrame(table)
 
 
-BUDGET_NOTE = ("budget_tier: the paper's k-th smallest uptraining budget (15B, 60B) matches our k-th smallest token_budget "
-               "of the same model; original = not uptrained (token_budget 0); token_budget: training tokens per run "
-               "(paper: ntok; ours: the smallest among the row's runs)")
+BUDGET_NOTE = (
+    "budget_tier: the paper's k-th smallest uptraining budget (15B, 60B) matches our k-th smallest token_budget "
+    "of the same model; original = not uptrained (token_budget 0); token_budget: training tokens per run "
+    "(paper: ntok; ours: the smallest among the row's runs)"
+)
 
 
 def _note(basis: str | None, extra: str = "") -> str:
-    scored = {AVG: "ours: lm-eval 7-task scores (percent)",
-              "ppl": "ours: no 7-task lm-eval scores in the runs, so our runs are compared by held-out perplexity "
-                     "(column ppl, lower is better) in the checks",
-              "val_loss": "ours: no lm-eval scores or perplexities in the runs, so our runs are compared by the last "
-                          "validation cross-entropy logged in training (column val_loss, lower is better) in the checks",
-              "loss": "ours: no lm-eval scores, perplexities or validation losses in the runs, so our runs are compared "
-                      "by the last training cross-entropy (column loss, lower is better) in the checks",
-              None: "ours: no complete run matches any row"}[basis]
+    scored = {
+        AVG: "ours: lm-eval 7-task scores (percent)",
+        "ppl": ("ours: no 7-task lm-eval scores in the runs, so our runs are compared by held-out perplexity "
+                "(column ppl, lower is better) in the checks"),
+        "val_loss": ("ours: no lm-eval scores or perplexities in the runs, so our runs are compared by the last "
+                     "validation cross-entropy logged in training (column val_loss, lower is better) in the checks"),
+        "loss": ("ours: no lm-eval scores, perplexities or validation losses in the runs, so our runs are compared "
+                 "by the last training cross-entropy (column loss, lower is better) in the checks"),
+        None: "ours: no complete run matches any row",
+    }[basis]
     return "; ".join(part for part in (scored, extra) if part)
 
 
@@ -227,38 +257,95 @@ def table_2(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> P
 
 def table_d1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
     rows = [_Row(row, {"variant": "full", "uptrained": False}) for _, row in _paper("D.1", model).iterrows()]
-    return _table("D.1", "Table D.1: pretrained checkpoints (ours: the original model, not uptrained)", runs, rows, ACCURACY, [], rule)
+    return _table(
+        "D.1",
+        "Table D.1: pretrained checkpoints (ours: the original model, not uptrained)",
+        runs,
+        rows,
+        ACCURACY,
+        [],
+        rule,
+    )
 
 
 def table_f1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
     checks = [
         Check("Stepwise is the best init for strict recursion (B=2)", best(RECURSIVE_B2, "init", STEP)),
-        Check("Recursive (Stepwise, B=2) beats the reduced-size model", greater({**RECURSIVE_B2, "init": STEP}, {"variant": "reduced", "loops": 2})),
-        Check("Pretrained init (Stepwise) beats random init (B=2)", greater({**RECURSIVE_B2, "init": STEP}, {"variant": "recursive", "loops": 2, "init": "random"})),
-        Check("Full-size model beats every recursive one", greater({"variant": "full"}, {**RECURSIVE_B2, "init": STEP})),
+        Check(
+            "Recursive (Stepwise, B=2) beats the reduced-size model",
+            greater({**RECURSIVE_B2, "init": STEP}, {"variant": "reduced", "loops": 2}),
+        ),
+        Check(
+            "Pretrained init (Stepwise) beats random init (B=2)",
+            greater({**RECURSIVE_B2, "init": STEP}, {"variant": "recursive", "loops": 2, "init": "random"}),
+        ),
+        Check(
+            "Full-size model beats every recursive one", greater({"variant": "full"}, {**RECURSIVE_B2, "init": STEP})
+        ),
     ]
-    return _table("F.1", "Table F.1: looped-layer initialization (strict recursion)", runs, _rows(_paper("F.1", model)), PPL_VALUES, checks, rule)
+    return _table(
+        "F.1",
+        "Table F.1: looped-layer initialization (strict recursion)",
+        runs,
+        _rows(_paper("F.1", model)),
+        PPL_VALUES,
+        checks,
+        rule,
+    )
 
 
 def table_g2(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
     relaxed = {"variant": "recursive", "loops": 2, "lora_init": "svd"}
     checks = [
-        Check("Average is the best init for relaxed models (largest SVD rank)", best(relaxed, "init", AVERAGE, largest="lora_rank")),
-        Check("SVD beats zero LoRA init (Average, rank 512)", greater({**relaxed, "init": AVERAGE, "lora_rank": 512}, {"variant": "recursive", "init": AVERAGE, "lora_rank": 512, "lora_init": "zero"})),
-        Check("Relaxation helps Average init (rank 512 SVD > strict)", greater({**relaxed, "init": AVERAGE, "lora_rank": 512}, {**RECURSIVE_B2, "init": AVERAGE})),
+        Check(
+            "Average is the best init for relaxed models (largest SVD rank)",
+            best(relaxed, "init", AVERAGE, largest="lora_rank"),
+        ),
+        Check(
+            "SVD beats zero LoRA init (Average, rank 512)",
+            greater(
+                {**relaxed, "init": AVERAGE, "lora_rank": 512},
+                {"variant": "recursive", "init": AVERAGE, "lora_rank": 512, "lora_init": "zero"},
+            ),
+        ),
+        Check(
+            "Relaxation helps Average init (rank 512 SVD > strict)",
+            greater({**relaxed, "init": AVERAGE, "lora_rank": 512}, {**RECURSIVE_B2, "init": AVERAGE}),
+        ),
     ]
-    return _table("G.2", "Table G.2: relaxed models (init x rank x LoRA init)", runs, _rows(_paper("G.2", model)), PPL_VALUES, checks, rule)
+    return _table(
+        "G.2",
+        "Table G.2: relaxed models (init x rank x LoRA init)",
+        runs,
+        _rows(_paper("G.2", model)),
+        PPL_VALUES,
+        checks,
+        rule,
+    )
 
 
 def table_i1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
     step = {**RECURSIVE_B2, "init": STEP, TIER: 0}
     checks = [
-        Check("KD (forward KL) helps strict recursion", greater({**step, "distill": "forward_kl"}, {**step, "distill": "none"})),
-        Check("KD (forward KL) helps the relaxed model (Average, r=256)", greater(
-            {"init": AVERAGE, "lora_rank": 256, "distill": "forward_kl"}, {"init": AVERAGE, "lora_rank": 256, "distill": "none"})),
-        Check("Longer uptraining helps (60B vs 15B tier, no KD)", greater({**step, TIER: 1, "distill": "none"}, {**step, "distill": "none"})),
+        Check(
+            "KD (forward KL) helps strict recursion",
+            greater({**step, "distill": "forward_kl"}, {**step, "distill": "none"}),
+        ),
+        Check(
+            "KD (forward KL) helps the relaxed model (Average, r=256)",
+            greater(
+                {"init": AVERAGE, "lora_rank": 256, "distill": "forward_kl"},
+                {"init": AVERAGE, "lora_rank": 256, "distill": "none"},
+            ),
+        ),
+        Check(
+            "Longer uptraining helps (60B vs 15B tier, no KD)",
+            greater({**step, TIER: 1, "distill": "none"}, {**step, "distill": "none"}),
+        ),
     ]
-    return _table("I.1", "Table I.1: longer uptraining and KD loss", runs, _rows(_paper("I.1", model)), PPL_VALUES, checks, rule)
+    return _table(
+        "I.1", "Table I.1: longer uptraining and KD loss", runs, _rows(_paper("I.1", model)), PPL_VALUES, checks, rule
+    )
 
 
 def table_j1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
@@ -267,18 +354,35 @@ def table_j1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> 
     base = {**RECURSIVE_B2, "init": STEP, "uptrained": True, "distill": "none"}
     before = paper_table("3").iloc[[0]]
     rows = [_Row(r, {**base, "early_exit": "none", TIER: 0}) for _, r in before.iterrows()]
-    rows += [_Row(r, {**base, **early_exit_setting(r)}, None if r["output"] == "final" else 1) for _, r in paper_table("J.1").iterrows()]
+    rows += [
+        _Row(r, {**base, **early_exit_setting(r)}, None if r["output"] == "final" else 1)
+        for _, r in paper_table("J.1").iterrows()
+    ]
     agg = {"early_exit": "aggressive", "early_exit_coef": 0.1, "early_exit_kd": False, "early_exit_phase": "post",
            "early_exit_data": "overlap", "early_exit_freeze": False}
     weighted = {**agg, "early_exit": "weighted"}
     del weighted["early_exit_coef"]
     final = {"exit_loop": None}
     checks = [
-        Check("Aggressive EE (0.1) keeps the final output (>= before EE)", greater({**agg, **final}, {"early_exit": "none"}, or_equal=True)),
+        Check(
+            "Aggressive EE (0.1) keeps the final output (>= before EE)",
+            greater({**agg, **final}, {"early_exit": "none"}, or_equal=True),
+        ),
         Check("Weighted EE hurts the final output", greater({"early_exit": "none"}, {**weighted, **final})),
-        Check("Aggressive EE (0.1): loop-1 output is weaker than the final", greater({**agg, **final}, {**agg, "exit_loop": 1})),
+        Check(
+            "Aggressive EE (0.1): loop-1 output is weaker than the final",
+            greater({**agg, **final}, {**agg, "exit_loop": 1}),
+        ),
     ]
-    return _table("J.1", "Table J.1 / Table 3: early-exit training (final and loop-1 outputs)", runs, rows, PPL_VALUES, checks, rule)
+    return _table(
+        "J.1",
+        "Table J.1 / Table 3: early-exit training (final and loop-1 outputs)",
+        runs,
+        rows,
+        PPL_VALUES,
+        checks,
+        rule,
+    )
 
 
 MID1, MID2 = "Avg@loop1", "Avg@loop2"
@@ -307,18 +411,42 @@ def table_k2(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> 
     values = [AVG, MID1, MID2, "throughput", "speedup_vanilla"]
     frame, models = _compare(runs, rows, values, ours=_ours_throughput, delta=[])
     ours = frame["source"] == "ours"
-    vanilla = frame[ours & (frame["variant"] == "full") & (frame["engine"] == "vanilla")].groupby("model")["throughput"].mean()
+    vanilla = (
+        frame[ours & (frame["variant"] == "full") & (frame["engine"] == "vanilla")]
+        .groupby("model")["throughput"]
+        .mean()
+    )
     frame.loc[ours, "speedup_vanilla"] = frame.loc[ours, "throughput"] / frame.loc[ours, "model"].map(vanilla)
     frame = _fill_deltas(frame, [AVG, MID1, "speedup_vanilla"])
     recursive = {"variant": "recursive", "lora_rank": 0, "engine": "cdb"}
     checks = [
-        Check("Recursive + CDB beats the vanilla full-size model's throughput", greater(recursive, {"variant": "full", "engine": "vanilla"}, "throughput"), "throughput"),
-        Check("Continuous sequence batching beats vanilla (full-size)", greater({"variant": "full", "engine": "csb"}, {"variant": "full", "engine": "vanilla"}, "throughput"), "throughput"),
-        Check("Throughput falls as the LoRA rank grows (Average, Agg 0.1)", largest_is_worse(
-            {"variant": "recursive", "loops": 2, "init": AVERAGE, "early_exit_coef": 0.1}, "lora_rank", "throughput"), "throughput"),
+        Check(
+            "Recursive + CDB beats the vanilla full-size model's throughput",
+            greater(recursive, {"variant": "full", "engine": "vanilla"}, "throughput"),
+            "throughput",
+        ),
+        Check(
+            "Continuous sequence batching beats vanilla (full-size)",
+            greater({"variant": "full", "engine": "csb"}, {"variant": "full", "engine": "vanilla"}, "throughput"),
+            "throughput",
+        ),
+        Check(
+            "Throughput falls as the LoRA rank grows (Average, Agg 0.1)",
+            largest_is_worse(
+                {"variant": "recursive", "loops": 2, "init": AVERAGE, "early_exit_coef": 0.1}, "lora_rank", "throughput"
+            ),
+            "throughput",
+        ),
     ]
-    return _finish("K.2", "Table K.2 / Fig. 8: throughput (paper: simulated A100; ours: measured engines)", frame, models,
-                   checks, rule, "throughput in tokens/s, paper = mean over SlimP/RedP/PG19; speedup_vanilla = / the vanilla full-size row")
+    return _finish(
+        "K.2",
+        "Table K.2 / Fig. 8: throughput (paper: simulated A100; ours: measured engines)",
+        frame,
+        models,
+        checks,
+        rule,
+        "throughput in tokens/s, paper = mean over SlimP/RedP/PG19; speedup_vanilla = / the vanilla full-size row",
+    )
 
 
 BUILDERS: dict[str, Callable[..., PaperTable]] = {

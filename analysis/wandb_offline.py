@@ -23,8 +23,11 @@ CHUNK_HEADER = struct.Struct("<IHB")  # crc32, length, type
 FULL, LAST = 1, 4
 
 
-def read_offline_runs(*roots: str | Path, skip_run_dirs: set[Path] = frozenset()) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
-    """Every offline wandb run under ``roots`` whose run dir (the folder holding ``wandb/``) is not in ``skip_run_dirs``."""
+def read_offline_runs(
+    *roots: str | Path, skip_run_dirs: set[Path] = frozenset()
+) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+    """Every offline wandb run under ``roots`` whose run dir (the folder holding ``wandb/``) is not in
+    ``skip_run_dirs``."""
     records, problems = [], []
     for path in sorted({p for root in roots for p in Path(root).rglob("offline-run-*/run-*.wandb")}):
         if path.parent.parent.parent.resolve() in skip_run_dirs:
@@ -58,8 +61,14 @@ def _record(path: Path) -> dict[str, Any]:
     metrics = [{"step": row.get("step", row.get("trainer/global_step", row.get("_step"))), **row} for row in history]
     setting = config.get("setting") if isinstance(config.get("setting"), dict) else _scalars(config)
     return {
-        "schema": 1, "run_id": f"wandb-{run_id}", "status": status, "run_dir": str(path.parent.parent.parent),
-        "record_path": str(path), "config": config, "setting": setting, "summary": {k: v for k, v in _scalars(summary).items() if not k.startswith("_")},
+        "schema": 1,
+        "run_id": f"wandb-{run_id}",
+        "status": status,
+        "run_dir": str(path.parent.parent.parent),
+        "record_path": str(path),
+        "config": config,
+        "setting": setting,
+        "summary": {k: v for k, v in _scalars(summary).items() if not k.startswith("_")},
         "metrics": [{k: v for k, v in row.items() if not k.startswith("_")} for row in metrics],
     }
 

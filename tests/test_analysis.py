@@ -50,8 +50,20 @@ SWEEP = [
     ("ee-agg", dict(init="stepwise", early_exit="aggressive", early_exit_coef=0.1, **POST), 50.5),
     ("ee-weighted", dict(init="stepwise", early_exit="weighted", **POST), 49.0),
 ]
-BASE_SETTING = dict(model="gemma3_270m", variant="recursive", loops=2, looping="cycle", init="stepwise", lora_rank=0,
-                    lora_init="svd", distill="none", early_exit="none", early_exit_kd=False, token_budget=BUDGET, pretrained=True)
+BASE_SETTING = dict(
+    model="gemma3_270m",
+    variant="recursive",
+    loops=2,
+    looping="cycle",
+    init="stepwise",
+    lora_rank=0,
+    lora_init="svd",
+    distill="none",
+    early_exit="none",
+    early_exit_kd=False,
+    token_budget=BUDGET,
+    pretrained=True,
+)
 N_EMB = {"full": 100e6, "reduced": 50e6}
 THROUGHPUT = {"full-15": {"vanilla": 100.0, "csb": 150.0}, "ee-agg": {"cdb": 260.0}}
 
@@ -76,7 +88,13 @@ def write_sweep(root: Path, with_evals: bool = True) -> Path:
         record = RunRecord.create(root / name, setting=setting, status="complete",
                                   params={"non_embedding": N_EMB.get(setting["variant"], 50e6 + rank * 1e4)},
                                   budget={"tokens": setting["token_budget"], "steps": 4})
-        record.append("metrics", [{"step": s, "tokens": 1024 * s, "loss": 10 - avg / 10 + 1 / s, "ce": 10 - avg / 10 + 1 / s} for s in range(1, 5)])
+        record.append(
+            "metrics",
+            [
+                {"step": s, "tokens": 1024 * s, "loss": 10 - avg / 10 + 1 / s, "ce": 10 - avg / 10 + 1 / s}
+                for s in range(1, 5)
+            ],
+        )
         record.append("perplexity", perplexity(round(200 / avg, 4), None))
         if with_evals:
             record.append("evals", evals(avg, None))
@@ -88,7 +106,9 @@ def write_sweep(root: Path, with_evals: bool = True) -> Path:
     (root / "truncated" / "record.json").write_text(json.dumps({"schema": 1, "run_id": "truncated"})[:-7])
     (root / "partial").mkdir()
     (root / "partial" / "record.json").write_text(json.dumps({"schema": 1, "run_id": "partial", "status": "complete"}))
-    RunRecord.create(root / "still-running", setting={**BASE_SETTING, "init": "upper"}).append("evals", evals(99.0, None))
+    RunRecord.create(root / "still-running", setting={**BASE_SETTING, "init": "upper"}).append(
+        "evals", evals(99.0, None)
+    )
     return root
 
 
@@ -155,7 +175,10 @@ def test_paper_avg_is_the_mean_of_the_seven_tasks(name):
 
 def test_fig8_is_the_mean_throughput_of_k2():
     k2 = paper_table("K.2")
-    gemma = k2[(k2["model"] == "Gemma 2B") & k2["loops"].isin([2]) & (k2["early_exit_coef"] == 0.1) | (k2["model"] == "Gemma 2B") & k2["loops"].isna()]
+    gemma = k2[
+        (k2["model"] == "Gemma 2B") & k2["loops"].isin([2]) & (k2["early_exit_coef"] == 0.1)
+        | (k2["model"] == "Gemma 2B") & k2["loops"].isna()
+    ]
     thr = gemma[["thr_slimpajama", "thr_redpajama", "thr_pg19"]].mean(axis=1).to_numpy()
     fig8 = paper_table("Fig. 8")
     assert np.abs(thr - fig8["throughput"].to_numpy()).max() < 1  # the paper truncates some means (2149.67 -> 2149)
@@ -167,7 +190,12 @@ def test_paper_spot_values():
     assert f1.loc[("Gemma 2B", 2.0, "stepwise"), "Avg"] == 51.7
     assert f1.loc[("Gemma 2B", 2.0, "random"), "pt"] == False  # noqa: E712
     j1 = paper_table("J.1")
-    agg = j1[(j1["early_exit"] == "aggressive") & (j1["early_exit_coef"] == 0.1) & j1["early_exit_kd"] & (j1["output"] == "loop1")]
+    agg = j1[
+        (j1["early_exit"] == "aggressive")
+        & (j1["early_exit_coef"] == 0.1)
+        & j1["early_exit_kd"]
+        & (j1["output"] == "loop1")
+    ]
     assert agg["Avg"].tolist() == [48.0]
 
 

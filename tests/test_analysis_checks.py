@@ -27,11 +27,17 @@ def run(root: Path, name: str, avg: float | None = None, ppl: float | None = Non
         spread: float | None = 0.01, **setting) -> RunRecord:
     """A complete run scored by lm-eval (``avg``) or by held-out perplexity only (``ppl``; per-document NLLs
     spread around it, or none with ``spread=None``)."""
-    record = RunRecord.create(root / name, setting={**BASE_SETTING, "token_budget": ENOUGH, **setting}, status="complete")
+    record = RunRecord.create(
+        root / name, setting={**BASE_SETTING, "token_budget": ENOUGH, **setting}, status="complete"
+    )
     if avg is not None:
         record.append("evals", evals(avg, None, stderr))
     if ppl is not None:
-        row = perplexity(ppl, None, spread) if spread is not None else {"dataset": "heldout", "exit_loop": None, "ppl": ppl}
+        row = (
+            perplexity(ppl, None, spread)
+            if spread is not None
+            else {"dataset": "heldout", "exit_loop": None, "ppl": ppl}
+        )
         record.append("perplexity", row)
     return record
 
@@ -51,8 +57,14 @@ def verdicts(table, model: str = "gemma3_270m") -> list[str]:
 def _agg_final(table, phase: str, data: str) -> pd.Series:
     """The ours row of J.1's Agg (0.1), no-KD, final-output row with that phase and data."""
     rows = ours(table)
-    row = rows[(rows["early_exit"] == "aggressive") & (rows["early_exit_coef"] == 0.1) & (rows["early_exit_kd"] == False)  # noqa: E712
-               & (rows["early_exit_phase"] == phase) & (rows["early_exit_data"] == data) & rows["exit_loop"].isna()]
+    row = rows[
+        (rows["early_exit"] == "aggressive")
+        & (rows["early_exit_coef"] == 0.1)
+        & (rows["early_exit_kd"] == False)  # noqa: E712
+        & (rows["early_exit_phase"] == phase)
+        & (rows["early_exit_data"] == data)
+        & rows["exit_loop"].isna()
+    ]
     assert len(row) == 1
     return row.iloc[0]
 

@@ -1,4 +1,5 @@
-"""analysis/results.ipynb executes headless (nbclient, the venv's kernel) on the records fixture and shows the tables."""
+"""analysis/results.ipynb executes headless (nbclient, the venv's kernel) on the records fixture and shows the
+tables."""
 
 from __future__ import annotations
 
@@ -16,11 +17,19 @@ def test_notebook_runs_and_shows_every_table(records_root, monkeypatch):  # noqa
     monkeypatch.setenv("RRT_RUNS", str(records_root))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    assert not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), "commit it without outputs"
-    NotebookClient(notebook, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(NOTEBOOK.parents[1])}}).execute()
+    assert not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
+        "commit it without outputs"
+    )
+    NotebookClient(
+        notebook, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(NOTEBOOK.parents[1])}}
+    ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
-    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", "")) + str(o.get("data", {}).get("text/plain", ""))
-                     for o in outputs)
+    text = "\n".join(
+        str(o.get("text", ""))
+        + str(o.get("data", {}).get("text/markdown", ""))
+        + str(o.get("data", {}).get("text/plain", ""))
+        for o in outputs
+    )
     assert "skipped (corrupt or partial): 2" in text
     for title in ("Table 2", "Table D.1", "Table F.1", "Table G.2", "Table I.1", "Table J.1", "Table K.2"):
         assert f"## {title}" in text
