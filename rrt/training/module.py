@@ -48,6 +48,8 @@ class RecursiveLMModule(L.LightningModule):
         super().__init__()
         self.student = student
         self._teacher = [teacher] if teacher is not None else []
+        # read once: the facade's lookups (family, recursion spec) do not change during a run
+        self._recursive = [RecursiveModel(m) for m in (student, teacher) if m is not None]
         self.loss_spec = loss
         self.optimizer_factory = optimizer
         self.total_steps, self.warmup_steps, self.min_lr_ratio = total_steps, warmup_steps, min_lr_ratio
@@ -64,12 +66,12 @@ class RecursiveLMModule(L.LightningModule):
             self.teacher.to(self.device)
 
     def losses(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        student = RecursiveModel(self.student)
+        student = self._recursive[0]
         with_exits = len(self.loss_spec.exit_weights) > 1
         exits = student.exit_hiddens(input_ids) if with_exits else [student.final_hidden(input_ids)]
         teacher_hidden = teacher_head = None
         if self.teacher is not None:
-            teacher = RecursiveModel(self.teacher)
+            teacher = self._recursive[1]
             with torch.no_grad():
                 teacher_hidden = teacher.final_hidden(input_ids)
             teacher_head = teacher.head
