@@ -42,7 +42,7 @@ assets: setup  ## fetch and cache the default model (gemma-3-270m) and the local
 train: assets  ## the main job: convert gemma-3-270m and uptrain it on this CPU (`make train ARGS="lora.rank=64"`)
 	$(PY) train.py $(ARGS)
 
-test: assets  ## the fast suite plus a bounded set of real integration tests (what CI runs)
+test: assets lint  ## lint, then the fast suite plus a bounded set of real integration tests (what CI runs)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-full: assets  ## everything, including slow tests
@@ -50,11 +50,13 @@ test-full: assets  ## everything, including slow tests
 
 BENCHMARKS := conversion training eval_speed serving lamda
 
-lint: setup  ## ruff (line length 120, pyflakes, pycodestyle errors, import order; config in pyproject.toml)
+lint: setup  ## ruff: formatting, line length 120, pyflakes, pycodestyle errors, import order (pyproject.toml)
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 
-format: setup  ## sort imports and fix what ruff can fix
-	$(VENV)/bin/ruff check --fix --select I .
+format: setup  ## format the code and fix what ruff can fix (imports sorted)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 bench: assets  ## ratio benchmarks (tables printed, JSON in benchmarks/results/)
 	for b in $(BENCHMARKS); do OMP_NUM_THREADS=1 $(PY) -m benchmarks.$$b || exit 1; done

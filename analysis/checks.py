@@ -120,11 +120,13 @@ def greater(
     a: dict[str, Any], b: dict[str, Any], column: str = "score", or_equal: bool = False
 ) -> Callable[[Rows, Rule], Finding]:
     """Rows matching ``a`` score above (or level with) rows matching ``b``."""
+
     def answer(rows: Rows, rule: Rule) -> Finding:
         first, second = estimate(rows, a, column), estimate(rows, b, column)
         if first is None or second is None:
             return Finding(NA, "no scored rows for " + ("either side" if first is second else "one side"))
         return compare(first, second, rule, or_equal)
+
     return answer
 
 
@@ -132,6 +134,7 @@ def best(where: dict[str, Any], by: str, expected: Any, largest: str | None = No
     """Among rows matching ``where`` (and, with ``largest``, at that column's largest scored value), the ``by``
     group ``expected`` beats every other group: yes when conclusively above each, no when some group is
     conclusively above it; needs ``expected`` and one more scored group."""
+
     def answer(rows: Rows, rule: Rule) -> Finding:
         candidates = matching(rows, where).dropna(subset=["score"])
         if largest is not None and len(candidates):
@@ -147,15 +150,18 @@ def best(where: dict[str, Any], by: str, expected: Any, largest: str | None = No
         pending = [name for name, finding in found.items() if finding.verdict != YES]
         name = pending[0] if pending else max(groups, key=lambda other: groups[other].mean)  # else the runner-up
         return Finding(INCONCLUSIVE if pending else YES, f"vs {name}: {found[name].reason}")
+
     return answer
 
 
 def largest_is_worse(where: dict[str, Any], along: str, column: str) -> Callable[[Rows, Rule], Finding]:
     """``column`` at the largest ``along`` value is below its value at the smallest (e.g. throughput vs rank)."""
+
     def answer(rows: Rows, rule: Rule) -> Finding:
         values = sorted(matching(rows, where).dropna(subset=[column])[along].unique())
         if len(values) < 2:
             return Finding(NA, f"needs two scored {along} values")
         smallest, largest = (estimate(rows, {**where, along: v}, column) for v in (values[0], values[-1]))
         return compare(smallest, largest, rule)
+
     return answer

@@ -29,14 +29,23 @@ from analysis.paper import paper_table
 from analysis.tables import PAPER_MODEL, PaperTable
 from analysis.uncertainty import mean_se
 
-INIT_COLORS = {"stepwise": "tab:blue", "average": "tab:orange", "lower": "tab:green", "upper": "tab:olive",
-               "random": "tab:gray"}
+INIT_COLORS = {
+    "stepwise": "tab:blue",
+    "average": "tab:orange",
+    "lower": "tab:green",
+    "upper": "tab:olive",
+    "random": "tab:gray",
+}
 BASELINE_STYLE = {
     "full-size": dict(marker="*", color="black", s=160),
     "reduced-size": dict(marker="s", color="tab:red", s=70),
 }
-BASIS_LABEL = {AVG: "Few-shot accuracy, Avg of 7 tasks (%)", "ppl": "Held-out perplexity (lower is better)",
-               "val_loss": "Final validation CE (lower is better)", "loss": "Final training CE (lower is better)"}
+BASIS_LABEL = {
+    AVG: "Few-shot accuracy, Avg of 7 tasks (%)",
+    "ppl": "Held-out perplexity (lower is better)",
+    "val_loss": "Final validation CE (lower is better)",
+    "loss": "Final training CE (lower is better)",
+}
 
 
 def kind(row: pd.Series) -> str:
@@ -207,8 +216,11 @@ def throughput_vs_accuracy(table_k2: PaperTable) -> Figure:
     left, right = fig.subplots(1, 2)
     paper = paper_table("Fig. 8")
     for _, row in paper.iterrows():
-        label = ("vanilla" if row["batching"] == "static" else "vanilla + CSB") if pd.isna(row["loops"]) else (
-            "recursive + CDB" if pd.isna(row["lora_rank"]) else f"relaxed r{int(row['lora_rank'])} + CDB")
+        label = (
+            ("vanilla" if row["batching"] == "static" else "vanilla + CSB")
+            if pd.isna(row["loops"])
+            else ("recursive + CDB" if pd.isna(row["lora_rank"]) else f"relaxed r{int(row['lora_rank'])} + CDB")
+        )
         left.scatter(row["throughput"], row["acc"], s=60, marker="*" if pd.isna(row["loops"]) else "o")
         left.annotate(
             f"{label} (x{row['speedup_vanilla']:.2f})",

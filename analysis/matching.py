@@ -22,8 +22,16 @@ ORIGINAL = "original"
 # early_exit_phase and early_exit_data have no default: a run that does not say is matched by neither Post nor Co,
 # Overlap nor New (see derive_early_exit for what can be derived honestly).
 DEFAULTS: dict[str, Any] = {
-    "variant": "recursive", "pretrained": True, "lora_rank": 0, "distill": "none", "early_exit": "none",
-    "early_exit_kd": False, "early_exit_freeze": False, "uptrained": True, TIER: 0, "adapter": "lora",
+    "variant": "recursive",
+    "pretrained": True,
+    "lora_rank": 0,
+    "distill": "none",
+    "early_exit": "none",
+    "early_exit_kd": False,
+    "early_exit_freeze": False,
+    "uptrained": True,
+    TIER: 0,
+    "adapter": "lora",
 }
 
 
@@ -35,8 +43,12 @@ def paper_setting(row: pd.Series, full_n_emb: float | None = None) -> dict[str, 
     """Setting constraints of one paper row (columns as in analysis/paper/*.csv)."""
     loops, pt = row.get("loops"), row.get("pt")
     if _present(loops):
-        keys: dict[str, Any] = {"variant": "recursive", "loops": int(loops), "init": row.get("init"),
-                                "pretrained": bool(pt) if _present(pt) else True}
+        keys: dict[str, Any] = {
+            "variant": "recursive",
+            "loops": int(loops),
+            "init": row.get("init"),
+            "pretrained": bool(pt) if _present(pt) else True,
+        }
         rank = row.get("lora_rank")
         keys["lora_rank"] = int(rank) if _present(rank) else 0
         if keys["lora_rank"] and _present(row.get("lora_init")):
@@ -63,8 +75,12 @@ def early_exit_setting(row: pd.Series) -> dict[str, Any]:
     keys: dict[str, Any] = {"early_exit": kind if _present(kind) else "none"}
     if keys["early_exit"] == "aggressive":
         keys["early_exit_coef"] = float(row["early_exit_coef"])
-    for column, key in (("early_exit_kd", "early_exit_kd"), ("train", "early_exit_phase"),
-                        ("data", "early_exit_data"), ("freeze", "early_exit_freeze")):
+    for column, key in (
+        ("early_exit_kd", "early_exit_kd"),
+        ("train", "early_exit_phase"),
+        ("data", "early_exit_data"),
+        ("freeze", "early_exit_freeze"),
+    ):
         if _present(row.get(column)):
             keys[key] = row[column]
     return keys

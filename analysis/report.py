@@ -37,10 +37,20 @@ def table_markdown(table: PaperTable, csv: str | None = None) -> str:
     """One table's report section: title, note, checks, the rows, and the paper CSV's provenance."""
     source = provenance(table.name) if table.name in PAPER_FILES else ""
     link = f" Full table: [{csv}]({csv})." if csv else ""
-    parts = [f"## {table.title}", f"*{table.note}.*", "", "Checks (paper's conclusion vs ours):", "",
-             markdown(table.checks) if len(table.checks) else "(none)", "",
-             f"Rows: `paper`, then per model `ours` (mean of `n_runs` complete runs; empty = no run) and `delta` "
-             f"(ours - paper).{link}", "", markdown(table.frame), ""]
+    parts = [
+        f"## {table.title}",
+        f"*{table.note}.*",
+        "",
+        "Checks (paper's conclusion vs ours):",
+        "",
+        markdown(table.checks) if len(table.checks) else "(none)",
+        "",
+        f"Rows: `paper`, then per model `ours` (mean of `n_runs` complete runs; empty = no run) and `delta` "
+        f"(ours - paper).{link}",
+        "",
+        markdown(table.frame),
+        "",
+    ]
     if source:
         parts += ["<sub>" + source.replace("\n", "; ") + "</sub>", ""]
     return "\n".join(parts)
@@ -64,17 +74,20 @@ def _budgets(runs: Runs) -> str:
 
 
 def _conclusiveness(runs: Runs, min_tokens: int) -> str:
-    return (f"**When a check is conclusive.** The `paper` column reads the paper's printed numbers. Ours answers "
-            f"`yes` / `no` only when every run compared trained on at least {min_tokens:,} tokens (`--min-tokens`; "
-            f"runs that are by design not uptrained are exempt) and the gap exceeds {Z} standard errors (from lm-eval "
-            f"stderr, the spread over seeds, or a bootstrap over held-out documents); otherwise `inconclusive`, with "
-            f"the reason in `evidence` (gap = the claim's side minus the other, in the score's units). `n.a.`: the "
-            f"runs a check needs are missing. Token budgets of our complete runs: {_budgets(runs)}. "
-            f"See docs/analysis.md, \"What makes a check conclusive\".")
+    return (
+        f"**When a check is conclusive.** The `paper` column reads the paper's printed numbers. Ours answers "
+        f"`yes` / `no` only when every run compared trained on at least {min_tokens:,} tokens (`--min-tokens`; "
+        f"runs that are by design not uptrained are exempt) and the gap exceeds {Z} standard errors (from lm-eval "
+        f"stderr, the spread over seeds, or a bootstrap over held-out documents); otherwise `inconclusive`, with "
+        f"the reason in `evidence` (gap = the claim's side minus the other, in the score's units). `n.a.`: the "
+        f"runs a check needs are missing. Token budgets of our complete runs: {_budgets(runs)}. "
+        f'See docs/analysis.md, "What makes a check conclusive".'
+    )
 
 
-def write_report(roots: list[str | Path], out: str | Path, paper_model: str | None = PAPER_MODEL,
-                 min_tokens: int = MIN_TOKENS) -> Path:
+def write_report(
+    roots: list[str | Path], out: str | Path, paper_model: str | None = PAPER_MODEL, min_tokens: int = MIN_TOKENS
+) -> Path:
     """Build everything from the records under ``roots`` into ``out``; returns the report's path. Raises
     MissingRoot for a root that does not exist, MissingExtraError without the [analysis] extra."""
     require(("matplotlib", "tabulate"), "analysis", "python -m analysis.report")
@@ -89,8 +102,15 @@ def write_report(roots: list[str | Path], out: str | Path, paper_model: str | No
         "# Relaxed Recursive Transformers: our runs vs the paper",
         f"Runs under {', '.join(f'`{shown_root(r)}`' for r in roots)}: {len(runs)} loaded, {complete} complete "
         f"(only complete runs enter the tables). Paper rows: {paper_model or 'all models'} (arXiv 2410.20672v3).",
-        "", _conclusiveness(runs, min_tokens), "",
-        _problems_section(runs, roots), "", "## Runs", "", "See [runs.csv](runs.csv).", "",
+        "",
+        _conclusiveness(runs, min_tokens),
+        "",
+        _problems_section(runs, roots),
+        "",
+        "## Runs",
+        "",
+        "See [runs.csv](runs.csv).",
+        "",
     ]
     summary = runs.summary(complete_only=False)
     summary.to_csv(out / "runs.csv", index=False)
@@ -112,8 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories or sweep directories (searched for record.json)")
     parser.add_argument("--out", required=True, help="output directory for report.md, CSVs and PNGs")
-    parser.add_argument("--paper-model", default=PAPER_MODEL,
-                        help=f"paper rows to compare with (default {PAPER_MODEL!r}; 'all' for every model)")
+    parser.add_argument(
+        "--paper-model",
+        default=PAPER_MODEL,
+        help=f"paper rows to compare with (default {PAPER_MODEL!r}; 'all' for every model)",
+    )
     parser.add_argument(
         "--min-tokens",
         type=int,

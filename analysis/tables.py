@@ -93,22 +93,41 @@ def _paper_budget(row: pd.Series) -> float:
     return float(billions) * 1e9 if pd.notna(billions) else np.nan
 
 
-def _compare(runs: Runs, rows: list[_Row], values: list[str], ours: Ours = _ours_accuracy,
-             delta: list[str] = ACCURACY) -> tuple[pd.DataFrame, list[str]]:
+def _compare(
+    runs: Runs, rows: list[_Row], values: list[str], ours: Ours = _ours_accuracy, delta: list[str] = ACCURACY
+) -> tuple[pd.DataFrame, list[str]]:
     summaries = {exit_loop: _summary(runs, exit_loop) for exit_loop in {row.exit_loop for row in rows} | {None, 1}}
     models = sorted(summaries[None]["model"].dropna().unique())
     out = []
     for group, row in enumerate(rows):
         base = {**row.setting, **row.show, "exit_loop": row.exit_loop, "_group": group}
         paper = {column: row.paper.get(column, np.nan) for column in values}
-        out.append({**base, "source": "paper", "model": row.paper.get("model", PAPER_MODEL), "n_runs": np.nan,
-                    "token_budget": _paper_budget(row.paper), "n_emb": row.paper.get("n_emb", np.nan), **paper})
+        out.append(
+            {
+                **base,
+                "source": "paper",
+                "model": row.paper.get("model", PAPER_MODEL),
+                "n_runs": np.nan,
+                "token_budget": _paper_budget(row.paper),
+                "n_emb": row.paper.get("n_emb", np.nan),
+                **paper,
+            }
+        )
         for model in models or [np.nan]:
             mine = {k: v[v["model"] == model] if models else v for k, v in summaries.items()}
             matched = matching(mine[row.exit_loop], row.setting)
             budget = pd.to_numeric(matched.get("token_budget", pd.Series(dtype=float)), errors="coerce")
-            out.append({**base, "source": "ours", "model": model, "n_runs": len(matched), "token_budget": budget.min(),
-                        "n_emb": matched["n_emb"].mean() if len(matched) else np.nan, **ours(matched, mine, row)})
+            out.append(
+                {
+                    **base,
+                    "source": "ours",
+                    "model": model,
+                    "n_runs": len(matched),
+                    "token_budget": budget.min(),
+                    "n_emb": matched["n_emb"].mean() if len(matched) else np.nan,
+                    **ours(matched, mine, row),
+                }
+            )
             out.append({**base, "source": "delta", "model": model})
     frame = pd.DataFrame(out).assign(basis=None)  # filled by _label_basis once the table's basis is known
     settings = [c for c in SETTING_COLUMNS if c in frame and frame[c].notna().any()]
@@ -123,8 +142,9 @@ def _fill_deltas(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     paper = frame[frame["source"] == "paper"].set_index("_group")
     ours, delta = frame["source"] == "ours", frame["source"] == "delta"
     for column in columns:
-        frame.loc[delta, column] = (frame.loc[ours, column].to_numpy(dtype=float)
-                                    - frame.loc[delta, "_group"].map(paper[column]).to_numpy(dtype=float))
+        frame.loc[delta, column] = frame.loc[ours, column].to_numpy(dtype=float) - frame.loc[delta, "_group"].map(
+            paper[column]
+        ).to_numpy(dtype=float)
     return frame
 
 
@@ -190,30 +210,51 @@ BUDGET_NOTE = (
 def _note(basis: str | None, extra: str = "") -> str:
     scored = {
         AVG: "ours: lm-eval 7-task scores (percent)",
-        "ppl": ("ours: no 7-task lm-eval scores in the runs, so our runs are compared by held-out perplexity "
-                "(column ppl, lower is better) in the checks"),
-        "val_loss": ("ours: no lm-eval scores or perplexities in the runs, so our runs are compared by the last "
-                     "validation cross-entropy logged in training (column val_loss, lower is better) in the checks"),
-        "loss": ("ours: no lm-eval scores, perplexities or validation losses in the runs, so our runs are compared "
-                 "by the last training cross-entropy (column loss, lower is better) in the checks"),
+        "ppl": (
+            "ours: no 7-task lm-eval scores in the runs, so our runs are compared by held-out perplexity "
+            "(column ppl, lower is better) in the checks"
+        ),
+        "val_loss": (
+            "ours: no lm-eval scores or perplexities in the runs, so our runs are compared by the last "
+            "validation cross-entropy logged in training (column val_loss, lower is better) in the checks"
+        ),
+        "loss": (
+            "ours: no lm-eval scores, perplexities or validation losses in the runs, so our runs are compared "
+            "by the last training cross-entropy (column loss, lower is better) in the checks"
+        ),
         None: "ours: no complete run matches any row",
     }[basis]
     return "; ".join(part for part in (scored, extra) if part)
 
 
-def _table(name: str, title: str, runs: Runs, rows: list[_Row], values: list[str], checks: list[Check], rule: Rule,
-           extra_note: str = "") -> PaperTable:
+def _table(
+    name: str,
+    title: str,
+    runs: Runs,
+    rows: list[_Row],
+    values: list[str],
+    checks: list[Check],
+    rule: Rule,
+    extra_note: str = "",
+) -> PaperTable:
     frame, models = _compare(runs, rows, values)
     extra_note = "; ".join(p for p in (extra_note, BUDGET_NOTE if TIER in frame else "") if p)
     return _finish(name, title, frame, models, checks, rule, extra_note)
 
 
-def _finish(name: str, title: str, frame: pd.DataFrame, models: list[str], checks: list[Check], rule: Rule,
-            extra_note: str = "") -> PaperTable:
+def _finish(
+    name: str, title: str, frame: pd.DataFrame, models: list[str], checks: list[Check], rule: Rule, extra_note: str = ""
+) -> PaperTable:
     basis = _basis(frame)
     frame = _label_basis(frame, basis)
-    return PaperTable(name, title, frame.drop(columns="_group").reset_index(drop=True),
-                      _checks(frame, models, checks, basis, rule), basis, _note(basis, extra_note))
+    return PaperTable(
+        name,
+        title,
+        frame.drop(columns="_group").reset_index(drop=True),
+        _checks(frame, models, checks, basis, rule),
+        basis,
+        _note(basis, extra_note),
+    )
 
 
 def _paper(name: str, model: str | None) -> pd.DataFrame:
@@ -249,10 +290,21 @@ RECURSIVE_B2 = {"variant": "recursive", "loops": 2, "pretrained": True, "lora_ra
 
 
 def table_2(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
-    checks = [Check("Uptraining lowers the full-size model's score (original > uptrained)",
-                    greater({"variant": "full", TIER: "original"}, {"variant": "full", TIER: 0}))]
-    return _table("2", "Table 2: full-size models, original vs uptrained", runs, _rows(_paper("2", model)),
-                  PPL_VALUES, checks, rule)
+    checks = [
+        Check(
+            "Uptraining lowers the full-size model's score (original > uptrained)",
+            greater({"variant": "full", TIER: "original"}, {"variant": "full", TIER: 0}),
+        )
+    ]
+    return _table(
+        "2",
+        "Table 2: full-size models, original vs uptrained",
+        runs,
+        _rows(_paper("2", model)),
+        PPL_VALUES,
+        checks,
+        rule,
+    )
 
 
 def table_d1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
@@ -358,8 +410,14 @@ def table_j1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> 
         _Row(r, {**base, **early_exit_setting(r)}, None if r["output"] == "final" else 1)
         for _, r in paper_table("J.1").iterrows()
     ]
-    agg = {"early_exit": "aggressive", "early_exit_coef": 0.1, "early_exit_kd": False, "early_exit_phase": "post",
-           "early_exit_data": "overlap", "early_exit_freeze": False}
+    agg = {
+        "early_exit": "aggressive",
+        "early_exit_coef": 0.1,
+        "early_exit_kd": False,
+        "early_exit_phase": "post",
+        "early_exit_data": "overlap",
+        "early_exit_freeze": False,
+    }
     weighted = {**agg, "early_exit": "weighted"}
     del weighted["early_exit_coef"]
     final = {"exit_loop": None}
@@ -391,10 +449,12 @@ MID1, MID2 = "Avg@loop1", "Avg@loop2"
 def _ours_throughput(matched: pd.DataFrame, by_exit: dict[int | None, pd.DataFrame], row: _Row) -> dict[str, float]:
     loop1 = by_exit[1]
     column = f"thr:{row.show['engine']}"
-    return {**_ours_accuracy(matched, by_exit, row),
-            MID1: loop1.loc[loop1["run"].isin(matched["run"]), AVG].mean(),
-            "throughput": matched[column].mean() if column in matched else np.nan,
-            "throughput_se": mean_se(matched[column]) if column in matched else np.nan}
+    return {
+        **_ours_accuracy(matched, by_exit, row),
+        MID1: loop1.loc[loop1["run"].isin(matched["run"]), AVG].mean(),
+        "throughput": matched[column].mean() if column in matched else np.nan,
+        "throughput_se": mean_se(matched[column]) if column in matched else np.nan,
+    }
 
 
 def table_k2(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
@@ -450,7 +510,13 @@ def table_k2(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> 
 
 
 BUILDERS: dict[str, Callable[..., PaperTable]] = {
-    "2": table_2, "D.1": table_d1, "F.1": table_f1, "G.2": table_g2, "I.1": table_i1, "J.1": table_j1, "K.2": table_k2,
+    "2": table_2,
+    "D.1": table_d1,
+    "F.1": table_f1,
+    "G.2": table_g2,
+    "I.1": table_i1,
+    "J.1": table_j1,
+    "K.2": table_k2,
 }
 
 

@@ -83,7 +83,7 @@ def _records(data: bytes) -> Iterator[wandb_internal_pb2.Record]:
         if left < CHUNK_HEADER.size or (length == 0 and kind == 0):  # block trailer / zero padding
             pos += left
             continue
-        pending += data[pos + CHUNK_HEADER.size: pos + CHUNK_HEADER.size + length]
+        pending += data[pos + CHUNK_HEADER.size : pos + CHUNK_HEADER.size + length]
         pos += CHUNK_HEADER.size + length
         if kind in (FULL, LAST):
             record = wandb_internal_pb2.Record()

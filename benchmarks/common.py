@@ -34,8 +34,13 @@ def report(name: str, rows: list[dict], columns: list[str], extra: dict | None =
         print("  ".join(_fmt(row.get(c)).ljust(widths[c]) for c in columns))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
-    machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "cpu": platform.processor()}
+    machine = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu": platform.processor(),
+    }
     out.write_text(json.dumps({"benchmark": name, "machine": machine, "rows": rows, **(extra or {})}, indent=1))
     print(f"saved {out}")
     return out

@@ -43,14 +43,22 @@ def main() -> None:
         start = time.perf_counter()
         convert_to_recursive(model, RecursionSpec(loops=2, init="average", lora=LoRASpec(rank=512, svd=method)))
         seconds = time.perf_counter() - start
-        rows.append({"what": f"convert r=512 svd={method}", "seconds": seconds, "rel_error": reconstruction_error(original, model)})
+        rows.append(
+            {
+                "what": f"convert r=512 svd={method}",
+                "seconds": seconds,
+                "rel_error": reconstruction_error(original, model),
+            }
+        )
         del model
 
     ids = torch.randint(0, original.config.vocab_size, (4, 256), generator=torch.Generator().manual_seed(0))
     models = {
         "vanilla": original,
         "recursive r=0": convert_to_recursive(copy.deepcopy(original), RecursionSpec(loops=2)),
-        "relaxed r=64": convert_to_recursive(copy.deepcopy(original), RecursionSpec(loops=2, init="average", lora=LoRASpec(rank=64))),
+        "relaxed r=64": convert_to_recursive(
+            copy.deepcopy(original), RecursionSpec(loops=2, init="average", lora=LoRASpec(rank=64))
+        ),
     }
     # Interleaved rounds: each round times every model once, so load from other processes hits all alike.
     seconds = {name: [] for name in models}
@@ -62,8 +70,14 @@ def main() -> None:
                 seconds[name].append(timeit(lambda: model(input_ids=ids, use_cache=False), repeats=1, warmup=0))
     ratios = {name: statistics.median(s / v for s, v in zip(seconds[name], seconds["vanilla"])) for name in models}
     for name, target in [("vanilla", None), ("recursive r=0", 1.05), ("relaxed r=64", 1.15)]:
-        rows.append({"what": f"forward {name} (4x256)", "seconds": statistics.median(seconds[name]), "ratio": ratios[name],
-                     "target": f"<= {target}" if target else None})
+        rows.append(
+            {
+                "what": f"forward {name} (4x256)",
+                "seconds": statistics.median(seconds[name]),
+                "ratio": ratios[name],
+                "target": f"<= {target}" if target else None,
+            }
+        )
     report("conversion", rows, ["what", "seconds", "ratio", "target", "rel_error"])
 
 

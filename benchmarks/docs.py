@@ -23,8 +23,15 @@ from benchmarks.lamda import table as lamda_table
 from benchmarks.simulate import table as simulate_table
 
 ROOT = Path(__file__).resolve().parents[1]
-TASK_NAMES = {"lambada_openai": "LAMBADA", "hellaswag": "HellaSwag", "piqa": "PIQA", "winogrande": "WinoGrande",
-              "arc_easy": "ARC-easy", "arc_challenge": "ARC-challenge", "openbookqa": "OpenBookQA"}
+TASK_NAMES = {
+    "lambada_openai": "LAMBADA",
+    "hellaswag": "HellaSwag",
+    "piqa": "PIQA",
+    "winogrande": "WinoGrande",
+    "arc_easy": "ARC-easy",
+    "arc_challenge": "ARC-challenge",
+    "openbookqa": "OpenBookQA",
+}
 
 
 @dataclass(frozen=True)
@@ -42,12 +49,19 @@ def markdown(frame: pd.DataFrame) -> str:
 
 def eval_speed(data: dict) -> str:
     frame = pd.DataFrame(data["rows"])  # the benchmark writes the per-task rows and a "total" row
-    return markdown(pd.DataFrame({
-        "task": frame.task.map(lambda t: TASK_NAMES.get(t, f"**{t}**")), "requests": frame.requests,
-        "HFLM CPU s": frame.hflm_s.map("{:.1f}".format), "rrt CPU s": frame.rrt_s.map("{:.1f}".format),
-        "speedup": frame.speedup.map("{:.2f}x".format), "max abs diff": frame.max_abs_diff.map("{:.1e}".format),
-        "greedy flags equal": frame.greedy_equal.map({True: "yes", False: "no"}),
-    }))
+    return markdown(
+        pd.DataFrame(
+            {
+                "task": frame.task.map(lambda t: TASK_NAMES.get(t, f"**{t}**")),
+                "requests": frame.requests,
+                "HFLM CPU s": frame.hflm_s.map("{:.1f}".format),
+                "rrt CPU s": frame.rrt_s.map("{:.1f}".format),
+                "speedup": frame.speedup.map("{:.2f}x".format),
+                "max abs diff": frame.max_abs_diff.map("{:.1e}".format),
+                "greedy flags equal": frame.greedy_equal.map({True: "yes", False: "no"}),
+            }
+        )
+    )
 
 
 def ratio_rows(data: dict) -> str:

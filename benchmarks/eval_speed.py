@@ -51,15 +51,32 @@ def main() -> None:
         ours_s, ours_results = timed(ours, instances)
         hflm_s, hflm_results = timed(reference, instances)
         max_diff = max(abs(a[0] - b[0]) for a, b in zip(ours_results, hflm_results))
-        rows.append({"task": task, "requests": len(instances), "hflm_s": hflm_s, "rrt_s": ours_s,
-                     "speedup": hflm_s / ours_s, "max_abs_diff": max_diff,
-                     "greedy_equal": all(a[1] == b[1] for a, b in zip(ours_results, hflm_results))})
-    total = {"task": "total", "requests": sum(r["requests"] for r in rows), "hflm_s": sum(r["hflm_s"] for r in rows),
-             "rrt_s": sum(r["rrt_s"] for r in rows), "max_abs_diff": max(r["max_abs_diff"] for r in rows),
-             "greedy_equal": all(r["greedy_equal"] for r in rows)}
+        rows.append(
+            {
+                "task": task,
+                "requests": len(instances),
+                "hflm_s": hflm_s,
+                "rrt_s": ours_s,
+                "speedup": hflm_s / ours_s,
+                "max_abs_diff": max_diff,
+                "greedy_equal": all(a[1] == b[1] for a, b in zip(ours_results, hflm_results)),
+            }
+        )
+    total = {
+        "task": "total",
+        "requests": sum(r["requests"] for r in rows),
+        "hflm_s": sum(r["hflm_s"] for r in rows),
+        "rrt_s": sum(r["rrt_s"] for r in rows),
+        "max_abs_diff": max(r["max_abs_diff"] for r in rows),
+        "greedy_equal": all(r["greedy_equal"] for r in rows),
+    }
     rows.append({**total, "speedup": total["hflm_s"] / total["rrt_s"]})
-    report("eval_speed", rows, list(rows[0]), extra={"model": args.model, "batch_size": args.batch_size,
-                                                     "docs_per_task": args.docs})
+    report(
+        "eval_speed",
+        rows,
+        list(rows[0]),
+        extra={"model": args.model, "batch_size": args.batch_size, "docs_per_task": args.docs},
+    )
 
 
 if __name__ == "__main__":

@@ -72,12 +72,42 @@ class Setting:
     budget_s: float
 
 
-GPU = Setting("gemma3_270m", {}, rank=64, batch=8, seq_len=1024, steps=5, rounds=3, compile_backend="inductor",
-              loss_tokens=8192, chunk_tokens=1024, serve_batches=(8, 32, 64), serve_prompt=32, serve_new=32,
-              eval_requests=256, eval_context=256, budget_s=420)
-REDUCED = Setting("tiny_gemma3", {"vocab_size": 512}, rank=8, batch=2, seq_len=32, steps=2, rounds=2,
-                  compile_backend="eager", loss_tokens=256, chunk_tokens=64, serve_batches=(2, 4), serve_prompt=6,
-                  serve_new=4, eval_requests=16, eval_context=12, budget_s=120)
+GPU = Setting(
+    "gemma3_270m",
+    {},
+    rank=64,
+    batch=8,
+    seq_len=1024,
+    steps=5,
+    rounds=3,
+    compile_backend="inductor",
+    loss_tokens=8192,
+    chunk_tokens=1024,
+    serve_batches=(8, 32, 64),
+    serve_prompt=32,
+    serve_new=32,
+    eval_requests=256,
+    eval_context=256,
+    budget_s=420,
+)
+REDUCED = Setting(
+    "tiny_gemma3",
+    {"vocab_size": 512},
+    rank=8,
+    batch=2,
+    seq_len=32,
+    steps=2,
+    rounds=2,
+    compile_backend="eager",
+    loss_tokens=256,
+    chunk_tokens=64,
+    serve_batches=(2, 4),
+    serve_prompt=6,
+    serve_new=4,
+    eval_requests=16,
+    eval_context=12,
+    budget_s=120,
+)
 
 
 @dataclass
@@ -118,8 +148,11 @@ class Check:
         try:
             self.sections[name] = {"status": "ok", **section(self)}
         except Exception as error:  # noqa: BLE001  (one broken section must not cost the others their GPU minutes)
-            self.sections[name] = {"status": "error", "error": f"{type(error).__name__}: {error}",
-                                   "traceback": traceback.format_exc()[-3000:]}
+            self.sections[name] = {
+                "status": "error",
+                "error": f"{type(error).__name__}: {error}",
+                "traceback": traceback.format_exc()[-3000:],
+            }
         self.sections[name]["seconds"] = time.perf_counter() - start
         print(f"[{time.perf_counter() - self.started:6.1f} s] {name}: {self.sections[name]['status']}", flush=True)
 
@@ -142,13 +175,20 @@ def build(check: Check, kind: str) -> nn.Module:
     if kind == "vanilla":
         return model
     lora = LoRASpec(rank=check.setting.rank if kind == "relaxed" else 0)
-    return convert_to_recursive(model, RecursionSpec(loops=2, init="stepwise" if kind == "recursive" else "average",
-                                                     lora=lora))
+    return convert_to_recursive(
+        model, RecursionSpec(loops=2, init="stepwise" if kind == "recursive" else "average", lora=lora)
+    )
 
 
 def variants(check: Check) -> dict[str, nn.Module]:
-    return {name: build(check, kind) for name, kind in
-            (("vanilla", "vanilla"), ("recursive", "recursive"), (f"relaxed r={check.setting.rank}", "relaxed"))}
+    return {
+        name: build(check, kind)
+        for name, kind in (
+            ("vanilla", "vanilla"),
+            ("recursive", "recursive"),
+            (f"relaxed r={check.setting.rank}", "relaxed"),
+        )
+    }
 
 
 def train_flops_per_token(model: nn.Module, seq_len: int) -> float:
@@ -177,8 +217,9 @@ def peak_flops(check: Check) -> dict:
 def train_step(check: Check, model: nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor) -> float:
     with check.autocast():
         hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
-        loss = lm_loss([hidden], model.get_output_embeddings().weight, ids,
-                       LossSpec(chunk_tokens=check.setting.chunk_tokens))["loss"]
+        loss = lm_loss(
+            [hidden], model.get_output_embeddings().weight, ids, LossSpec(chunk_tokens=check.setting.chunk_tokens)
+        )["loss"]
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -202,13 +243,21 @@ def train_section(check: Check) -> dict:
     compiled = {f"{n} +compile": compile_layers(copy.deepcopy(m), setting.compile_backend) for n, m in eager.items()}
     models = {**eager, **compiled}
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5, fused=check.cuda) for name, m in models.items()}
-    ids = torch.randint(0, models["vanilla"].config.vocab_size, (setting.batch, setting.seq_len),
-                        generator=torch.Generator().manual_seed(0)).to(check.device)
+    ids = torch.randint(
+        0,
+        models["vanilla"].config.vocab_size,
+        (setting.batch, setting.seq_len),
+        generator=torch.Generator().manual_seed(0),
+    ).to(check.device)
     tokens = setting.batch * setting.seq_len
+
     def steps(name: str, n: int) -> float:
         """Seconds of ``n`` train steps of one variant (its last loss kept)."""
-        return check.seconds(lambda: losses.__setitem__(
-            name, [train_step(check, models[name], optimizers[name], ids) for _ in range(n)][-1]))
+        return check.seconds(
+            lambda: losses.__setitem__(
+                name, [train_step(check, models[name], optimizers[name], ids) for _ in range(n)][-1]
+            )
+        )
 
     losses: dict[str, float] = {}
     first_s, compile_errors = {}, {}
@@ -230,23 +279,36 @@ def train_section(check: Check) -> dict:
         tokens_per_s = statistics.median(rounds[name])
         flops = train_flops_per_token(model, setting.seq_len) * tokens_per_s
         base = name.removesuffix(" +compile")
-        rows.append({
-            "variant": name, "tokens_per_s": tokens_per_s, "tokens_per_s_rounds": rounds[name],
-            "vs_vanilla": tokens_per_s / statistics.median(rounds["vanilla"]),
-            "compile_speedup": tokens_per_s / statistics.median(rounds[base]) if name != base else None,
-            "model_tflops_per_s": flops / 1e12,
-            "mfu": flops / peak["spec_bf16"] if peak["spec_bf16"] else None,
-            "mfu_vs_measured_matmul": flops / peak["measured_matmul_bf16"] if peak["measured_matmul_bf16"] else None,
-            "first_step_s": first_s[name], "loss": losses[name],
-            "peak_memory_gb": None,
-        })
+        rows.append(
+            {
+                "variant": name,
+                "tokens_per_s": tokens_per_s,
+                "tokens_per_s_rounds": rounds[name],
+                "vs_vanilla": tokens_per_s / statistics.median(rounds["vanilla"]),
+                "compile_speedup": tokens_per_s / statistics.median(rounds[base]) if name != base else None,
+                "model_tflops_per_s": flops / 1e12,
+                "mfu": flops / peak["spec_bf16"] if peak["spec_bf16"] else None,
+                "mfu_vs_measured_matmul": flops / peak["measured_matmul_bf16"]
+                if peak["measured_matmul_bf16"]
+                else None,
+                "first_step_s": first_s[name],
+                "loss": losses[name],
+                "peak_memory_gb": None,
+            }
+        )
         if not math.isfinite(rows[-1]["loss"]):  # NaN through bf16 + the chunked loss is a failure
             raise FloatingPointError(f"{name}: non-finite loss {rows[-1]['loss']}")
     if check.cuda:
         rows[-1]["peak_memory_gb"] = torch.cuda.max_memory_allocated(check.device) / 2**30  # all variants held
-    return {"batch": setting.batch, "seq_len": setting.seq_len, "precision": "bf16 autocast" if check.cuda else "fp32",
-            "compile_backend": setting.compile_backend, "compile_errors": compile_errors, "peak_flops": peak,
-            "rows": rows}
+    return {
+        "batch": setting.batch,
+        "seq_len": setting.seq_len,
+        "precision": "bf16 autocast" if check.cuda else "fp32",
+        "compile_backend": setting.compile_backend,
+        "compile_errors": compile_errors,
+        "peak_flops": peak,
+        "rows": rows,
+    }
 
 
 def loss_step(fn: Callable[[], torch.Tensor], *inputs: torch.Tensor) -> float:
@@ -336,25 +398,33 @@ def fsdp_section(check: Check) -> dict:
         for model in models:
             shard(model, mesh, policy)
         model, optimizer = models[0], torch.optim.AdamW(models[0].parameters(), lr=1e-4)
-        ids = torch.randint(0, model.config.vocab_size, (setting.batch, setting.seq_len),
-                            generator=torch.Generator().manual_seed(1)).to(check.device)
+        ids = torch.randint(
+            0, model.config.vocab_size, (setting.batch, setting.seq_len), generator=torch.Generator().manual_seed(1)
+        ).to(check.device)
         losses = [train_step(check, model, optimizer, ids)]
         seconds = check.seconds(
-            lambda: losses.extend(train_step(check, model, optimizer, ids) for _ in range(setting.steps)))
+            lambda: losses.extend(train_step(check, model, optimizer, ids) for _ in range(setting.steps))
+        )
         with tempfile.TemporaryDirectory() as directory:
             dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=directory)
             state = {"model": get_model_state_dict(models[1])}
             dcp.load(state, checkpoint_id=directory)
             set_model_state_dict(models[1], state["model"])
-        restored = all(torch.equal(a.full_tensor(), b.full_tensor())
-                       for a, b in zip(model.parameters(), models[1].parameters()))
+        restored = all(
+            torch.equal(a.full_tensor(), b.full_tensor()) for a, b in zip(model.parameters(), models[1].parameters())
+        )
         if not (restored and all(math.isfinite(value) for value in losses)):
             raise RuntimeError(f"FSDP smoke failed: restored={restored}, losses={losses}")
-        return {"variant": name, "units": len(fsdp_units(model)), "shared_leaf_units": shared,
-                "mixed_precision": "bf16 params, fp32 reduce" if policy else "fp32",
-                "tokens_per_s": setting.batch * setting.seq_len * setting.steps / seconds, "losses": losses,
-                "checkpoint_round_trip": restored,
-                "peak_memory_gb": torch.cuda.max_memory_allocated(check.device) / 2**30 if check.cuda else None}
+        return {
+            "variant": name,
+            "units": len(fsdp_units(model)),
+            "shared_leaf_units": shared,
+            "mixed_precision": "bf16 params, fp32 reduce" if policy else "fp32",
+            "tokens_per_s": setting.batch * setting.seq_len * setting.steps / seconds,
+            "losses": losses,
+            "checkpoint_round_trip": restored,
+            "peak_memory_gb": torch.cuda.max_memory_allocated(check.device) / 2**30 if check.cuda else None,
+        }
     finally:
         dist.destroy_process_group()
 
@@ -371,8 +441,10 @@ def serving_section(check: Check) -> dict:
     for batch in setting.serve_batches:
         prompts = torch.randint(3, full.config.vocab_size, (2 * batch, setting.serve_prompt), generator=generator)
         requests = [Request(i, prompt.tolist(), setting.serve_new) for i, prompt in enumerate(prompts)]
-        engines = {name: Engine(model, FullDepth(), max_batch=batch, scheduling=scheduling)
-                   for name, (model, scheduling) in setups.items()}
+        engines = {
+            name: Engine(model, FullDepth(), max_batch=batch, scheduling=scheduling)
+            for name, (model, scheduling) in setups.items()
+        }
         for engine in engines.values():
             engine.generate(requests[:1])  # warm-up
         rates: dict[str, list[float]] = {name: [] for name in engines}
@@ -383,11 +455,24 @@ def serving_section(check: Check) -> dict:
                 check.sync()
                 rates[name].append(stats.tokens_per_s)
         medians = {name: statistics.median(values) for name, values in rates.items()}
-        rows.extend({"batch": batch, "engine": name, "tokens_per_s": medians[name], "tokens_per_s_rounds": rates[name],
-                     "vs_vanilla": medians[name] / medians["vanilla static"], "vs_csb": medians[name] / medians["CSB"]}
-                    for name in engines)
-    return {"requests_per_batch": "2 x batch", "prompt_tokens": setting.serve_prompt, "new_tokens": setting.serve_new,
-            "dtype": str(dtype), "rows": rows}
+        rows.extend(
+            {
+                "batch": batch,
+                "engine": name,
+                "tokens_per_s": medians[name],
+                "tokens_per_s_rounds": rates[name],
+                "vs_vanilla": medians[name] / medians["vanilla static"],
+                "vs_csb": medians[name] / medians["CSB"],
+            }
+            for name in engines
+        )
+    return {
+        "requests_per_batch": "2 x batch",
+        "prompt_tokens": setting.serve_prompt,
+        "new_tokens": setting.serve_new,
+        "dtype": str(dtype),
+        "rows": rows,
+    }
 
 
 def word_tokenizer(vocab_size: int):
@@ -414,43 +499,70 @@ def eval_section(check: Check) -> dict:
     def words(n: int) -> str:
         return " ".join(f"w{i}" for i in torch.randint(3, model.config.vocab_size, (n,), generator=generator).tolist())
 
-    requests = [Instance("loglikelihood", {}, (words(setting.eval_context - i % 7), " " + words(1 + i % 3)), i)
-                for i in range(setting.eval_requests)]
+    requests = [
+        Instance("loglikelihood", {}, (words(setting.eval_context - i % 7), " " + words(1 + i % 3)), i)
+        for i in range(setting.eval_requests)
+    ]
     ours = RecursiveLM(model, tokenizer, batch_size=16, add_bos_token=True, progress=False)
     reference = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=16, device=str(check.device), add_bos_token=True)
     results, seconds = {}, {"rrt": [], "hflm": []}
     for _ in range(max(1, setting.rounds - 1)):
         for name, lm in (("rrt", ours), ("hflm", reference)):
-            seconds[name].append(check.seconds(
-                lambda name=name, lm=lm: results.__setitem__(name, lm.loglikelihood(requests, disable_tqdm=True))))
+            seconds[name].append(
+                check.seconds(
+                    lambda name=name, lm=lm: results.__setitem__(name, lm.loglikelihood(requests, disable_tqdm=True))
+                )
+            )
     rrt_s, hflm_s = statistics.median(seconds["rrt"]), statistics.median(seconds["hflm"])
-    return {"requests": len(requests), "context_tokens": setting.eval_context, "rrt_s": rrt_s, "hflm_s": hflm_s,
-            "speedup": hflm_s / rrt_s,
-            "max_abs_diff": max(abs(a[0] - b[0]) for a, b in zip(results["rrt"], results["hflm"])),
-            "greedy_equal": all(a[1] == b[1] for a, b in zip(results["rrt"], results["hflm"]))}
+    return {
+        "requests": len(requests),
+        "context_tokens": setting.eval_context,
+        "rrt_s": rrt_s,
+        "hflm_s": hflm_s,
+        "speedup": hflm_s / rrt_s,
+        "max_abs_diff": max(abs(a[0] - b[0]) for a, b in zip(results["rrt"], results["hflm"])),
+        "greedy_equal": all(a[1] == b[1] for a, b in zip(results["rrt"], results["hflm"])),
+    }
 
 
-SECTIONS = {"train": train_section, "loss": loss_section, "fsdp": fsdp_section, "serving": serving_section,
-            "eval": eval_section}
+SECTIONS = {
+    "train": train_section,
+    "loss": loss_section,
+    "fsdp": fsdp_section,
+    "serving": serving_section,
+    "eval": eval_section,
+}
 
 
 def machine(check: Check) -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "device": str(check.device),
-            "gpu": torch.cuda.get_device_name(check.device) if check.cuda else None, "cpu": platform.processor(),
-            "threads": torch.get_num_threads(), "host": socket.gethostname()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(check.device),
+        "gpu": torch.cuda.get_device_name(check.device) if check.cuda else None,
+        "cpu": platform.processor(),
+        "threads": torch.get_num_threads(),
+        "host": socket.gethostname(),
+    }
 
 
 def summary(result: dict) -> None:
     """The ratio tables, printed."""
     sections = result["sections"]
-    for name, columns in (("train", ["variant", "tokens_per_s", "vs_vanilla", "compile_speedup", "mfu"]),
-                          ("loss", ["loss", "seconds", "time_ratio", "peak_extra_gb", "mem_ratio"]),
-                          ("serving", ["batch", "engine", "tokens_per_s", "vs_vanilla", "vs_csb"])):
+    for name, columns in (
+        ("train", ["variant", "tokens_per_s", "vs_vanilla", "compile_speedup", "mfu"]),
+        ("loss", ["loss", "seconds", "time_ratio", "peak_extra_gb", "mem_ratio"]),
+        ("serving", ["batch", "engine", "tokens_per_s", "vs_vanilla", "vs_csb"]),
+    ):
         rows = sections.get(name, {}).get("rows") or []
         print(f"\n{name}:")
         for row in rows:
-            print("  " + "  ".join(f"{c}={row.get(c):.4g}" if isinstance(row.get(c), float) else f"{c}={row.get(c)}"
-                                   for c in columns))
+            print(
+                "  "
+                + "  ".join(
+                    f"{c}={row.get(c):.4g}" if isinstance(row.get(c), float) else f"{c}={row.get(c)}" for c in columns
+                )
+            )
     for name in ("fsdp", "eval"):
         data = {k: v for k, v in sections.get(name, {}).items() if k not in ("traceback", "losses")}
         print(f"\n{name}: {data}")
@@ -475,8 +587,14 @@ def main(argv: list[str] | None = None) -> Path:
         if check.cuda:
             torch.cuda.empty_cache()
     out = args.out or RESULTS / "gpu" / ("gpu_check.json" if setting is GPU else "gpu_check_reduced.json")
-    result = {"benchmark": "gpu_check", "mode": "gpu" if setting == GPU else "reduced", "machine": machine(check),
-              "setting": asdict(setting), "total_s": time.perf_counter() - check.started, "sections": check.sections}
+    result = {
+        "benchmark": "gpu_check",
+        "mode": "gpu" if setting == GPU else "reduced",
+        "machine": machine(check),
+        "setting": asdict(setting),
+        "total_s": time.perf_counter() - check.started,
+        "sections": check.sections,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str))
     summary(result)

@@ -131,10 +131,17 @@ def run_variant(name: str, directory: Path) -> dict:
         saved, state = max(saved, step_saved), max(state, state_bytes(model, optimizer))
         optimizer.zero_grad(set_to_none=True)
     peak = peak_rss_mb()
-    return {"step_s": statistics.median(seconds[1:]), "peak_mb": peak, "state_mb": state / 2**20,
-            "saved_mb": saved / 2**20, "updates": sum(updates), "updates_last_step": updates[-1],
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "heldout_ce_start": start_ce, "heldout_ce": held_out_ce(recursive, val_rows)}
+    return {
+        "step_s": statistics.median(seconds[1:]),
+        "peak_mb": peak,
+        "state_mb": state / 2**20,
+        "saved_mb": saved / 2**20,
+        "updates": sum(updates),
+        "updates_last_step": updates[-1],
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "heldout_ce_start": start_ce,
+        "heldout_ce": held_out_ce(recursive, val_rows),
+    }
 
 
 def losses(recursive: RecursiveModel, ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -150,8 +157,12 @@ def held_out_ce(recursive: RecursiveModel, val_rows: np.ndarray) -> float:
 
 
 def child(name: str, directory: Path) -> dict:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.lamda", "--variant", name, "--models", str(directory)],
-                         check=False, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.lamda", "--variant", name, "--models", str(directory)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     if out.returncode:
         raise RuntimeError(f"variant {name!r} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -166,18 +177,34 @@ def rows_from_rounds(rounds: list[dict[str, dict]]) -> list[dict]:
         for key in ("updates", "heldout_ce_start", "heldout_ce"):  # deterministic: the same in every round
             assert len({run[key] for run in runs}) == 1, (name, key, [run[key] for run in runs])
         median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-        rows.append({
-            "variant": name, "mode": "peft" if peft else "paper", **median,
-            "updates_x": rounds[0][lora]["updates"] / runs[0]["updates"],
-            "updates_last_step_x": rounds[0][lora]["updates_last_step"] / runs[0]["updates_last_step"],
-            "peak_memory_x": statistics.median(r[lora]["peak_mb"] / r[name]["peak_mb"] for r in rounds),
-            "step_time_ratio": statistics.median(r[name]["step_s"] / r[lora]["step_s"] for r in rounds),
-        })
+        rows.append(
+            {
+                "variant": name,
+                "mode": "peft" if peft else "paper",
+                **median,
+                "updates_x": rounds[0][lora]["updates"] / runs[0]["updates"],
+                "updates_last_step_x": rounds[0][lora]["updates_last_step"] / runs[0]["updates_last_step"],
+                "peak_memory_x": statistics.median(r[lora]["peak_mb"] / r[name]["peak_mb"] for r in rounds),
+                "step_time_ratio": statistics.median(r[name]["step_s"] / r[lora]["step_s"] for r in rounds),
+            }
+        )
     return rows
 
 
-COLUMNS = ["variant", "updates", "updates_x", "updates_last_step_x", "peak_mb", "peak_memory_x", "state_mb", "saved_mb",
-           "step_s", "step_time_ratio", "heldout_ce_start", "heldout_ce"]
+COLUMNS = [
+    "variant",
+    "updates",
+    "updates_x",
+    "updates_last_step_x",
+    "peak_mb",
+    "peak_memory_x",
+    "state_mb",
+    "saved_mb",
+    "step_s",
+    "step_time_ratio",
+    "heldout_ce_start",
+    "heldout_ce",
+]
 
 
 def table(data: dict) -> str:
@@ -185,18 +212,23 @@ def table(data: dict) -> str:
     from benchmarks.docs import markdown  # the docs renderer imports this module
 
     setup, claims, rows = data["setup"], data["paper_claims"], {row["variant"]: row for row in data["rows"]}
-    caption = (f"gemma-3-270m, B={setup['loops']}, {setup['init']} init, rank {setup['rank']}, {setup['steps']} "
-               f"steps x {setup['micro_batch']} x {setup['seq_len']} tokens, "
-               f"lamda_freeze_b_at={setup['lamda_freeze_b_at']}, {setup['rounds']} interleaved rounds; ratios against "
-               "LoRA in the same mode.")
+    caption = (
+        f"gemma-3-270m, B={setup['loops']}, {setup['init']} init, rank {setup['rank']}, {setup['steps']} "
+        f"steps x {setup['micro_batch']} x {setup['seq_len']} tokens, "
+        f"lamda_freeze_b_at={setup['lamda_freeze_b_at']}, {setup['rounds']} interleaved rounds; ratios against "
+        "LoRA in the same mode."
+    )
     frame = pd.DataFrame([{c: row[c] for c in COLUMNS} for row in rows.values()])
     frame["updates"] = frame["updates"].map("{:.3g}".format)
     for column in ("peak_mb", "state_mb", "saved_mb"):
         frame[column] = frame[column].map("{:.0f}".format)
-    claims_lines = [f"- {name} vs lora peft: {rows[name]['updates_x']:.3g}x fewer scalar updates over the run, "
-                    f"{rows[name]['updates_last_step_x']:.3g}x per step once B is frozen (paper: up to "
-                    f"{claims['updates_x']}x); {rows[name]['peak_memory_x']:.3g}x lower peak memory (paper: up to "
-                    f"{claims['peak_memory_x']}x)." for name in ("lamda peft", "lamda++ peft")]
+    claims_lines = [
+        f"- {name} vs lora peft: {rows[name]['updates_x']:.3g}x fewer scalar updates over the run, "
+        f"{rows[name]['updates_last_step_x']:.3g}x per step once B is frozen (paper: up to "
+        f"{claims['updates_x']}x); {rows[name]['peak_memory_x']:.3g}x lower peak memory (paper: up to "
+        f"{claims['peak_memory_x']}x)."
+        for name in ("lamda peft", "lamda++ peft")
+    ]
     return "\n".join([caption, "", markdown(frame), "", *claims_lines])
 
 
@@ -207,11 +239,21 @@ def main() -> None:
         prepare(directory)
         names = list(VARIANTS)
         for index in range(ROUNDS):
-            order = names[index % len(names):] + names[:index % len(names)]  # rotate who runs first
+            order = names[index % len(names) :] + names[: index % len(names)]  # rotate who runs first
             rounds.append({name: child(name, directory) for name in order})
-    setup = {"model": "gemma3_270m", "loops": 2, "init": "average", "rank": RANK, "steps": STEPS, "seq_len": SEQ_LEN,
-             "micro_batch": BATCH, "tokens": STEPS * SEQ_LEN * BATCH, "lamda_freeze_b_at": FREEZE_B_AT,
-             "rounds": ROUNDS, "optimizer": "AdamW lr 2e-4 betas (0.9, 0.95) wd 0.1, clip 1.0"}
+    setup = {
+        "model": "gemma3_270m",
+        "loops": 2,
+        "init": "average",
+        "rank": RANK,
+        "steps": STEPS,
+        "seq_len": SEQ_LEN,
+        "micro_batch": BATCH,
+        "tokens": STEPS * SEQ_LEN * BATCH,
+        "lamda_freeze_b_at": FREEZE_B_AT,
+        "rounds": ROUNDS,
+        "optimizer": "AdamW lr 2e-4 betas (0.9, 0.95) wd 0.1, clip 1.0",
+    }
     report("lamda", rows_from_rounds(rounds), COLUMNS, extra={"setup": setup, "paper_claims": CLAIMS, "rounds": rounds})
 
 

@@ -47,7 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=["gemma3_270m", "smollm2_135m"])
     parser.add_argument("--loops", type=int, default=2)
     parser.add_argument("--documents", type=int, default=12, help="held-out documents for the exit trajectories")
-    parser.add_argument("--requests", type=int, default=512, help="simulated queue (request r replays document r mod D)")
+    parser.add_argument(
+        "--requests", type=int, default=512, help="simulated queue (request r replays document r mod D)"
+    )
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--min-new", type=int, default=64)
     parser.add_argument("--max-new", type=int, default=192)
@@ -61,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def batch_sizes(*largest: int) -> list[int]:
     """Powers of two below the largest batch, and the batches simulated (the cost curve's points)."""
     top = max(largest)
-    return sorted({2 ** i for i in range(top.bit_length()) if 2 ** i < top} | set(largest))
+    return sorted({2**i for i in range(top.bit_length()) if 2**i < top} | set(largest))
 
 
 def simulate_model(name: str, args: argparse.Namespace) -> tuple[list[dict], dict]:
@@ -69,38 +71,66 @@ def simulate_model(name: str, args: argparse.Namespace) -> tuple[list[dict], dic
     tokenizer, full = load_tokenizer(name), load_pretrained(name)
     recursive = convert_to_recursive(copy.deepcopy(full), RecursionSpec(loops=args.loops, init="stepwise"))
     max_len = args.prompt_tokens + args.max_new
-    documents = [d for d in load_documents("heldout") if len(tokenizer(d).input_ids) >= max_len][:args.documents]
+    documents = [d for d in load_documents("heldout") if len(tokenizer(d).input_ids) >= max_len][: args.documents]
     print(f"{name}: exit trajectories over {len(documents)} documents...", flush=True)
     trajectories = exit_trajectories(recursive, tokenizer, documents, max_tokens=max_len)
-    requests, oracle = trajectory_queue(trajectories, args.prompt_tokens, args.requests, args.min_new, args.max_new,
-                                        args.seed)
+    requests, oracle = trajectory_queue(
+        trajectories, args.prompt_tokens, args.requests, args.min_new, args.max_new, args.seed
+    )
     cap = int(args.memory_gib * 2**30)
     full_batch, recursive_batch = (memory_of(m).max_batch(cap, max_len) for m in (full, recursive))
     print(f"{name}: measuring costs (batch {full_batch} full, {recursive_batch} recursive)...", flush=True)
-    full_costs, recursive_costs = measure_costs([full, recursive], batch_sizes(full_batch, recursive_batch),
-                                                [args.prompt_tokens], max_len, args.repeats)
-    setups = [("vanilla static", "static", full_costs, FullDepth(), full_batch),
-              ("CSB", "csb", full_costs, FullDepth(), full_batch),
-              ("CDB no exit", "cdb", recursive_costs, FullDepth(), recursive_batch),
-              ("CDB oracle, full model's batch", "cdb", recursive_costs, oracle, full_batch),
-              ("CDB oracle", "cdb", recursive_costs, oracle, recursive_batch)]
+    full_costs, recursive_costs = measure_costs(
+        [full, recursive], batch_sizes(full_batch, recursive_batch), [args.prompt_tokens], max_len, args.repeats
+    )
+    setups = [
+        ("vanilla static", "static", full_costs, FullDepth(), full_batch),
+        ("CSB", "csb", full_costs, FullDepth(), full_batch),
+        ("CDB no exit", "cdb", recursive_costs, FullDepth(), recursive_batch),
+        ("CDB oracle, full model's batch", "cdb", recursive_costs, oracle, full_batch),
+        ("CDB oracle", "cdb", recursive_costs, oracle, recursive_batch),
+    ]
     rows = []
     for mode in MODES:
         mode_rows = []
         for setup, batching, costs, policy, batch in setups:
-            stats = simulate(costs, requests, policy, max_batch=batch,
-                             scheduling="static" if batching == "static" else "continuous", mode=mode)
-            mode_rows.append(throughput_row(batching, policy.describe(), stats, batch, len(requests), model=name,
-                                            setup=setup, mode=mode, simulated=True, steps=stats.steps,
-                                            block_s=stats.block_s, head_s=stats.head_s, prefill_s=stats.prefill_s,
-                                            propagate_s=stats.propagate_s))
+            stats = simulate(
+                costs,
+                requests,
+                policy,
+                max_batch=batch,
+                scheduling="static" if batching == "static" else "continuous",
+                mode=mode,
+            )
+            mode_rows.append(
+                throughput_row(
+                    batching,
+                    policy.describe(),
+                    stats,
+                    batch,
+                    len(requests),
+                    model=name,
+                    setup=setup,
+                    mode=mode,
+                    simulated=True,
+                    steps=stats.steps,
+                    block_s=stats.block_s,
+                    head_s=stats.head_s,
+                    prefill_s=stats.prefill_s,
+                    propagate_s=stats.propagate_s,
+                )
+            )
         vanilla, csb = mode_rows[0]["tokens_per_s"], mode_rows[1]["tokens_per_s"]
         for row in mode_rows:
             row["vs_vanilla"], row["vs_csb"] = row["tokens_per_s"] / vanilla, row["tokens_per_s"] / csb
         rows += mode_rows
-    basis = {"memory_gib": args.memory_gib, "max_batch": {"full": full_batch, "recursive": recursive_batch},
-             "exits": exit_summary([t.oracle for t in trajectories], args.loops), "documents": len(documents),
-             "costs": {"full": asdict(full_costs), "recursive": asdict(recursive_costs)}}
+    basis = {
+        "memory_gib": args.memory_gib,
+        "max_batch": {"full": full_batch, "recursive": recursive_batch},
+        "exits": exit_summary([t.oracle for t in trajectories], args.loops),
+        "documents": len(documents),
+        "costs": {"full": asdict(full_costs), "recursive": asdict(recursive_costs)},
+    }
     return rows, basis
 
 
@@ -117,35 +147,62 @@ def table(data: dict) -> str:
 
         def per_token(costs: dict, batch: int) -> str:  # all loops of one token, no exit
             return f"{1e3 * costs['loops'] * Curve(tuple(map(tuple, costs['block']['points'])))(batch) / batch:.1f}"
-        basis.append({
-            "model": name, "cap GiB": f"{b['memory_gib']:g}",
-            "weights MiB full / recursive": f"{memory['weight_bytes'] / 2**20:.0f} / "
-                                            f"{recursive['memory']['weight_bytes'] / 2**20:.0f}",
-            "KV MiB per request": f"{memory['kv_bytes_per_position'] * max_len / 2**20:.1f}",
-            "max batch full / recursive": f"{top['full']} / {top['recursive']}",
-            "exit at loop 1": f"{b['exits']['exit_frac_loop1']:.3f}",
-            "block ms/token full, batch 1 / max": f"{per_token(full, 1)} / {per_token(full, top['full'])}",
-            "recursive (all loops), batch 1 / max": f"{per_token(recursive, 1)} / "
-                                                    f"{per_token(recursive, top['recursive'])}"})
+
+        basis.append(
+            {
+                "model": name,
+                "cap GiB": f"{b['memory_gib']:g}",
+                "weights MiB full / recursive": f"{memory['weight_bytes'] / 2**20:.0f} / "
+                f"{recursive['memory']['weight_bytes'] / 2**20:.0f}",
+                "KV MiB per request": f"{memory['kv_bytes_per_position'] * max_len / 2**20:.1f}",
+                "max batch full / recursive": f"{top['full']} / {top['recursive']}",
+                "exit at loop 1": f"{b['exits']['exit_frac_loop1']:.3f}",
+                "block ms/token full, batch 1 / max": f"{per_token(full, 1)} / {per_token(full, top['full'])}",
+                "recursive (all loops), batch 1 / max": f"{per_token(recursive, 1)} / "
+                f"{per_token(recursive, top['recursive'])}",
+            }
+        )
     frame = pd.DataFrame(data["rows"])
-    wide = frame.pivot_table(index=["model", "setup", "max_batch", "mean_exit_loop"], columns="mode",
-                             values=["tokens_per_s", "vs_vanilla", "vs_csb"], sort=False).reset_index()
-    out = pd.DataFrame({"model": wide["model"], "setup": wide["setup"], "max batch": wide["max_batch"],
-                        "mean exit loop": wide["mean_exit_loop"].map("{:.2f}".format)})
+    wide = frame.pivot_table(
+        index=["model", "setup", "max_batch", "mean_exit_loop"],
+        columns="mode",
+        values=["tokens_per_s", "vs_vanilla", "vs_csb"],
+        sort=False,
+    ).reset_index()
+    out = pd.DataFrame(
+        {
+            "model": wide["model"],
+            "setup": wide["setup"],
+            "max batch": wide["max_batch"],
+            "mean exit loop": wide["mean_exit_loop"].map("{:.2f}".format),
+        }
+    )
     for mode in MODES:
         out[f"{mode}: tok/s"] = wide[("tokens_per_s", mode)].map("{:.1f}".format)
         out[f"{mode}: x vanilla"] = wide[("vs_vanilla", mode)].map("{:.2f}".format)
         out[f"{mode}: x CSB"] = wide[("vs_csb", mode)].map("{:.2f}".format)
     paper = data["paper"]
-    out.loc[-1] = ["Gemma 2B (paper)", "CDB oracle", "", "", "", f"{paper['vs_vanilla']:.2f}", f"{paper['vs_csb']:.2f}",
-                   "", "", ""]
+    out.loc[-1] = [
+        "Gemma 2B (paper)",
+        "CDB oracle",
+        "",
+        "",
+        "",
+        f"{paper['vs_vanilla']:.2f}",
+        f"{paper['vs_csb']:.2f}",
+        "",
+        "",
+        "",
+    ]
     setting = data["setting"]
     sources = ", ".join(f"{b['documents']} documents ({name})" for name, b in data["basis"].items())
-    line = (f"Setting: B={setting['loops']} Stepwise conversions, {setting['requests']} requests with "
-            f"{setting['prompt_tokens']}-token prompts and {setting['min_new']}-{setting['max_new']} new tokens, "
-            f"exits replayed from {sources}, "
-            f"fastest of {setting['repeats']} timings per point, {setting['threads']} thread(s), "
-            f"torch {data['machine']['torch']}.")
+    line = (
+        f"Setting: B={setting['loops']} Stepwise conversions, {setting['requests']} requests with "
+        f"{setting['prompt_tokens']}-token prompts and {setting['min_new']}-{setting['max_new']} new tokens, "
+        f"exits replayed from {sources}, "
+        f"fastest of {setting['repeats']} timings per point, {setting['threads']} thread(s), "
+        f"torch {data['machine']['torch']}."
+    )
     return "\n\n".join([line, markdown(pd.DataFrame(basis)), markdown(out.sort_index().reset_index(drop=True))])
 
 
@@ -157,10 +214,32 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         model_rows, basis[name] = simulate_model(name, args)
         rows += model_rows
-    setting = {key: getattr(args, key) for key in ("loops", "requests", "prompt_tokens", "min_new", "max_new",
-                                                   "memory_gib", "repeats", "seed", "threads")}
-    columns = ["model", "setup", "mode", "max_batch", "tokens_per_s", "vs_vanilla", "vs_csb", "mean_exit_loop",
-               "mean_batch", "steps"]
+    setting = {
+        key: getattr(args, key)
+        for key in (
+            "loops",
+            "requests",
+            "prompt_tokens",
+            "min_new",
+            "max_new",
+            "memory_gib",
+            "repeats",
+            "seed",
+            "threads",
+        )
+    }
+    columns = [
+        "model",
+        "setup",
+        "mode",
+        "max_batch",
+        "tokens_per_s",
+        "vs_vanilla",
+        "vs_csb",
+        "mean_exit_loop",
+        "mean_batch",
+        "steps",
+    ]
     report("simulate", rows, columns, extra={"setting": setting, "paper": PAPER, "basis": basis})
     print(f"paper: x{PAPER['vs_vanilla']} vs vanilla, x{PAPER['vs_csb']} vs CSB ({PAPER['source']})")
 

@@ -63,14 +63,21 @@ def measure_loss(kind: str) -> None:
 def loss_rows() -> list[dict]:
     results = {}
     for kind in ("naive", "chunked"):
-        out = subprocess.run([sys.executable, "-m", "benchmarks.training", "--loss", kind], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.training", "--loss", kind], capture_output=True, text=True, check=True
+        )
         results[kind] = json.loads(out.stdout.strip().splitlines()[-1])
     assert abs(results["naive"]["loss"] - results["chunked"]["loss"]) < 1e-3
     naive = results["naive"]
     return [
-        {"what": f"CE+KD {kind} ({TOKENS} tok, V={VOCAB})", "seconds": r["seconds"], "peak_mb": r["peak_mb"],
-         "mem_ratio": r["peak_mb"] / naive["peak_mb"], "time_ratio": r["seconds"] / naive["seconds"],
-         "target": "<= 0.5 (memory)" if kind == "chunked" else None}
+        {
+            "what": f"CE+KD {kind} ({TOKENS} tok, V={VOCAB})",
+            "seconds": r["seconds"],
+            "peak_mb": r["peak_mb"],
+            "mem_ratio": r["peak_mb"] / naive["peak_mb"],
+            "time_ratio": r["seconds"] / naive["seconds"],
+            "target": "<= 0.5 (memory)" if kind == "chunked" else None,
+        }
         for kind, r in results.items()
     ]
 
@@ -82,7 +89,9 @@ def step_rows() -> list[dict]:
     models = {
         "vanilla": original,
         "recursive r=0": convert_to_recursive(copy.deepcopy(original), RecursionSpec(loops=2)),
-        "relaxed r=64": convert_to_recursive(copy.deepcopy(original), RecursionSpec(loops=2, init="average", lora=LoRASpec(rank=64))),
+        "relaxed r=64": convert_to_recursive(
+            copy.deepcopy(original), RecursionSpec(loops=2, init="average", lora=LoRASpec(rank=64))
+        ),
     }
     ids = torch.randint(0, original.config.vocab_size, (2, 128), generator=torch.Generator().manual_seed(0))
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
@@ -103,7 +112,15 @@ def step_rows() -> list[dict]:
             seconds[name].append(timeit(lambda: step(name), repeats=1, warmup=0))
     ratios = {n: statistics.median(s / v for s, v in zip(seconds[n], seconds["vanilla"])) for n in models}
     targets = {"vanilla": None, "recursive r=0": "<= 1.05", "relaxed r=64": "<= 1.15"}
-    return [{"what": f"train step {n} (2x128)", "seconds": statistics.median(seconds[n]), "time_ratio": ratios[n], "target": targets[n]} for n in models]
+    return [
+        {
+            "what": f"train step {n} (2x128)",
+            "seconds": statistics.median(seconds[n]),
+            "time_ratio": ratios[n],
+            "target": targets[n],
+        }
+        for n in models
+    ]
 
 
 def main() -> None:

@@ -113,9 +113,11 @@ def _hub_offline() -> bool:
 
 
 def _offline_message(repo_id: str) -> str:
-    return (f"model {repo_id}: no such local dir or embedded model ({', '.join(MODELS)}); as a Hugging Face hub id it "
-            f"is not in the local HF cache and the hub is offline (rrt sets HF_HUB_OFFLINE=1 unless you set it): "
-            f"set HF_HUB_OFFLINE=0 where the network is available to download it")
+    return (
+        f"model {repo_id}: no such local dir or embedded model ({', '.join(MODELS)}); as a Hugging Face hub id it "
+        f"is not in the local HF cache and the hub is offline (rrt sets HF_HUB_OFFLINE=1 unless you set it): "
+        f"set HF_HUB_OFFLINE=0 where the network is available to download it"
+    )
 
 
 def _hub_snapshot(repo_id: str, local_only: bool) -> Path:
@@ -153,8 +155,10 @@ def ensure_model(name: str) -> Path:
     if is_hub_id(name):
         return hub_model(name)
     if name not in MODELS:
-        raise UserError(f"Unknown model '{name}': use one of {sorted(MODELS)} or a path to an HF checkpoint directory "
-                        f"(or a Hugging Face hub id, org/name)")
+        raise UserError(
+            f"Unknown model '{name}': use one of {sorted(MODELS)} or a path to an HF checkpoint directory "
+            f"(or a Hugging Face hub id, org/name)"
+        )
     models = cache_root() / "models"
     if (models / name).is_dir():
         return models / name

@@ -31,8 +31,10 @@ def installed(module: str) -> bool:
 def missing_extra(names: list[str], extra: str, feature: str, instead: str = "") -> MissingExtraError:
     """The one-line error for a feature whose modules ``names`` are not installed."""
     shown = [DISTRIBUTIONS.get(name, name) for name in names]
-    return MissingExtraError(f"{feature} needs {' and '.join(shown)}, which {'is' if len(shown) == 1 else 'are'} not "
-                             f"installed: pip install 'rrt[{extra}]'" + (f" (or {instead})" if instead else ""))
+    return MissingExtraError(
+        f"{feature} needs {' and '.join(shown)}, which {'is' if len(shown) == 1 else 'are'} not "
+        f"installed: pip install 'rrt[{extra}]'" + (f" (or {instead})" if instead else "")
+    )
 
 
 def require(modules: str | tuple[str, ...], extra: str, feature: str, instead: str = "") -> None:

@@ -4,24 +4,31 @@ A record is the only thing analysis reads. Layout of ``<run_dir>/record.json``::
 
     {
       "schema": 1,
-      "run_id": "...", "run_dir": "...", "status": "running" | "complete" | "failed",
-      "created": iso time, "updated": iso time, "git_revision": "...",
+      "run_id": "...", "run_dir": "...",
+      "status": "running" | "complete" | "failed" | "interrupted", "error": null | "one line",
+      "created": iso time, "updated": iso time, "heartbeat": iso time, "pid": .., "host": "..",
+      "git_revision": "...", "config_hash": "..." (identity keys only), "overrides": ["lora.rank=64", ...],
       "config": {... resolved Hydra config ...},
-      "setting": {                      # flat scalars that identify the run (analysis groups by these)
-          "model": "gemma3_270m", "variant": "recursive" | "full" | "reduced",
+      "setting": {                      # flat scalars read off the built model (analysis groups by these)
+          "model": "gemma3_270m", "variant": "recursive" | "full" | "reduced", "pretrained": true,
           "loops": 2, "looping": "cycle", "init": "stepwise", "norm_init": "source",
-          "lora_rank": 0, "lora_init": "svd", "adapter": "lora", "rank_q": .., "rank_kv": .., "rank_o": .., "rank_ffn": ..,
-          "distill": "none" | "forward_kl" | ..., "distill_weight": 0.0,
+          "lora_rank": 0, "lora_init": "svd", "adapter": "lora" | "lamda" | ..,
+          "rank_q": .., "rank_kv": .., "rank_o": .., "rank_ffn": ..,      # effective ranks per group
+          "distill": "none" | "forward_kl" | ..., "distill_weight": 0.0, "teacher": path, "teacher_sha256": "..",
           "early_exit": "none" | "weighted" | "aggressive", "early_exit_coef": .., "early_exit_kd": false,
-          "token_budget": int, "pretrained": true
+          "early_exit_phase": null | "co" | "post", "early_exit_data": null | "new" | "overlap",
+          "token_budget": int, "seed": 0, "data_skip_tokens": 0, "start_from": null | run dir
       },
+      "relaxation": {"requested": {..}, "effective": {..}, "ranks": {linear: rank}, ...},   # relaxed runs only
+      "warnings": ["..."],
       "params": {"total": .., "embedding": .., "non_embedding": .., "adapters": ..},
       "budget": {"tokens": .., "seq_len": .., "global_batch": .., "steps": .., "warmup_steps": ..},
       "cluster": {"world_size": 1, "num_nodes": 1, "devices": 1, "slurm_job_id": null, "hostname": ".."},
       "metrics": [{"step": 1, "tokens": 1024, "loss": .., "ce": .., "kd": .., "lr": .., "tokens_per_s": ..}, ...],
       "evals": [{"task": "piqa", "metric": "acc_norm", "value": 0.61, "stderr": 0.01, "n": 1838,
                  "num_fewshot": 0, "exit_loop": 2, "limit": null, "subset": null}, ...],
-      "perplexity": [{"dataset": "local_heldout", "exit_loop": 2, "ppl": 13.5, "tokens": .., "context": 1024, "stride": 512}],
+      "perplexity": [{"dataset": "local_heldout", "exit_loop": 2, "ppl": 13.5, "tokens": ..,
+                      "context": 1024, "stride": 512}],
       "throughput": [{"engine": "cdb" | "vanilla" | "csb", "tokens_per_s": .., "batch": .., ...}],
       "timings": {"convert_s": .., "train_s": .., "eval_s": ..}
     }
@@ -51,7 +58,9 @@ def now() -> str:
 
 def git_revision(cwd: str | Path | None = None) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -72,9 +81,19 @@ class RunRecord:
     def create(cls, run_dir: str | Path, **fields: Any) -> "RunRecord":
         run_dir = Path(run_dir)
         data: dict[str, Any] = {
-            "schema": SCHEMA, "run_id": run_dir.name, "run_dir": str(run_dir.resolve()), "status": "running",
-            "created": now(), "updated": now(), "git_revision": git_revision(),
-            "config": {}, "setting": {}, "params": {}, "budget": {}, "cluster": {}, "timings": {},
+            "schema": SCHEMA,
+            "run_id": run_dir.name,
+            "run_dir": str(run_dir.resolve()),
+            "status": "running",
+            "created": now(),
+            "updated": now(),
+            "git_revision": git_revision(),
+            "config": {},
+            "setting": {},
+            "params": {},
+            "budget": {},
+            "cluster": {},
+            "timings": {},
             **{section: [] for section in LIST_SECTIONS},
         }
         data.update(fields)

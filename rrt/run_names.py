@@ -10,8 +10,21 @@ import hashlib
 
 # Config keys that do not change what is trained: logging, evaluation after training, where files go, how the
 # same global batch is spread over devices, and Hydra's own settings.
-NOT_IDENTITY = ("logger", "eval", "paths", "resume", "callbacks", "hydra", "run_name", "task_name", "keep_optimizer_state",
-                "trainer.devices", "trainer.num_nodes", "trainer.accelerator", "trainer.enable_progress_bar")
+NOT_IDENTITY = (
+    "logger",
+    "eval",
+    "paths",
+    "resume",
+    "callbacks",
+    "hydra",
+    "run_name",
+    "task_name",
+    "keep_optimizer_state",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.accelerator",
+    "trainer.enable_progress_bar",
+)
 MAX_NAME = 120  # characters; file systems allow 255 per path component
 DEFAULT_NAME = "default"
 
@@ -37,4 +50,4 @@ def run_name(overrides: list[str]) -> str:
     safe = name.replace("/", "_")
     if safe == name and len(name) <= MAX_NAME:
         return name
-    return f"{safe[:MAX_NAME - 11].rstrip('+_-')}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+    return f"{safe[: MAX_NAME - 11].rstrip('+_-')}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"

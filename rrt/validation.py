@@ -54,9 +54,13 @@ def check_values(cfg: DictConfig, rules: Mapping[str, Rule], prefix: str = "") -
 
 def check_required(cfg: DictConfig) -> None:
     """Keys left at ``???`` (e.g. ``data=jsonl`` without ``data.train_files``) would fail at first access."""
-    missing = sorted(key for key in OmegaConf.missing_keys(cfg) if not key.startswith("hydra."))  # Hydra's own: set per job
+    missing = sorted(
+        key for key in OmegaConf.missing_keys(cfg) if not key.startswith("hydra.")
+    )  # Hydra's own: set per job
     if missing:
-        raise UserError(f"{', '.join(missing)} must be set (e.g. {missing[0]}=...): the chosen config group requires it")
+        raise UserError(
+            f"{', '.join(missing)} must be set (e.g. {missing[0]}=...): the chosen config group requires it"
+        )
 
 
 def check_device(device: str, key: str = "device") -> None:
@@ -76,5 +80,6 @@ def check_output_file(path: str | None, key: str = "output") -> None:
     target = Path(path).expanduser().absolute()
     parent = next((p for p in target.parents if p.exists()), None)
     if target.is_dir() or parent is None or not parent.is_dir():
-        raise UserError(f"{key}={path} must be a file path in a directory (got a directory, or a file where a "
-                        "directory should be)")
+        raise UserError(
+            f"{key}={path} must be a file path in a directory (got a directory, or a file where a directory should be)"
+        )

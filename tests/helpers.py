@@ -17,12 +17,18 @@ CONF = ROOT / "conf"
 TINY = ["model=tiny_llama", "budget=tiny", "logger=none", "trainer=cpu"]
 
 
-def run_train(*overrides: str, runs_root: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_train(
+    *overrides: str, runs_root: Path, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """``python train.py <overrides>`` in a subprocess, with outputs under ``runs_root``."""
     command = [sys.executable, str(ROOT / "train.py"), *overrides, f"paths.runs_root={runs_root}"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2", **(env or {})})
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        raise AssertionError(
+            f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
     return result
 
 
@@ -50,8 +56,14 @@ def compose_train(*overrides: str, run_dir: Path):
 
 def start_train(*overrides: str, runs_root: Path) -> subprocess.Popen:
     command = [sys.executable, str(ROOT / "train.py"), *overrides, f"paths.runs_root={runs_root}"]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "2"})
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
 
 
 def wait_for_steps(runs_root: Path, steps: int, process: subprocess.Popen, timeout: float = 600) -> None:

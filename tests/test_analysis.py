@@ -70,8 +70,19 @@ THROUGHPUT = {"full-15": {"vanilla": 100.0, "csb": 150.0}, "ee-agg": {"cdb": 260
 
 def evals(avg: float, exit_loop: int | None, stderr: float = 0.002) -> list[dict]:
     """The seven tasks at ``avg`` percent; the default stderr gives Avg a standard error of 0.076 points."""
-    return [{"task": TASKS[c][0], "metric": TASKS[c][1], "value": (avg + o) / 100, "stderr": stderr, "n": 100,
-             "num_fewshot": 0, "exit_loop": exit_loop, "limit": 100} for c, o in zip(TASK_COLUMNS, OFFSETS)]
+    return [
+        {
+            "task": TASKS[c][0],
+            "metric": TASKS[c][1],
+            "value": (avg + o) / 100,
+            "stderr": stderr,
+            "n": 100,
+            "num_fewshot": 0,
+            "exit_loop": exit_loop,
+            "limit": 100,
+        }
+        for c, o in zip(TASK_COLUMNS, OFFSETS)
+    ]
 
 
 def perplexity(ppl: float, exit_loop: int | None, spread: float = 0.01, documents: int = 20) -> dict:
@@ -85,9 +96,13 @@ def write_sweep(root: Path, with_evals: bool = True) -> Path:
     for name, overrides, avg in SWEEP:
         setting = {**BASE_SETTING, **overrides}
         rank = setting["lora_rank"]
-        record = RunRecord.create(root / name, setting=setting, status="complete",
-                                  params={"non_embedding": N_EMB.get(setting["variant"], 50e6 + rank * 1e4)},
-                                  budget={"tokens": setting["token_budget"], "steps": 4})
+        record = RunRecord.create(
+            root / name,
+            setting=setting,
+            status="complete",
+            params={"non_embedding": N_EMB.get(setting["variant"], 50e6 + rank * 1e4)},
+            budget={"tokens": setting["token_budget"], "steps": 4},
+        )
         record.append(
             "metrics",
             [
@@ -99,8 +114,10 @@ def write_sweep(root: Path, with_evals: bool = True) -> Path:
         if with_evals:
             record.append("evals", evals(avg, None))
         if name.startswith("ee-"):
-            record.append("evals" if with_evals else "perplexity",
-                          evals(avg - 6, 1) if with_evals else perplexity(200 / (avg - 6), 1))
+            record.append(
+                "evals" if with_evals else "perplexity",
+                evals(avg - 6, 1) if with_evals else perplexity(200 / (avg - 6), 1),
+            )
         record.append("throughput", [{"engine": e, "tokens_per_s": v} for e, v in THROUGHPUT.get(name, {}).items()])
     (root / "truncated").mkdir()
     (root / "truncated" / "record.json").write_text(json.dumps({"schema": 1, "run_id": "truncated"})[:-7])
@@ -132,8 +149,13 @@ def real_runs_root(tmp_path_factory) -> Path:
     """Real tiny training runs (tiny random llama, 8 steps each; minutes on a CPU)."""
     root = tmp_path_factory.mktemp("real")
     for name, overrides in REAL_SWEEPS.items():
-        done = subprocess.run([*TRAIN, *overrides, f"hydra.sweep.dir={root / name}"], cwd=REPO, capture_output=True,
-                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        done = subprocess.run(
+            [*TRAIN, *overrides, f"hydra.sweep.dir={root / name}"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         assert done.returncode == 0, done.stderr[-3000:]
     return root
 
@@ -230,7 +252,8 @@ def test_final_exit_is_the_runs_last_loop(tmp_path):
     RunRecord.create(tmp_path / "loop1", setting=dict(BASE_SETTING), status="complete").append("evals", evals(40.0, 1))
     for variant in ("full", "reduced"):  # one loop: eval.py writes their scores at exit loop 1
         RunRecord.create(tmp_path / variant, setting={**BASE_SETTING, "variant": variant}, status="complete").append(
-            "evals", evals(30.0, 1))
+            "evals", evals(30.0, 1)
+        )
     summary = load_runs(tmp_path).summary().set_index("run")
     assert summary.loc["both", "Avg"] == pytest.approx(50.0) and math.isnan(summary.loc["loop1", "Avg"])
     assert summary.loc["full", "Avg"] == summary.loc["reduced", "Avg"] == pytest.approx(30.0)
@@ -380,8 +403,9 @@ def test_runs_without_budget_or_optional_keys_still_match(tmp_path):
     """Settings that omit keys (no token_budget, distill, early_exit) take the defaults: base budget, none; with
     no token budget on record, no check can be conclusive."""
     for init, avg in (("stepwise", 40.0), ("average", 30.0)):
-        RunRecord.create(tmp_path / init, setting=dict(model="m", variant="recursive", loops=2, init=init),
-                         status="complete").append("evals", evals(avg, None))
+        RunRecord.create(
+            tmp_path / init, setting=dict(model="m", variant="recursive", loops=2, init=init), status="complete"
+        ).append("evals", evals(avg, None))
     f1 = build_all(load_runs(tmp_path))["F.1"]
     ours = f1.frame[(f1.frame["source"] == "ours") & (f1.frame["loops"] == 2)].set_index("init")
     assert ours.loc["stepwise", "Avg"] == pytest.approx(40.0) and ours.loc["average", "n_runs"] == 1

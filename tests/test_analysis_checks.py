@@ -23,8 +23,15 @@ ENOUGH, TINY = 200_000_000, 6_144  # above / below analysis.checks.MIN_TOKENS
 AGG = dict(init="stepwise", early_exit="aggressive", early_exit_coef=0.1, early_exit_kd=False)
 
 
-def run(root: Path, name: str, avg: float | None = None, ppl: float | None = None, stderr: float = 0.002,
-        spread: float | None = 0.01, **setting) -> RunRecord:
+def run(
+    root: Path,
+    name: str,
+    avg: float | None = None,
+    ppl: float | None = None,
+    stderr: float = 0.002,
+    spread: float | None = 0.01,
+    **setting,
+) -> RunRecord:
     """A complete run scored by lm-eval (``avg``) or by held-out perplexity only (``ppl``; per-document NLLs
     spread around it, or none with ``spread=None``)."""
     record = RunRecord.create(
@@ -217,8 +224,16 @@ ABSOLUTE = re.compile(r"(?:^|[\s`'\"(\[|,=:])/(?:[\w.+-]+/)+")
 
 def test_report_shows_no_absolute_path(tmp_path):
     root = tmp_path / "sweep"
-    run(root, "post", 45.0, **AGG, start_from=str(root / "up" / "model"), early_exit_phase="post",
-        distill="forward_kl", teacher=str(tmp_path / "elsewhere" / "full"))
+    run(
+        root,
+        "post",
+        45.0,
+        **AGG,
+        start_from=str(root / "up" / "model"),
+        early_exit_phase="post",
+        distill="forward_kl",
+        teacher=str(tmp_path / "elsewhere" / "full"),
+    )
     run(root, "up", 50.0)
     (root / "broken").mkdir()
     (root / "broken" / "record.json").write_text("{")

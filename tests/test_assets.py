@@ -17,10 +17,12 @@ from rrt.cli.assets import main
 from rrt.data.fetch import package_dir
 from tests.tiny import tiny_model
 
-PARAGRAPH = ("The history of the city begins with a small settlement on the banks of the river. Over the centuries, "
-             "farmers and merchants built houses, markets and churches, and the town grew into an important centre "
-             "of trade. Today it is known for its old streets, its university and its many museums, which attract "
-             "visitors from all over the world.")
+PARAGRAPH = (
+    "The history of the city begins with a small settlement on the banks of the river. Over the centuries, "
+    "farmers and merchants built houses, markets and churches, and the town grew into an important centre "
+    "of trade. Today it is known for its old streets, its university and its many museums, which attract "
+    "visitors from all over the world."
+)
 
 
 def test_missing_package_error_gives_the_fetch_command(tmp_path, monkeypatch):
@@ -40,8 +42,9 @@ def test_unknown_model_name_lists_the_choices(tmp_path, monkeypatch):
 def test_own_checkpoint_directory_is_used_as_is(tmp_path):
     model = tiny_model("llama")
     model.save_pretrained(tmp_path)
-    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "hi": 1}, unk_token="<unk>")),
-                            unk_token="<unk>").save_pretrained(tmp_path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "hi": 1}, unk_token="<unk>")), unk_token="<unk>"
+    ).save_pretrained(tmp_path)
     assert ensure_model(str(tmp_path)) == tmp_path
     loaded = load_pretrained(str(tmp_path))
     assert not loaded.training and loaded.dtype == torch.float32
@@ -101,7 +104,7 @@ def test_gemma3_270m_is_the_real_pretrained_model(capsys):
     prompt = tokenizer("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
         output = model.generate(prompt, max_new_tokens=10, do_sample=False)
-    continuation = tokenizer.decode(output[0, prompt.shape[1]:])
+    continuation = tokenizer.decode(output[0, prompt.shape[1] :])
     assert "France" in continuation or "Paris" in continuation, continuation
 
 

@@ -48,8 +48,12 @@ def nothing_built(root: Path) -> bool:
 @pytest.fixture
 def files(tmp_path) -> dict[str, Path]:
     """Bad inputs on disk: data files, a run without a model, corrupt records and checkpoints."""
-    made = {"binary": tmp_path / "binary.jsonl", "malformed": tmp_path / "malformed.jsonl",
-            "no_field": tmp_path / "no_field.jsonl", "a_file": tmp_path / "a_file"}
+    made = {
+        "binary": tmp_path / "binary.jsonl",
+        "malformed": tmp_path / "malformed.jsonl",
+        "no_field": tmp_path / "no_field.jsonl",
+        "a_file": tmp_path / "a_file",
+    }
     made["binary"].write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00binary")
     made["malformed"].write_text('{"text": "fine"}\n{"text": broken\n')
     made["no_field"].write_text('{"content": "a document"}\n')
@@ -120,8 +124,10 @@ def test_train_rejects_bad_config_before_compute(overrides, names, tmp_path, mon
     assert nothing_built(tmp_path)
 
 
-@pytest.mark.parametrize(("kind", "names"), [("binary", "binary.jsonl:1"), ("malformed", "malformed.jsonl:2"),
-                                             ("no_field", "no_field.jsonl:1")])
+@pytest.mark.parametrize(
+    ("kind", "names"),
+    [("binary", "binary.jsonl:1"), ("malformed", "malformed.jsonl:2"), ("no_field", "no_field.jsonl:1")],
+)
 def test_train_names_the_bad_data_file_and_line(kind, names, files, tmp_path, monkeypatch, capsys):
     overrides = [*TINY, "data=jsonl", f"data.train_files=[{files[kind]}]", f"paths.runs_root={tmp_path / 'runs'}"]
     code, stderr = call("train", overrides, monkeypatch, capsys)
@@ -129,17 +135,26 @@ def test_train_names_the_bad_data_file_and_line(kind, names, files, tmp_path, mo
     assert nothing_built(tmp_path / "runs")
 
 
-@pytest.mark.parametrize(("kind", "names", "how"), [
-    ("unfinished", "has not finished", "model.name"),
-    ("a_file", "is a file", "paths.runs_root"),
-    ("corrupt_record", "corrupt", "paths.run_dir"),
-    ("list_record", "corrupt", "paths.run_dir"),
-    ("truncated_ckpt", "cannot be read safely", "paths.run_dir"),
-])
+@pytest.mark.parametrize(
+    ("kind", "names", "how"),
+    [
+        ("unfinished", "has not finished", "model.name"),
+        ("a_file", "is a file", "paths.runs_root"),
+        ("corrupt_record", "corrupt", "paths.run_dir"),
+        ("list_record", "corrupt", "paths.run_dir"),
+        ("truncated_ckpt", "cannot be read safely", "paths.run_dir"),
+    ],
+)
 def test_train_names_the_bad_path_and_the_way_out(kind, names, how, files, tmp_path, monkeypatch, capsys):
     target = files[kind] / "x" if how == "paths.runs_root" else files[kind]
-    code, stderr = call("train", [*TINY, f"{how}={target}", f"paths.runs_root={tmp_path / 'runs'}"]
-                        if how != "paths.runs_root" else [*TINY, f"paths.runs_root={target}"], monkeypatch, capsys)
+    code, stderr = call(
+        "train",
+        [*TINY, f"{how}={target}", f"paths.runs_root={tmp_path / 'runs'}"]
+        if how != "paths.runs_root"
+        else [*TINY, f"paths.runs_root={target}"],
+        monkeypatch,
+        capsys,
+    )
     assert_one_line(code, stderr, names)
     assert not (files[kind] / "model").exists()
 
@@ -221,23 +236,34 @@ def test_convert_rejects_bad_input_before_loading(overrides, names, tmp_path, mo
 def test_report_and_status_name_a_missing_root(tmp_path):
     for module in ("analysis.report", "rrt.sweeps.status"):
         extra = ["--out", str(tmp_path / "report")] if module == "analysis.report" else []
-        result = subprocess.run([sys.executable, "-m", module, str(tmp_path / "nope"), *extra], cwd=ROOT,
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", module, str(tmp_path / "nope"), *extra], cwd=ROOT, capture_output=True, text=True
+        )
         assert result.returncode == 2 and str(tmp_path / "nope") in result.stderr, (module, result.stderr)
         assert "Traceback" not in result.stderr
 
 
 def test_console_scripts_exit_2_with_one_line(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "seed=abc", f"paths.runs_root={tmp_path}"],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *TINY, "seed=abc", f"paths.runs_root={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert_one_line(result.returncode, result.stderr, "seed")
-    result = subprocess.run([sys.executable, str(ROOT / "eval.py"), "run=/nonexistent/run"], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "eval.py"), "run=/nonexistent/run"], cwd=ROOT, capture_output=True, text=True
+    )
     assert_one_line(result.returncode, result.stderr, "/nonexistent/run")
 
 
 def test_rrt_debug_shows_the_traceback(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "seed=abc", f"paths.runs_root={tmp_path}"],
-                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "RRT_DEBUG": "1"})
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *TINY, "seed=abc", f"paths.runs_root={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RRT_DEBUG": "1"},
+    )
     assert result.returncode != 0 and "Traceback" in result.stderr and "UserError" in result.stderr
     assert nothing_built(tmp_path)

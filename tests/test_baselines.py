@@ -13,7 +13,10 @@ from rrt.training.build import reduced_config
 from tests.helpers import TINY, losses_by_step, run_train, single_record
 
 
-@pytest.mark.parametrize("name,loops,paper", [("gemma_2b", 2, 0.99), ("gemma_2b", 3, 0.66), ("tinyllama_1b", 2, 0.48), ("pythia_1b", 2, 0.40)])
+@pytest.mark.parametrize(
+    "name,loops,paper",
+    [("gemma_2b", 2, 0.99), ("gemma_2b", 3, 0.66), ("tinyllama_1b", 2, 0.48), ("pythia_1b", 2, 0.40)],
+)
 def test_reduced_size_matches_the_recursive_n_emb(name, loops, paper):
     reduced = count_params_from_config(reduced_config(model_config(name), loops))
     recursive = count_params_from_config(name, RecursionSpec(loops=loops))
@@ -61,7 +64,9 @@ def test_post_training_continues_a_converted_run_with_exit_losses(tmp_path):
     run_train(*TINY, f"model.name={uptrained}", "early_exit=aggressive_kd", runs_root=tmp_path / "post")
     record = single_record(tmp_path / "post")
     assert record["setting"]["early_exit"] == "aggressive" and record["setting"]["early_exit_kd"] is True
-    assert record["setting"]["early_exit_phase"] == "post" and record["setting"]["start_from"] == str(uptrained / "model")
+    assert record["setting"]["early_exit_phase"] == "post" and record["setting"]["start_from"] == str(
+        uptrained / "model"
+    )
     rows = [m for m in record["metrics"] if "loss" in m]
     assert all("ce_exit1" in m and "self_kd_exit1" in m for m in rows)
     # loss = CE_2 + 0.1 * (CE_1 + KL_1): the exit terms are really in the optimised loss

@@ -40,7 +40,9 @@ def test_tied_parameters_share_storage_across_loops(family):
         for name in first:
             assert first[name] is second[name]
             assert first[name].data_ptr() == second[name].data_ptr()
-        assert layer_params(model, depth)[next(iter(first))] is not layer_params(model, (depth + 1) % 3)[next(iter(first))]
+        assert (
+            layer_params(model, depth)[next(iter(first))] is not layer_params(model, (depth + 1) % 3)[next(iter(first))]
+        )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -103,11 +105,16 @@ def test_norm_init_variants(norm_init):
     got = layer_params(model, 1)["input_layernorm.weight"]
     expected = {"average": (before[1] + before[3]) / 2, "choice": before[1], "zero": torch.zeros_like(before[1])}
     torch.testing.assert_close(got, expected[norm_init])
-    torch.testing.assert_close(layer_params(model, 1)["self_attn.q_proj.weight"].mean(), layer_params(model, 3)["self_attn.q_proj.weight"].mean())
+    torch.testing.assert_close(
+        layer_params(model, 1)["self_attn.q_proj.weight"].mean(),
+        layer_params(model, 3)["self_attn.q_proj.weight"].mean(),
+    )
 
 
 def test_random_init_has_no_pretrained_weights():
-    original = tiny_model("llama", 4, seed=3)  # seed 0 is also the random init's seed: it would rebuild the same weights
+    original = tiny_model(
+        "llama", 4, seed=3
+    )  # seed 0 is also the random init's seed: it would rebuild the same weights
     q = [layer_params(original, d)["self_attn.q_proj.weight"].detach().clone() for d in range(4)]
     emb = original.get_input_embeddings().weight.detach().clone()
     model = convert_to_recursive(original, RecursionSpec(loops=2, init="random"))
@@ -189,7 +196,9 @@ def test_sequence_looping_ties_consecutive_depths():
 def test_lamda_adapter_starts_at_the_svd_fit_and_trains_only_s_and_b():
     original = tiny_model("llama", 4)
     lora = convert_to_recursive(copy.deepcopy(original), RecursionSpec(loops=2, init="average", lora=LoRASpec(rank=4)))
-    lamda = convert_to_recursive(original, RecursionSpec(loops=2, init="average", lora=LoRASpec(rank=4, adapter="lamda")))
+    lamda = convert_to_recursive(
+        original, RecursionSpec(loops=2, init="average", lora=LoRASpec(rank=4, adapter="lamda"))
+    )
     with torch.no_grad():
         torch.testing.assert_close(lora(tokens()).logits, lamda(tokens()).logits, atol=1e-5, rtol=1e-5)
     adapter = family_for(lamda.config).layer_list(lamda)[1].mlp.up_proj
@@ -265,7 +274,9 @@ def test_random_init_of_a_reloaded_checkpoint_replaces_every_weight(tmp_path, fa
                 assert not torch.equal(value, checkpoint[f"model.layers.{source}.{name}"]), (depth, name, source)
 
 
-@pytest.mark.parametrize(("ranks", "expected"), [({"q": 4, "kv": 2}, 4), ({"q": 4, "kv": None}, 10), ({"q": None, "kv": 0}, 4)])
+@pytest.mark.parametrize(
+    ("ranks", "expected"), [({"q": 4, "kv": 2}, 4), ({"q": 4, "kv": None}, 10), ({"q": None, "kv": 0}, 4)]
+)
 def test_fused_qkv_rank_honours_the_q_and_kv_groups(ranks, expected):
     """Pythia's query_key_value gets the rank whose adapter costs what separate q, k, v adapters would."""
     spec = RecursionSpec(loops=2, lora=LoRASpec(rank=8, ranks={**ranks, "o": None, "ffn": None}))

@@ -13,7 +13,10 @@ def test_convert_cli_summary_and_saved_model(tmp_path):
     out = tmp_path / "converted"
     result = subprocess.run(
         [sys.executable, "-m", "rrt.cli.convert", "model=tiny_gemma3", "init=average", "lora.rank=4", f"out={out}"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     text = result.stdout
     assert "6 layers -> 3 shared x 2 loops" in text
@@ -26,6 +29,10 @@ def test_convert_cli_summary_and_saved_model(tmp_path):
 
 
 def test_convert_cli_rejects_bad_loops(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "rrt.cli.convert", "model=tiny_gemma3", "recursion.loops=4"],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "rrt.cli.convert", "model=tiny_gemma3", "recursion.loops=4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "valid values: [1, 2, 3, 6]" in result.stderr

@@ -36,8 +36,9 @@ def tokenizer_dir(tmp_path) -> str:
     vocab = {"<unk>": 0, "<bos>": BOS, "<eos>": EOS, **{word: 3 + i for i, word in enumerate(WORDS)}}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
-                                        unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
     tokenizer.save_pretrained(tmp_path / "tok")
     return str(tmp_path / "tok")
 
@@ -53,8 +54,9 @@ def doc_numbers(rows) -> set[int]:
 
 
 def write_jsonl(path: Path, texts: list[str], field: str = "text", zstd: bool = False) -> Path:
-    lines = "".join(json.dumps({field: text, "meta": {"redpajama_set_name": "RedPajamaBook"}}) + "\n"
-                    for text in texts).encode()
+    lines = "".join(
+        json.dumps({field: text, "meta": {"redpajama_set_name": "RedPajamaBook"}}) + "\n" for text in texts
+    ).encode()
     path.write_bytes(zstandard.ZstdCompressor().compress(lines) if zstd else lines)
     return path
 
@@ -182,13 +184,17 @@ def test_read_texts_from_jsonl_and_zst_with_a_custom_field(tmp_path):
 @pytest.fixture
 def shards(tmp_path) -> list[Path]:
     """Three SlimPajama-style shards of numbered documents (doc i starts with word i)."""
-    return [write_jsonl(tmp_path / f"chunk_{s}.jsonl.zst", [doc(s * 40 + i, 5 + i % 7) for i in range(40)], zstd=True)
-            for s in range(3)]
+    return [
+        write_jsonl(tmp_path / f"chunk_{s}.jsonl.zst", [doc(s * 40 + i, 5 + i % 7) for i in range(40)], zstd=True)
+        for s in range(3)
+    ]
 
 
 def test_streaming_shards_by_rank_and_worker_without_overlap(tokenizer_dir, shards):
-    consumers = [StreamingBatches(shards, tokenizer_dir, 6, 2, seed=0, rank=r, world=2).consumer_batches(c, 4)
-                 for r, c in ((0, 0), (0, 1), (1, 2), (1, 3))]
+    consumers = [
+        StreamingBatches(shards, tokenizer_dir, 6, 2, seed=0, rank=r, world=2).consumer_batches(c, 4)
+        for r, c in ((0, 0), (0, 1), (1, 2), (1, 3))
+    ]
     docs = [doc_numbers(take(it, 10)) for it in consumers]
     assert all(docs)
     assert sum(len(d) for d in docs) == len(set().union(*docs))
@@ -212,8 +218,16 @@ def test_streaming_resume_with_workers_equals_uninterrupted(tokenizer_dir, shard
 def test_datamodule_jsonl_contract(cache, tokenizer_dir, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", [doc(i, 9) for i in range(60)])
     val = write_jsonl(tmp_path / "val.jsonl.zst", [doc(i, 9) for i in range(100, 140)], zstd=True)
-    data = TextDataModule("jsonl", tokenizer_dir, seq_len=8, micro_batch_size=3, seed=2,
-                          train_files=[str(train)], val_files=[str(val)], val_batches=4)
+    data = TextDataModule(
+        "jsonl",
+        tokenizer_dir,
+        seq_len=8,
+        micro_batch_size=3,
+        seed=2,
+        train_files=[str(train)],
+        val_files=[str(val)],
+        val_batches=4,
+    )
     assert data.tokens_per_micro_batch == 24
     batches = take(iter(data.train_dataloader()), 100)  # > one epoch: never runs out
     assert all(b["input_ids"].shape == (3, 8) and b["input_ids"].dtype == torch.long for b in batches)
@@ -225,8 +239,14 @@ def test_datamodule_jsonl_contract(cache, tokenizer_dir, tmp_path):
 
 
 def test_datamodule_slimpajama_streams(cache, tokenizer_dir, shards):
-    data = TextDataModule("slimpajama", tokenizer_dir, seq_len=8, micro_batch_size=2,
-                          train_files=[str(shards[0].parent / "chunk_*.jsonl.zst")], val_files=[str(shards[2])])
+    data = TextDataModule(
+        "slimpajama",
+        tokenizer_dir,
+        seq_len=8,
+        micro_batch_size=2,
+        train_files=[str(shards[0].parent / "chunk_*.jsonl.zst")],
+        val_files=[str(shards[2])],
+    )
     assert isinstance(data.train_dataset(), StreamingBatches)
     assert next(iter(data.train_dataloader()))["input_ids"].shape == (2, 8)
 
@@ -258,11 +278,26 @@ def test_lightning_resume_continues_exactly_where_it_stopped(cache, tokenizer_di
     train = write_jsonl(tmp_path / "train.jsonl", [doc(i, 9) for i in range(60)])
 
     def fit(max_steps: int, ckpt_path: str | None = None) -> tuple[_Recorder, L.Trainer]:
-        data = TextDataModule("jsonl", tokenizer_dir, seq_len=8, micro_batch_size=2, seed=4, train_files=[str(train)],
-                              val_files=[str(train)])
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, accumulate_grad_batches=2,
-                            limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False)
+        data = TextDataModule(
+            "jsonl",
+            tokenizer_dir,
+            seq_len=8,
+            micro_batch_size=2,
+            seed=4,
+            train_files=[str(train)],
+            val_files=[str(train)],
+        )
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=max_steps,
+            accumulate_grad_batches=2,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
         module = _Recorder()
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
         return module, trainer
@@ -280,14 +315,25 @@ def test_hydra_data_configs_instantiate_with_the_shared_keys(name, tokenizer_dir
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    root = OmegaConf.create({"budget": {"seq_len": 16, "micro_batch_size": 2, "val_batches": 5}, "seed": 3,
-                             "model": {"tokenizer": tokenizer_dir},
-                             "data": OmegaConf.load(Path(__file__).parents[1] / "conf" / "data" / f"{name}.yaml")})
+    root = OmegaConf.create(
+        {
+            "budget": {"seq_len": 16, "micro_batch_size": 2, "val_batches": 5},
+            "seed": 3,
+            "model": {"tokenizer": tokenizer_dir},
+            "data": OmegaConf.load(Path(__file__).parents[1] / "conf" / "data" / f"{name}.yaml"),
+        }
+    )
     if name != "local_corpus":
         root.data.train_files = [str(write_jsonl(tmp_path / "t.jsonl", ["w1 w2"]))]
     data = instantiate(root.data)
     assert (data.source, data.seq_len, data.micro_batch_size, data.seed, data.tokenizer, data.val_batches) == (
-        name, 16, 2, 3, tokenizer_dir, 5)
+        name,
+        16,
+        2,
+        3,
+        tokenizer_dir,
+        5,
+    )
 
 
 class _RankRecorder(L.LightningModule):
@@ -310,11 +356,21 @@ class _RankRecorder(L.LightningModule):
 @pytest.mark.slow
 def test_real_ddp_ranks_get_their_own_disjoint_shards(cache, tokenizer_dir, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", [doc(i, 9) for i in range(60)])
-    data = TextDataModule("jsonl", tokenizer_dir, seq_len=8, micro_batch_size=2, seed=6, train_files=[str(train)],
-                          val_files=[str(train)])
+    data = TextDataModule(
+        "jsonl", tokenizer_dir, seq_len=8, micro_batch_size=2, seed=6, train_files=[str(train)], val_files=[str(train)]
+    )
     (tmp_path / "out").mkdir()
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=5, limit_val_batches=0,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_steps=5,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(_RankRecorder(str(tmp_path / "out")), datamodule=data)
     rows = data.train_rows()
     for rank in range(2):
@@ -322,4 +378,5 @@ def test_real_ddp_ranks_get_their_own_disjoint_shards(cache, tokenizer_dir, tmp_
         expected = take(train_batches(rows, 2, seed=6, rank=rank, world=2), 5)
         assert all(np.array_equal(a, b) for a, b in zip(seen, expected))
     assert not {tuple(r) for i in range(5) for r in np.load(tmp_path / "out" / f"rank0_{i}.npy").tolist()} & {
-        tuple(r) for i in range(5) for r in np.load(tmp_path / "out" / f"rank1_{i}.npy").tolist()}
+        tuple(r) for i in range(5) for r in np.load(tmp_path / "out" / f"rank1_{i}.npy").tolist()
+    }

@@ -49,8 +49,21 @@ def test_a_complete_run_keeps_no_optimizer_state(tmp_path):
 
 def test_keys_that_do_not_change_the_run_do_not_change_its_dir():
     base = run_name(["model=tiny_llama", "lora.rank=4"])
-    assert run_name(["logger=csv", "model=tiny_llama", "eval=paper7", "lora.rank=4", "resume=never",
-                     "hydra/launcher=slurm_cpu", "trainer.devices=2", "paths.runs_root=/x"]) == base
+    assert (
+        run_name(
+            [
+                "logger=csv",
+                "model=tiny_llama",
+                "eval=paper7",
+                "lora.rank=4",
+                "resume=never",
+                "hydra/launcher=slurm_cpu",
+                "trainer.devices=2",
+                "paths.runs_root=/x",
+            ]
+        )
+        == base
+    )
     assert run_name(["model=tiny_llama", "lora.rank=8"]) != base
 
 
@@ -65,10 +78,21 @@ def test_run_dir_names_are_single_short_components_and_never_a_parent():
 
 
 def test_a_long_command_line_trains_in_a_readable_dir(tmp_path):
-    budget = ["budget.tokens=512", "budget.seq_len=32", "budget.global_batch=4", "budget.micro_batch_size=2",
-              "budget.warmup_steps=1", "budget.val_check_interval=4", "budget.val_batches=1",
-              "budget.log_every_n_steps=1", "budget.checkpoint_every_n_steps=2", "seed=1", "loss.chunk_tokens=64",
-              "optim.min_lr_ratio=0.2", "init=average"]
+    budget = [
+        "budget.tokens=512",
+        "budget.seq_len=32",
+        "budget.global_batch=4",
+        "budget.micro_batch_size=2",
+        "budget.warmup_steps=1",
+        "budget.val_check_interval=4",
+        "budget.val_batches=1",
+        "budget.log_every_n_steps=1",
+        "budget.checkpoint_every_n_steps=2",
+        "seed=1",
+        "loss.chunk_tokens=64",
+        "optim.min_lr_ratio=0.2",
+        "init=average",
+    ]
     run_train(*TINY, *budget, runs_root=tmp_path)
     record = single_record(tmp_path)
     assert record["status"] == "complete" and len(Path(record["run_dir"]).name) <= MAX_NAME

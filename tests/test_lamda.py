@@ -162,8 +162,10 @@ def test_flatter_spectra_get_more_rank_within_the_same_budget():
     assert ranks["zero"] == 8  # no spectrum: it keeps its uniform rank
     budget = 4 * adapter_params("lamda", 8, n, n)
     used = sum(adapter_params("lamda", r, n, n) for r in ranks.values())
-    cheapest_next = min(adapter_params("lamda", ranks[k] + 1, n, n) - adapter_params("lamda", ranks[k], n, n)
-                        for k in ("flat", "linear", "steep"))
+    cheapest_next = min(
+        adapter_params("lamda", ranks[k] + 1, n, n) - adapter_params("lamda", ranks[k], n, n)
+        for k in ("flat", "linear", "steep")
+    )
     assert budget - cheapest_next < used <= budget
 
 
@@ -201,8 +203,15 @@ def test_a_saved_allocation_that_does_not_fit_the_model_is_refused():
 
 
 def test_a_lamda_plus_run_records_and_saves_its_allocation_and_never_moves_a_frozen_b(tmp_path):
-    overrides = [*TINY, "lora=lamda_plus", "lora.rank=4", "init=average", "lora.lamda_freeze_b_at=0",
-                 "budget.tokens=256", "budget.warmup_steps=1"]
+    overrides = [
+        *TINY,
+        "lora=lamda_plus",
+        "lora.rank=4",
+        "init=average",
+        "lora.lamda_freeze_b_at=0",
+        "budget.tokens=256",
+        "budget.warmup_steps=1",
+    ]
     run_train(*overrides, runs_root=tmp_path / "runs")
     record = single_record(tmp_path / "runs")
     relax, setting = record["relaxation"], record["setting"]
@@ -227,8 +236,14 @@ def assert_unmoved(trained: torch.Tensor, initial: torch.Tensor) -> None:
 @pytest.mark.integration
 def test_two_process_ddp_and_fsdp_lamda_runs_match_one_process(tmp_path):
     """B freezes column by column inside the run (t_i = 4 of 8 steps): the graph must stay the same for DDP and FSDP."""
-    lamda = [*TINY, "lora=lamda", "lora.rank=4", "init=average", "lora.lamda_freeze_b_at=0.5",
-             "trainer.precision=32-true"]
+    lamda = [
+        *TINY,
+        "lora=lamda",
+        "lora.rank=4",
+        "init=average",
+        "lora.lamda_freeze_b_at=0.5",
+        "trainer.precision=32-true",
+    ]
     run_train(*lamda, "budget.micro_batch_size=4", runs_root=tmp_path / "one")
     run_train(*lamda, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", runs_root=tmp_path / "ddp")
     run_train(*lamda, "trainer=fsdp_cpu", runs_root=tmp_path / "fsdp")
@@ -248,4 +263,3 @@ def test_two_process_ddp_and_fsdp_lamda_runs_match_one_process(tmp_path):
             assert_unmoved(want.lora_A, initial.lora_A)
             torch.testing.assert_close(got.lora_B, want.lora_B, atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(got.lora_S, want.lora_S, atol=1e-5, rtol=1e-4)
-

@@ -61,10 +61,14 @@ def test_chunked_ce_and_kd_equal_naive(kd):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind,coef,self_kd", [("weighted", 0.0, False), ("aggressive", 0.1, False), ("aggressive", 0.1, True)])
+@pytest.mark.parametrize(
+    "kind,coef,self_kd", [("weighted", 0.0, False), ("aggressive", 0.1, False), ("aggressive", 0.1, True)]
+)
 def test_early_exit_losses_equal_naive(kind, coef, self_kd):
     exits, head, labels, th, thead = setup(loops=3)
-    spec = LossSpec(exit_weights=tuple(exit_weights(kind, 3, coef)), self_kd=self_kd, kd="forward_kl", kd_weight=1.0, chunk_tokens=4)
+    spec = LossSpec(
+        exit_weights=tuple(exit_weights(kind, 3, coef)), self_kd=self_kd, kd="forward_kl", kd_weight=1.0, chunk_tokens=4
+    )
     out = lm_loss(exits, head, labels, spec, th, thead)
     expected = naive(exits, head, labels, spec, th, thead)
     torch.testing.assert_close(out["loss"], expected, atol=1e-5, rtol=1e-5)

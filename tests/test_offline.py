@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import ROOT
 
-HOOK = '''
+HOOK = """
 import ipaddress, os, socket, sys
 
 LOG = os.environ["RRT_NETWORK_LOG"]
@@ -49,11 +49,16 @@ def _refuse_the_network(event, args):
 
 
 sys.addaudithook(_refuse_the_network)
-'''
+"""
 # What rrt sets on import; stripped from the subprocesses' environment (this pytest process imported rrt already),
 # so each command has to set them itself.
-RRT_SETS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY",
-            "HF_UPDATE_DOWNLOAD_COUNTS")
+RRT_SETS = (
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_HUB_DISABLE_TELEMETRY",
+    "HF_UPDATE_DOWNLOAD_COUNTS",
+)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -73,8 +78,9 @@ def guarded_env(tmp_path: Path) -> dict[str, str]:
 
 def run_guarded(args: list[str], env: dict[str, str]) -> str:
     """Run ``python <args>`` under the hook; its combined output, after asserting it succeeded."""
-    result = subprocess.run([sys.executable, *args], check=False, cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, *args], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, f"{args} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     return result.stdout + result.stderr
 
@@ -86,8 +92,14 @@ def network_attempts(env: dict[str, str]) -> list[str]:
 
 def test_the_hook_sees_an_outside_connection(guarded_env):
     """The guard itself works: a plain look-up of a remote host is logged (else the test below proves nothing)."""
-    result = subprocess.run([sys.executable, "-c", "import socket; socket.getaddrinfo('huggingface.co', 443)"],
-                            check=False, env=guarded_env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", "import socket; socket.getaddrinfo('huggingface.co', 443)"],
+        check=False,
+        env=guarded_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0 and "network refused" in result.stderr
     assert network_attempts(guarded_env) == ["socket.getaddrinfo ('huggingface.co', 443) from ['-c']"]
 
@@ -95,11 +107,31 @@ def test_the_hook_sees_an_outside_connection(guarded_env):
 def test_train_eval_and_report_make_no_network_connection(guarded_env, tmp_path):
     """The default logger (wandb offline) trains a tiny model; lm-eval scores it; the report reads the record."""
     runs = tmp_path / "runs"
-    run_guarded(["train.py", "model=tiny_llama", "budget=tiny", "budget.tokens=256", "budget.warmup_steps=1",
-                 "trainer=cpu", f"paths.runs_root={runs}"], guarded_env)
+    run_guarded(
+        [
+            "train.py",
+            "model=tiny_llama",
+            "budget=tiny",
+            "budget.tokens=256",
+            "budget.warmup_steps=1",
+            "trainer=cpu",
+            f"paths.runs_root={runs}",
+        ],
+        guarded_env,
+    )
     (run_dir,) = [path.parent for path in runs.rglob("record.json")]
-    out = run_guarded(["eval.py", f"run={run_dir}", "eval=smoke", "eval.tasks=[winogrande]", "eval.limit=2",
-                       "eval.perplexity.datasets=[]", f"hydra.run.dir={tmp_path / 'eval'}"], guarded_env)
+    out = run_guarded(
+        [
+            "eval.py",
+            f"run={run_dir}",
+            "eval=smoke",
+            "eval.tasks=[winogrande]",
+            "eval.limit=2",
+            "eval.perplexity.datasets=[]",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
+        guarded_env,
+    )
     assert "winogrande" in out
     run_guarded(["-m", "analysis.report", str(runs), "--out", str(tmp_path / "report")], guarded_env)
     assert (tmp_path / "report" / "report.md").exists()
@@ -110,9 +142,12 @@ def test_train_eval_and_report_make_no_network_connection(guarded_env, tmp_path)
 def test_offline_is_a_default_the_user_can_turn_off(hub_offline, expected):
     """Importing rrt makes datasets and the hub offline, unless the user exported HF_HUB_OFFLINE=0."""
     env = clean_env() if hub_offline is None else clean_env(HF_HUB_OFFLINE=hub_offline)
-    code = ("import rrt, datasets.config, huggingface_hub.constants as hub; "
-            "print(datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE)")
-    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=120)
+    code = (
+        "import rrt, datasets.config, huggingface_hub.constants as hub; "
+        "print(datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[-2] == expected

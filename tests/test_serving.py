@@ -8,8 +8,19 @@ import torch
 from rrt.records import RunRecord
 from rrt.recursive import LoRASpec, RecursionSpec, convert_to_recursive
 from rrt.recursive.model import RecursiveModel
-from rrt.serving import (ConfidenceExit, DepthStack, Engine, FullDepth, OracleExit, Request, Trajectory, agreement,
-                         confidence_exits, exit_summary, exit_trajectories)
+from rrt.serving import (
+    ConfidenceExit,
+    DepthStack,
+    Engine,
+    FullDepth,
+    OracleExit,
+    Request,
+    Trajectory,
+    agreement,
+    confidence_exits,
+    exit_summary,
+    exit_trajectories,
+)
 from rrt.serving.records import throughput_row, write_throughput
 from rrt.serving.workload import oracle_schedule, text_requests
 from tests.tiny import tiny_model, tokens
@@ -18,7 +29,9 @@ from tests.tiny import tiny_model, tokens
 def model_for(family: str, loops: int | None = None, rank: int = 0):
     model = tiny_model(family)
     if loops:
-        convert_to_recursive(model, RecursionSpec(loops=loops, init="average" if rank else "stepwise", lora=LoRASpec(rank=rank)))
+        convert_to_recursive(
+            model, RecursionSpec(loops=loops, init="average" if rank else "stepwise", lora=LoRASpec(rank=rank))
+        )
     model.generation_config.eos_token_id = None  # the engine decodes exactly max_new_tokens
     model.generation_config.pad_token_id = 0
     return model
@@ -30,8 +43,12 @@ def make_requests(n: int = 5) -> list[Request]:
 
 
 def reference(model, requests) -> dict[int, list[int]]:
-    return {r.rid: model.generate(torch.tensor([r.prompt]), max_new_tokens=r.max_new_tokens, do_sample=False)[0, len(r.prompt):].tolist()
-            for r in requests}
+    return {
+        r.rid: model.generate(torch.tensor([r.prompt]), max_new_tokens=r.max_new_tokens, do_sample=False)[
+            0, len(r.prompt) :
+        ].tolist()
+        for r in requests
+    }
 
 
 @pytest.mark.parametrize("family", ["gemma3", "llama", "qwen2", "gemma"])

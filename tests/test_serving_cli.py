@@ -20,8 +20,13 @@ def run_dir(saved_run_dir):
 
 
 def test_each_policy_adds_one_row_and_reruns_replace_it(run_dir):
-    small = ["serve.requests=3", "serve.max_batch=2", "serve.prompt_tokens=8", "serve.min_new_tokens=3",
-             "serve.max_new_tokens=4"]
+    small = [
+        "serve.requests=3",
+        "serve.max_batch=2",
+        "serve.prompt_tokens=8",
+        "serve.min_new_tokens=3",
+        "serve.max_new_tokens=4",
+    ]
     model, tokenizer, record = load_target(config(f"run={run_dir}"))
     for policy in ("none", "confidence", "oracle", "oracle"):
         row = serve(config(f"run={run_dir}", f"serve.policy={policy}", *small).serve, model, tokenizer, record)
@@ -31,9 +36,13 @@ def test_each_policy_adds_one_row_and_reruns_replace_it(run_dir):
     assert all(r["tokens_per_s"] > 0 and r["max_batch"] == 2 for r in rows)
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("serve.policy=sometimes", "supported: \\['none', 'confidence', 'oracle'\\]"),
-    ("serve.batching=dynamic", "supported: \\['static', 'csb', 'cdb'\\]")])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("serve.policy=sometimes", "supported: \\['none', 'confidence', 'oracle'\\]"),
+        ("serve.batching=dynamic", "supported: \\['static', 'csb', 'cdb'\\]"),
+    ],
+)
 def test_bad_settings_fail_before_loading_anything(override, message):
     with pytest.raises(ValueError, match=message):
         validate(config(override).serve)

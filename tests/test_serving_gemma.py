@@ -20,6 +20,8 @@ def test_cdb_engine_equals_generate_on_recursive_gemma3_270m():
     requests = [Request(i, tokenizer(p).input_ids, 5 + 2 * i) for i, p in enumerate(prompts)]
     outputs, stats = Engine(model, max_batch=2).generate(requests)  # 3 requests, 2 slots: one refill
     for request in requests:
-        expected = model.generate(torch.tensor([request.prompt]), max_new_tokens=request.max_new_tokens, do_sample=False)
-        assert outputs[request.rid] == expected[0, len(request.prompt):].tolist()
+        expected = model.generate(
+            torch.tensor([request.prompt]), max_new_tokens=request.max_new_tokens, do_sample=False
+        )
+        assert outputs[request.rid] == expected[0, len(request.prompt) :].tolist()
     assert stats.exit_loops == {2: sum(r.max_new_tokens - 1 for r in requests)}

@@ -23,8 +23,15 @@ ONE = Curve.constant(1.0)
 ZERO = Curve.constant(0.0)
 
 
-def costs(loops: int, shared: int, block: Curve, head: Curve = ZERO, propagate: Curve = ZERO,
-          prefill: Curve = ZERO, embed: Curve = ZERO) -> ModelCosts:
+def costs(
+    loops: int,
+    shared: int,
+    block: Curve,
+    head: Curve = ZERO,
+    propagate: Curve = ZERO,
+    prefill: Curve = ZERO,
+    embed: Curve = ZERO,
+) -> ModelCosts:
     return ModelCosts(loops, shared, block, head, embed, propagate, prefill)
 
 
@@ -53,8 +60,15 @@ def test_three_requests_hand_computed_tokens_per_second():
 def test_full_mode_adds_head_prefill_embedding_and_propagation():
     """The CDB schedule above: head calls of 1, 1 and 2 rows; the loop-1 exits of r0 (step 1) and
     r2 (step 3) each propagate 3 skipped depths."""
-    recursive = costs(2, 3, ONE, head=Curve(((1, 0.5), (2, 0.75))), propagate=Curve.constant(0.25),
-                      prefill=Curve.constant(2.0), embed=Curve.constant(0.125))
+    recursive = costs(
+        2,
+        3,
+        ONE,
+        head=Curve(((1, 0.5), (2, 0.75))),
+        propagate=Curve.constant(0.25),
+        prefill=Curve.constant(2.0),
+        embed=Curve.constant(0.125),
+    )
     paper = simulate(recursive, THREE, EXITS, max_batch=2)
     full = simulate(recursive, THREE, EXITS, max_batch=2, mode="full")
     assert paper.seconds == paper.block_s == 3.0 and paper.head_s == paper.prefill_s == paper.propagate_s == 0
@@ -79,17 +93,36 @@ def plan_for(requests):
     return OracleExit({r.rid: [1 + (r.rid + k) % 3 // 2 for k in range(r.max_new_tokens)] for r in requests})
 
 
-@pytest.mark.parametrize("loops,scheduling,head_batch", [
-    (None, "static", 1), (None, "continuous", 1), (2, "continuous", 1), (2, "continuous", 2), (3, "static", 1),
-    (3, "continuous", 3)])
+@pytest.mark.parametrize(
+    "loops,scheduling,head_batch",
+    [
+        (None, "static", 1),
+        (None, "continuous", 1),
+        (2, "continuous", 1),
+        (2, "continuous", 2),
+        (3, "static", 1),
+        (3, "continuous", 3),
+    ],
+)
 def test_schedule_equals_the_engines(loops, scheduling, head_batch):
     model, requests = model_for("llama", loops), make_requests()
     policy = plan_for(requests)
     _, measured = Engine(model, policy, max_batch=3, scheduling=scheduling, head_batch=head_batch).generate(requests)
-    simulated = simulate(costs(loops or 1, 6 // (loops or 1), ONE), requests, policy, max_batch=3,
-                         scheduling=scheduling, head_batch=head_batch)
+    simulated = simulate(
+        costs(loops or 1, 6 // (loops or 1), ONE),
+        requests,
+        policy,
+        max_batch=3,
+        scheduling=scheduling,
+        head_batch=head_batch,
+    )
     assert (simulated.steps, simulated.rows, simulated.head_calls, simulated.tokens, simulated.exit_loops) == (
-        measured.steps, measured.rows, measured.head_calls, measured.tokens, measured.exit_loops)
+        measured.steps,
+        measured.rows,
+        measured.head_calls,
+        measured.tokens,
+        measured.exit_loops,
+    )
 
 
 class _Clock:
@@ -105,6 +138,7 @@ class _Clock:
         def call(*args, **kwargs):
             self.now += cost(*args)
             return fn(*args, **kwargs)
+
         return call
 
 
@@ -116,7 +150,9 @@ class _Embedding:
         return self.call(ids)
 
 
-@pytest.mark.parametrize("loops,scheduling", [(None, "static"), (None, "continuous"), (2, "continuous"), (3, "continuous")])
+@pytest.mark.parametrize(
+    "loops,scheduling", [(None, "static"), (None, "continuous"), (2, "continuous"), (3, "continuous")]
+)
 def test_simulated_time_equals_the_engines_own_costs(monkeypatch, loops, scheduling):
     """The real engine on a clock that charges known costs per layer, head, propagation and embedding call
     reports block/head/propagation/prefill/total seconds; the simulator fed the same costs gives them exactly."""
@@ -124,10 +160,19 @@ def test_simulated_time_equals_the_engines_own_costs(monkeypatch, loops, schedul
     policy = plan_for(requests)
     engine, clock = Engine(model, policy, max_batch=3, scheduling=scheduling), _Clock()
     stack, depths = engine.stack, 6
-    layer = lambda tokens: 1.0 + tokens  # tokens = rows x positions of one layer call
-    head = lambda rows: 8.0 + 2 * rows
-    propagate = lambda rows: 0.5 + rows / 4
-    embed = lambda tokens: tokens / 8
+
+    def layer(tokens: int) -> float:  # tokens = rows x positions of one layer call
+        return 1.0 + tokens
+
+    def head(rows: int) -> float:
+        return 8.0 + 2 * rows
+
+    def propagate(rows: int) -> float:
+        return 0.5 + rows / 4
+
+    def embed(tokens: int) -> float:
+        return tokens / 8
+
     stack.run_shared_layer = clock.charging(stack.run_shared_layer, lambda i, h, *_: layer(h.shape[0] * h.shape[1]))
     stack.logits = clock.charging(stack.logits, lambda h: head(h.shape[0]))
     stack.propagate_state = clock.charging(stack.propagate_state, lambda d, h, *_: propagate(h.shape[0]))
@@ -137,11 +182,17 @@ def test_simulated_time_equals_the_engines_own_costs(monkeypatch, loops, schedul
 
     def line(fn, scale=1.0):  # exact: every cost is linear in its size
         return Curve(((1, scale * fn(1)), (100, scale * fn(100))))
+
     shared = stack.shared
-    model_costs = costs(stack.loops, shared, block=Curve(((1, shared * layer(1)), (100, shared * layer(100)))),
-                        head=line(head), propagate=line(propagate), embed=line(embed),
-                        prefill=Curve(((1, depths * layer(1) + head(1) + embed(1)),
-                                       (100, depths * layer(100) + head(1) + embed(100)))))
+    model_costs = costs(
+        stack.loops,
+        shared,
+        block=Curve(((1, shared * layer(1)), (100, shared * layer(100)))),
+        head=line(head),
+        propagate=line(propagate),
+        embed=line(embed),
+        prefill=Curve(((1, depths * layer(1) + head(1) + embed(1)), (100, depths * layer(100) + head(1) + embed(100)))),
+    )
     full = simulate(model_costs, requests, policy, max_batch=3, scheduling=scheduling, mode="full")
     paper = simulate(model_costs, requests, policy, max_batch=3, scheduling=scheduling)
     for part in ("block_s", "head_s", "propagate_s", "prefill_s", "seconds"):
@@ -187,7 +238,7 @@ def test_trajectory_queue_replays_documents_in_turn():
     requests, policy = trajectory_queue(trajectories, prompt_tokens=3, count=3, min_new=2, max_new=4, seed=0)
     assert [len(r.prompt) for r in requests] == [3, 3, 3] and all(2 <= r.max_new_tokens <= 4 for r in requests)
     for request in requests:
-        assert policy.schedule[request.rid] == oracle[request.rid % 2][2:2 + request.max_new_tokens].tolist()
+        assert policy.schedule[request.rid] == oracle[request.rid % 2][2 : 2 + request.max_new_tokens].tolist()
     with pytest.raises(ValueError, match="2 trajectories are shorter than prompt"):
         trajectory_queue(trajectories, prompt_tokens=3, count=1, min_new=2, max_new=5)
 

@@ -18,8 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "slurm" / "local_cluster.sh"
 # Two CPU ranks per run (DDP over gloo); the node has 2 cores, so the array's runs take turns.
 TINY_DDP = [
-    "model=tiny_llama", "budget=tiny", "logger=csv", "hydra/launcher=slurm_cpu", "trainer=ddp",
-    "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+    "model=tiny_llama",
+    "budget=tiny",
+    "logger=csv",
+    "hydra/launcher=slurm_cpu",
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.precision=32-true",
 ]
 
 pytestmark = pytest.mark.slurm
@@ -31,7 +37,10 @@ def slurm_env() -> dict[str, str]:
     was_running = subprocess.run([str(SCRIPT), "status"], env=env, capture_output=True).returncode == 0
     started = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=900)
     if started.returncode != 0:
-        pytest.fail(f"the local SLURM cluster did not start (pytest -m 'not slurm' deselects these tests):\n{started.stdout}{started.stderr}")
+        pytest.fail(
+            "the local SLURM cluster did not start (pytest -m 'not slurm' deselects these tests):\n"
+            f"{started.stdout}{started.stderr}"
+        )
     env["SLURM_CONF"] = f"{env['RRT_SLURM_DIR']}/slurm.conf"
     yield env
     if not was_running:
@@ -53,8 +62,14 @@ def loss_rows(record: dict) -> list[dict]:
 @pytest.fixture(scope="module")
 def finished_sweep(slurm_env, tmp_path_factory) -> Path:
     runs_root = tmp_path_factory.mktemp("slurm_sweep")
-    result = subprocess.run(sweep_command(runs_root, "budget.tokens=512", "init=stepwise,average"), cwd=ROOT, env=slurm_env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        sweep_command(runs_root, "budget.tokens=512", "init=stepwise,average"),
+        cwd=ROOT,
+        env=slurm_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return runs_root / "sweeps" / "train"
 
@@ -62,7 +77,8 @@ def finished_sweep(slurm_env, tmp_path_factory) -> Path:
 def test_array_sweep_of_two_rank_ddp_runs_completes(finished_sweep: Path):
     runs = records(finished_sweep)
     assert sorted(runs) == [
-        "budget.tokens-512+budget-tiny+init-average+model-tiny_llama+trainer.precision-32-true+trainer-ddp",  # logger: not identity
+        # logger: not identity
+        "budget.tokens-512+budget-tiny+init-average+model-tiny_llama+trainer.precision-32-true+trainer-ddp",
         "budget.tokens-512+budget-tiny+init-stepwise+model-tiny_llama+trainer.precision-32-true+trainer-ddp",
     ]
     for record in runs.values():
@@ -77,8 +93,14 @@ def test_array_sweep_of_two_rank_ddp_runs_completes(finished_sweep: Path):
 def test_resubmitting_the_finished_sweep_launches_nothing_and_says_why(finished_sweep: Path, slurm_env):
     jobs_before = sorted(path.name for path in (finished_sweep / ".submitit").iterdir())
     runs_root = finished_sweep.parents[1]
-    result = subprocess.run(sweep_command(runs_root, "budget.tokens=512", "init=stepwise,average"), cwd=ROOT, env=slurm_env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        sweep_command(runs_root, "budget.tokens=512", "init=stepwise,average"),
+        cwd=ROOT,
+        env=slurm_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("already holds a complete record") == 2
     assert "nothing to launch: all 2 runs of this sweep are complete or still running" in result.stdout
@@ -102,11 +124,18 @@ def scontrol_job(job_id: str, env: dict) -> str:
 def test_preempted_run_checkpoints_requeues_and_resumes_to_the_full_budget(slurm_env, tmp_path: Path):
     """USR2 (SLURM's preemption/time-limit signal) mid-run: the job saves last.ckpt, requeues itself, and the requeued
     job resumes from it; the final record has exactly the uninterrupted run's steps and tokens."""
-    sweep = subprocess.Popen(sweep_command(tmp_path, "budget.tokens=1536"), cwd=ROOT, env=slurm_env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep = subprocess.Popen(
+        sweep_command(tmp_path, "budget.tokens=1536"),
+        cwd=ROOT,
+        env=slurm_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     sweep_dir = tmp_path / "sweeps" / "train"
     job_id = None
     try:
+
         def running_at_step_2():
             runs = records(sweep_dir)
             record = next(iter(runs.values()), None)
@@ -116,8 +145,14 @@ def test_preempted_run_checkpoints_requeues_and_resumes_to_the_full_budget(slurm
         job_id = record["cluster"]["slurm_job_id"]
         subprocess.run(["scancel", "--signal=USR2", job_id], env=slurm_env, check=True)
         wait_for(lambda: "Restarts=1" in scontrol_job(job_id, slurm_env), 120, "SLURM to requeue the job")
-        again = subprocess.run(sweep_command(tmp_path, "budget.tokens=1536"), cwd=ROOT, env=slurm_env, capture_output=True,
-                               text=True, timeout=300)
+        again = subprocess.run(
+            sweep_command(tmp_path, "budget.tokens=1536"),
+            cwd=ROOT,
+            env=slurm_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert f"is still being trained by SLURM job {job_id} (PENDING)" in again.stdout, again.stdout[-3000:]
         assert "nothing to launch" in again.stdout
         # A requeued job is held for 2 minutes before it may start again; let it start now.
@@ -130,7 +165,7 @@ def test_preempted_run_checkpoints_requeues_and_resumes_to_the_full_budget(slurm
                 subprocess.run(["scancel", job_id], env=slurm_env)
     assert sweep.returncode == 0, output[-4000:]
 
-    (name, final), = records(sweep_dir).items()
+    ((name, final),) = records(sweep_dir).items()
     steps = [row["step"] for row in loss_rows(final)]
     assert final["status"] == "complete"
     assert final["budget"]["steps"] == 12 and final["budget"]["tokens_trained"] == 1536

@@ -42,8 +42,9 @@ def states(root: Path, stale_after_s: float = 600.0) -> dict[str, str]:
 
 def test_null_sections_show_as_empty(tmp_path, capsys):
     write_record(tmp_path / "a", metrics=None, budget=None, evals=None, cluster=None)
-    write_record(tmp_path / "b", metrics=[None, {"step": 3, "tokens": 96, "loss": 2.5}],
-                 evals=[{"task": "piqa", "value": None}])
+    write_record(
+        tmp_path / "b", metrics=[None, {"step": 3, "tokens": 96, "loss": 2.5}], evals=[{"task": "piqa", "value": None}]
+    )
     table = sweep_status(tmp_path).set_index("run")
     assert table.loc["a", ["state", "step", "tokens"]].tolist() == ["running", "0/?", 0]
     assert table.loc["b", ["step", "tokens", "loss"]].tolist() == ["3/?", 96, 2.5]

@@ -62,13 +62,23 @@ class Counter:
 @pytest.fixture
 def big_shards(tmp_path) -> list[Path]:
     """Three plain-jsonl shards of 1500 numbered documents each (~100 kB apiece)."""
-    return [write_jsonl(tmp_path / f"chunk_{s}.jsonl", [doc((s * 1500 + i) % 150, 5 + i % 7) for i in range(1500)])
-            for s in range(3)]
+    return [
+        write_jsonl(tmp_path / f"chunk_{s}.jsonl", [doc((s * 1500 + i) % 150, 5 + i % 7) for i in range(1500)])
+        for s in range(3)
+    ]
 
 
 def datamodule(tokenizer: str, files: list[Path], workers: int = 0) -> TextDataModule:
-    return TextDataModule("slimpajama", tokenizer, seq_len=8, micro_batch_size=2, seed=3,
-                          train_files=[str(f) for f in files], val_files=[str(files[0])], num_workers=workers)
+    return TextDataModule(
+        "slimpajama",
+        tokenizer,
+        seq_len=8,
+        micro_batch_size=2,
+        seed=3,
+        train_files=[str(f) for f in files],
+        val_files=[str(files[0])],
+        num_workers=workers,
+    )
 
 
 def trained_prefix(data: TextDataModule, dataset, n: int) -> list[torch.Tensor]:
@@ -109,12 +119,15 @@ def test_resume_reads_o1_text_and_gives_the_uninterrupted_batches(tokenizer_dir,
 @pytest.mark.parametrize("zstd", [False, True])
 def test_resume_with_workers_and_ranks_continues_exactly(tokenizer_dir, tmp_path, zstd):  # noqa: F811
     suffix = ".jsonl.zst" if zstd else ".jsonl"
-    files = [write_jsonl(tmp_path / f"c{s}{suffix}", [doc(s * 40 + i, 5 + i % 7) for i in range(40)], zstd=zstd)
-             for s in range(3)]
+    files = [
+        write_jsonl(tmp_path / f"c{s}{suffix}", [doc(s * 40 + i, 5 + i % 7) for i in range(40)], zstd=zstd)
+        for s in range(3)
+    ]
 
     def dataset(data: TextDataModule, start: int) -> StreamingBatches:
-        return StreamingBatches(files, tokenizer_dir, 8, 2, seed=5, rank=1, world=2, start_batch=start,
-                                positions=data._positions)
+        return StreamingBatches(
+            files, tokenizer_dir, 8, 2, seed=5, rank=1, world=2, start_batch=start, positions=data._positions
+        )
 
     data = datamodule(tokenizer_dir, files, workers=2)
     loader = iter(DataLoader(dataset(data, 0), batch_size=None, num_workers=2))
@@ -150,9 +163,17 @@ def test_lightning_checkpoint_carries_the_positions(tokenizer_dir, big_shards, t
     counter = Counter(monkeypatch)
 
     def fit(max_steps: int, ckpt_path: str | None = None) -> tuple[_Recorder, L.Trainer]:
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, accumulate_grad_batches=2,
-                            limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=max_steps,
+            accumulate_grad_batches=2,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
         module = _Recorder()
         trainer.fit(module, datamodule=datamodule(tokenizer_dir, big_shards), ckpt_path=ckpt_path)
         return module, trainer

@@ -20,7 +20,13 @@ from tests.helpers import ROOT, TINY, compose_train, losses_by_step, run_train, 
 
 @pytest.mark.integration
 def test_signature_command_runs_end_to_end_on_gemma3_270m(tmp_path):
-    short = ["budget=tiny", "budget.tokens=256", "budget.warmup_steps=1", "budget.val_check_interval=2", "budget.val_batches=1"]
+    short = [
+        "budget=tiny",
+        "budget.tokens=256",
+        "budget.warmup_steps=1",
+        "budget.val_check_interval=2",
+        "budget.val_batches=1",
+    ]
     run_train("init=stepwise", "lora.rank=512", *short, "logger=wandb_offline", runs_root=tmp_path)
     record = single_record(tmp_path)
     run_dir = Path(record["run_dir"])
@@ -30,7 +36,10 @@ def test_signature_command_runs_end_to_end_on_gemma3_270m(tmp_path):
     assert record["budget"]["steps"] == 2 and len(losses_by_step(record)) == 2
     strict = count_params_from_config("gemma3_270m", RecursionSpec(loops=2)).non_embedding
     assert record["params"]["non_embedding"] - record["params"]["adapters"] == strict
-    assert record["params"]["adapters"] == count_params_from_config("gemma3_270m", RecursionSpec(loops=2, lora=LoRASpec(rank=512))).adapters
+    assert (
+        record["params"]["adapters"]
+        == count_params_from_config("gemma3_270m", RecursionSpec(loops=2, lora=LoRASpec(rank=512))).adapters
+    )
     assert (run_dir / "model" / "recursion.json").exists() and (run_dir / "checkpoints" / "last.ckpt").exists()
     # wandb ran offline for real and its run file holds the logged metrics (read back from the .wandb log)
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
@@ -48,10 +57,21 @@ def test_resume_after_kill9_continues_the_same_loss_curve(tmp_path):
 
     interrupted_root = tmp_path / "interrupted"
     command = [sys.executable, str(ROOT / "train.py"), *overrides, f"paths.runs_root={interrupted_root}"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
     deadline = time.time() + 600
-    while process.poll() is None and time.time() < deadline and not (
-        list(interrupted_root.rglob("checkpoints/last.ckpt")) and len(losses_by_step(single_record(interrupted_root))) >= 4
+    while (
+        process.poll() is None
+        and time.time() < deadline
+        and not (
+            list(interrupted_root.rglob("checkpoints/last.ckpt"))
+            and len(losses_by_step(single_record(interrupted_root))) >= 4
+        )
     ):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
@@ -77,7 +97,14 @@ def test_rerunning_a_complete_run_does_nothing(tmp_path):
 
 @pytest.mark.integration
 def test_cpu_ddp_two_processes_trains_the_same_token_budget(tmp_path):
-    run_train(*TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", runs_root=tmp_path)
+    run_train(
+        *TINY,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        runs_root=tmp_path,
+    )
     record = single_record(tmp_path)
     assert record["status"] == "complete"
     assert record["cluster"]["world_size"] == 2
@@ -97,7 +124,10 @@ def test_cpu_ddp_two_processes_trains_the_same_token_budget(tmp_path):
         (["variant=reduced", "lora.rank=4"], "set lora.rank=0"),
         (["variant=full", "lora.rank=8"], "set lora.rank=0"),
         (["early_exit=aggressive", "variant=full"], "needs a looped model"),
-        (["eval=ppl", "eval.perplexity.context_len=256", "eval.perplexity.stride=256"], "stride=256 must be in 1..context_len-1=255"),
+        (
+            ["eval=ppl", "eval.perplexity.context_len=256", "eval.perplexity.stride=256"],
+            "stride=256 must be in 1..context_len-1=255",
+        ),
         (["eval=paper7", "eval.tasks=[piqa,squad]"], "squad"),
     ],
 )
@@ -138,6 +168,8 @@ def test_teacher_with_another_vocabulary_is_rejected(tmp_path):
     config = model_config("tiny_llama")
     config.vocab_size = 1000
     save_converted(AutoModelForCausalLM.from_config(config), tmp_path / "teacher")
-    cfg = compose_train(*TINY, "distill=forward_kl", f"distill.teacher={tmp_path / 'teacher'}", run_dir=tmp_path / "run")
+    cfg = compose_train(
+        *TINY, "distill=forward_kl", f"distill.teacher={tmp_path / 'teacher'}", run_dir=tmp_path / "run"
+    )
     with pytest.raises(ValueError, match="teacher vocabulary"):
         build_teacher(cfg, build_student(cfg))

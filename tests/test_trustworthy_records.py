@@ -35,14 +35,17 @@ def test_post_training_is_labelled_with_the_loaded_model(uptrained, tmp_path):
 
 def test_post_training_on_new_data_skips_what_the_start_run_consumed(uptrained, tmp_path):
     consumed = json.loads((uptrained / "record.json").read_text())["setting"]["token_budget"]
-    run_train(*TINY, f"model.name={uptrained}", "early_exit=aggressive", f"data.skip_tokens={consumed}", runs_root=tmp_path)
+    run_train(
+        *TINY, f"model.name={uptrained}", "early_exit=aggressive", f"data.skip_tokens={consumed}", runs_root=tmp_path
+    )
     setting = single_record(tmp_path)["setting"]
     assert setting["early_exit_data"] == "new" and setting["data_skip_tokens"] == consumed
 
 
 def test_an_override_that_contradicts_the_loaded_model_is_refused(uptrained, tmp_path):
-    result = run_train(*TINY, f"model.name={uptrained}", "lora.rank=8", "early_exit=aggressive", runs_root=tmp_path,
-                       check=False)
+    result = run_train(
+        *TINY, f"model.name={uptrained}", "lora.rank=8", "early_exit=aggressive", runs_root=tmp_path, check=False
+    )
     assert result.returncode == 2
     assert "lora.rank=8 contradicts it" in result.stderr and "lora.rank=4" in result.stderr
     assert not list(tmp_path.rglob("record.json"))
@@ -63,7 +66,10 @@ def test_kd_records_its_teacher(uptrained, tmp_path):
     run_train(*TINY, "distill=forward_kl", f"distill.teacher={uptrained}", runs_root=tmp_path / "saved")
     setting = single_record(tmp_path / "saved")["setting"]
     assert setting["teacher"] == str(uptrained / "model")
-    assert setting["teacher_sha256"] == hashlib.sha256((uptrained / "model" / "model.safetensors").read_bytes()).hexdigest()
+    assert (
+        setting["teacher_sha256"]
+        == hashlib.sha256((uptrained / "model" / "model.safetensors").read_bytes()).hexdigest()
+    )
 
     bare = run_train(*TINY, "distill=forward_kl", runs_root=tmp_path / "bare")
     record = single_record(tmp_path / "bare")
@@ -72,13 +78,21 @@ def test_kd_records_its_teacher(uptrained, tmp_path):
 
 
 def test_a_teacher_that_is_the_students_own_start_is_refused(uptrained, tmp_path):
-    result = run_train(*TINY, f"model.name={uptrained}", "distill=forward_kl", f"distill.teacher={uptrained}",
-                       runs_root=tmp_path, check=False)
+    result = run_train(
+        *TINY,
+        f"model.name={uptrained}",
+        "distill=forward_kl",
+        f"distill.teacher={uptrained}",
+        runs_root=tmp_path,
+        check=False,
+    )
     assert result.returncode == 2 and "own starting model" in result.stderr
 
 
 def test_a_diverged_run_is_failed_with_its_step_and_saves_no_model(tmp_path):
-    result = run_train(*TINY, "optim.optimizer.lr=1e30", "optim.gradient_clip_val=null", runs_root=tmp_path, check=False)
+    result = run_train(
+        *TINY, "optim.optimizer.lr=1e30", "optim.gradient_clip_val=null", runs_root=tmp_path, check=False
+    )
     record = single_record(tmp_path)
     assert result.returncode == 1 and "non-finite training loss" in result.stderr
     assert record["status"] == "failed" and "at step" in record["error"]
@@ -86,8 +100,15 @@ def test_a_diverged_run_is_failed_with_its_step_and_saves_no_model(tmp_path):
 
 
 def test_a_changed_configuration_does_not_resume_or_claim_complete(uptrained):
-    result = run_train(*TINY, "init=average", "lora.rank=4", "seed=7", f"paths.run_dir={uptrained}",
-                       runs_root=uptrained.parent, check=False)
+    result = run_train(
+        *TINY,
+        "init=average",
+        "lora.rank=4",
+        "seed=7",
+        f"paths.run_dir={uptrained}",
+        runs_root=uptrained.parent,
+        check=False,
+    )
     assert result.returncode == 2 and "another configuration" in result.stderr and "seed: 0 -> 7" in result.stderr
 
 
@@ -126,7 +147,9 @@ def test_config_differences_ignore_keys_that_do_not_change_the_run(tmp_path):
     from omegaconf import OmegaConf
 
     base = OmegaConf.to_container(compose_train(*TINY, run_dir=tmp_path), resolve=True)
-    cosmetic = OmegaConf.to_container(compose_train(*TINY, "logger=csv", "eval=ppl", run_dir=tmp_path / "x"), resolve=True)
+    cosmetic = OmegaConf.to_container(
+        compose_train(*TINY, "logger=csv", "eval=ppl", run_dir=tmp_path / "x"), resolve=True
+    )
     changed = OmegaConf.to_container(compose_train(*TINY, "lora.rank=8", run_dir=tmp_path), resolve=True)
     assert config_differences(base, cosmetic) == []
     assert config_differences(base, changed) == ["lora.rank: 0 -> 8"]
@@ -134,8 +157,10 @@ def test_config_differences_ignore_keys_that_do_not_change_the_run(tmp_path):
 
 def test_data_novelty_needs_the_same_order_and_the_consumed_tokens_skipped(tmp_path):
     cfg = compose_train(*TINY, "data.skip_tokens=1024", run_dir=tmp_path)
-    start = {"config": {"data": {"source": "local_corpus", "train_files": None, "seed": 0, "seq_len": 32}},
-             "setting": {"token_budget": 1024}}
+    start = {
+        "config": {"data": {"source": "local_corpus", "train_files": None, "seed": 0, "seq_len": 32}},
+        "setting": {"token_budget": 1024},
+    }
     assert data_novelty(cfg, start) == "new"
     assert data_novelty(cfg, {**start, "setting": {"token_budget": 2048}}) == "overlap"
     assert data_novelty(cfg, {**start, "config": {"data": {**start["config"]["data"], "seed": 1}}}) == "overlap"
@@ -152,11 +177,14 @@ def test_reduced_variant_keeps_no_weight_of_a_reloaded_checkpoint(tmp_path):
 
     tiny_model("llama", 4, seed=3).save_pretrained(tmp_path / "hf")
     checkpoint = tiny_model("llama", 4, seed=3).state_dict()
-    cfg = compose_train(*TINY, f"model.name={tmp_path / 'hf'}", "model.source=pretrained", "variant=reduced",
-                        run_dir=tmp_path / "run")
+    cfg = compose_train(
+        *TINY, f"model.name={tmp_path / 'hf'}", "model.source=pretrained", "variant=reduced", run_dir=tmp_path / "run"
+    )
     student = build.build_student(cfg)
     assert student.config.num_hidden_layers == 2 and student.config.rrt_pretrained is False
     assert not torch.equal(student.get_input_embeddings().weight, checkpoint["model.embed_tokens.weight"])
     for name, value in student.state_dict().items():
         if name.startswith("model.layers."):
-            assert not any(torch.equal(value, checkpoint[k]) for k in checkpoint if k.endswith(name.split(".", 3)[3])), name
+            assert not any(
+                torch.equal(value, checkpoint[k]) for k in checkpoint if k.endswith(name.split(".", 3)[3])
+            ), name

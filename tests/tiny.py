@@ -7,8 +7,13 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 COMMON = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_attention_heads=4, max_position_embeddings=128)
 TINY = {
-    "gemma3": dict(model_type="gemma3_text", num_key_value_heads=1, head_dim=8, sliding_window=4,
-                   layer_types=["sliding_attention"] * 5 + ["full_attention"]),
+    "gemma3": dict(
+        model_type="gemma3_text",
+        num_key_value_heads=1,
+        head_dim=8,
+        sliding_window=4,
+        layer_types=["sliding_attention"] * 5 + ["full_attention"],
+    ),
     "gemma": dict(model_type="gemma", num_key_value_heads=1, head_dim=8),
     "llama": dict(model_type="llama", num_key_value_heads=2),
     "qwen2": dict(model_type="qwen2", num_key_value_heads=2),

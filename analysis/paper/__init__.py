@@ -14,8 +14,16 @@ import pandas as pd
 
 HERE = Path(__file__).parent
 TABLES = {
-    "2": "table2.csv", "D.1": "table_d1.csv", "F.1": "table_f1.csv", "G.2": "table_g2.csv", "I.1": "table_i1.csv",
-    "I.2": "table_i2.csv", "3": "table_3.csv", "J.1": "table_j1.csv", "K.2": "table_k2.csv", "Fig. 8": "table_fig8.csv",
+    "2": "table2.csv",
+    "D.1": "table_d1.csv",
+    "F.1": "table_f1.csv",
+    "G.2": "table_g2.csv",
+    "I.1": "table_i1.csv",
+    "I.2": "table_i2.csv",
+    "3": "table_3.csv",
+    "J.1": "table_j1.csv",
+    "K.2": "table_k2.csv",
+    "Fig. 8": "table_fig8.csv",
 }
 
 

@@ -59,8 +59,12 @@ def _slurm_base() -> type[Launcher]:
         require(SLURM_MODULES, "slurm", "SLURM sweeps")
         from hydra_plugins.hydra_submitit_launcher import submitit_launcher
     except (MissingExtraError, ImportError):
-        ConfigStore.instance().store(group="hydra/launcher", name="submitit_slurm", provider="rrt_launcher",
-                                     node={"_target_": "hydra_plugins.rrt_launcher.launcher.RRTSlurmLauncher"})
+        ConfigStore.instance().store(
+            group="hydra/launcher",
+            name="submitit_slurm",
+            provider="rrt_launcher",
+            node={"_target_": "hydra_plugins.rrt_launcher.launcher.RRTSlurmLauncher"},
+        )
         return MissingSlurmLauncher
     return submitit_launcher.SlurmLauncher
 
@@ -87,8 +91,12 @@ class RRTSlurmLauncher(SlurmLauncher):  # type: ignore[misc,valid-type]
             returns = {job.index: result for job, result in zip(pending, launched)}
         for job in skipped:
             returns[job.index] = JobReturn(
-                overrides=list(job.overrides), cfg=job.config, working_dir=str(job.run_dir),
-                task_name=job.config.hydra.job.name, status=JobStatus.COMPLETED, _return_value=None,
+                overrides=list(job.overrides),
+                cfg=job.config,
+                working_dir=str(job.run_dir),
+                task_name=job.config.hydra.job.name,
+                status=JobStatus.COMPLETED,
+                _return_value=None,
             )
         return [returns[job.index] for job in jobs]
 
@@ -102,8 +110,13 @@ class RRTSlurmLauncher(SlurmLauncher):  # type: ignore[misc,valid-type]
 
 def _failed(overrides: Sequence[str], config, working_dir: str, code: int) -> JobReturn:
     """A job that did not run to completion, as Hydra's sweeper expects it (it raises the stored exit at the end)."""
-    failed = JobReturn(overrides=list(overrides), cfg=config, working_dir=working_dir,
-                       task_name=config.hydra.job.name, status=JobStatus.FAILED)
+    failed = JobReturn(
+        overrides=list(overrides),
+        cfg=config,
+        working_dir=working_dir,
+        task_name=config.hydra.job.name,
+        status=JobStatus.FAILED,
+    )
     failed.return_value = SystemExit(code)
     return failed
 
@@ -113,18 +126,26 @@ class RRTLocalLauncher(BasicLauncher):
         from rrt.sweeps.plan import plan_jobs
 
         assert self.config is not None and self.hydra_context is not None
-        jobs, invalid = plan_jobs(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx,
-                                  keep_going=True)
+        jobs, invalid = plan_jobs(
+            self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx, keep_going=True
+        )
         returns: dict[int, JobReturn] = {}
         for job in invalid:
-            print(f"error: sweep job #{job.index} ({' '.join(filter_overrides(job.overrides))}) is invalid and will "
-                  f"not run: {job.error}", file=sys.stderr)
+            print(
+                f"error: sweep job #{job.index} ({' '.join(filter_overrides(job.overrides))}) is invalid and will "
+                f"not run: {job.error}",
+                file=sys.stderr,
+            )
             returns[job.index] = _failed(job.overrides, job.config, "", 2)
         for job in jobs:
             try:
                 returns[job.index] = super().launch([list(job.overrides)], job.index)[0]
             except SystemExit as stop:  # a job's own one-line error (its record says failed); go on with the rest
-                log.error("sweep job #%d (%s) stopped with exit code %s", job.index,
-                          " ".join(filter_overrides(job.overrides)), stop.code)
+                log.error(
+                    "sweep job #%d (%s) stopped with exit code %s",
+                    job.index,
+                    " ".join(filter_overrides(job.overrides)),
+                    stop.code,
+                )
                 returns[job.index] = _failed(job.overrides, job.config, str(job.run_dir), int(stop.code or 1))
         return [returns[index] for index in sorted(returns)]

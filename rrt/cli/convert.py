@@ -40,11 +40,15 @@ def main(cfg: DictConfig) -> None:
     convert_to_recursive(model, spec)
     seconds = time.perf_counter() - start
     after = count_params(model)
-    print(f"{cfg.model.name}: {num_layers} layers -> {num_layers // spec.loops} shared x {spec.loops} loops "
-          f"({spec.looping}, init={spec.init}, lora rank={spec.lora.rank}, {spec.lora.init})")
+    print(
+        f"{cfg.model.name}: {num_layers} layers -> {num_layers // spec.loops} shared x {spec.loops} loops "
+        f"({spec.looping}, init={spec.init}, lora rank={spec.lora.rank}, {spec.lora.init})"
+    )
     print("\n".join(mapping_lines(spec, num_layers)))
-    print(f"N-emb: {before.non_embedding / 1e6:.2f}M -> {after.non_embedding / 1e6:.2f}M "
-          f"(adapters {after.adapters / 1e6:.2f}M); embedding {after.embedding / 1e6:.2f}M unchanged")
+    print(
+        f"N-emb: {before.non_embedding / 1e6:.2f}M -> {after.non_embedding / 1e6:.2f}M "
+        f"(adapters {after.adapters / 1e6:.2f}M); embedding {after.embedding / 1e6:.2f}M unchanged"
+    )
     print(f"converted in {seconds:.1f} s")
     if cfg.out:
         print(f"saved to {save_converted(model, Path(cfg.out))}")

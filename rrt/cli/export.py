@@ -15,8 +15,12 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("model", help="a saved rrt model dir, or a run dir holding one in model/")
     cli.add_argument("out", type=Path, help="new dir for the plain checkpoint (relaxed models: also out/peft/)")
     cli.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written weights")
-    cli.add_argument("--no-peft", dest="peft", action="store_false",
-                     help="skip the PEFT pair (out/peft/base: W' per depth, out/peft/adapter: one LoRA per depth)")
+    cli.add_argument(
+        "--no-peft",
+        dest="peft",
+        action="store_false",
+        help="skip the PEFT pair (out/peft/base: W' per depth, out/peft/adapter: one LoRA per depth)",
+    )
     return cli
 
 
@@ -33,8 +37,10 @@ def main(argv: list[str] | None = None) -> None:
 
     source = saved_model_dir(args.model)
     if source is None:
-        raise FileNotFoundError(f"{args.model}: no saved rrt model here (a model dir with recursion.json and "
-                                "model.safetensors, or a run dir with model/)")
+        raise FileNotFoundError(
+            f"{args.model}: no saved rrt model here (a model dir with recursion.json and "
+            "model.safetensors, or a run dir with model/)"
+        )
     if args.out.exists() and any(args.out.iterdir()):
         raise UserError(f"{args.out} is not empty: export into a new dir")
     model = load_converted(source)

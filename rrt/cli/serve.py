@@ -23,17 +23,27 @@ from rrt.serving.workload import oracle_schedule, text_requests
 from rrt.validation import ANY_INT, FRACTION, POSITIVE_INT, check_device, check_output_file, check_values
 
 POLICIES = ("none", "confidence", "oracle")
-RULES = {"max_batch": POSITIVE_INT, "head_batch": POSITIVE_INT, "requests": POSITIVE_INT, "prompt_tokens": POSITIVE_INT,
-         "min_new_tokens": POSITIVE_INT, "max_new_tokens": POSITIVE_INT, "seed": ANY_INT, "threads": POSITIVE_INT,
-         "threshold": FRACTION}
+RULES = {
+    "max_batch": POSITIVE_INT,
+    "head_batch": POSITIVE_INT,
+    "requests": POSITIVE_INT,
+    "prompt_tokens": POSITIVE_INT,
+    "min_new_tokens": POSITIVE_INT,
+    "max_new_tokens": POSITIVE_INT,
+    "seed": ANY_INT,
+    "threads": POSITIVE_INT,
+    "threshold": FRACTION,
+}
 
 
 def validate(cfg: DictConfig) -> None:
     """Configuration errors, before any model or data is loaded."""
     check_values(cfg, RULES, prefix="serve.")
     if cfg.min_new_tokens > cfg.max_new_tokens:
-        raise UserError(f"serve.min_new_tokens={cfg.min_new_tokens} > serve.max_new_tokens={cfg.max_new_tokens}: "
-                        "each request decodes a number of tokens in [min, max]")
+        raise UserError(
+            f"serve.min_new_tokens={cfg.min_new_tokens} > serve.max_new_tokens={cfg.max_new_tokens}: "
+            "each request decodes a number of tokens in [min, max]"
+        )
     if cfg.head_batch > cfg.max_batch:
         raise UserError(f"serve.head_batch={cfg.head_batch} must be <= serve.max_batch={cfg.max_batch}")
     if cfg.policy not in POLICIES:
@@ -57,15 +67,36 @@ def serve(cfg: DictConfig, model, tokenizer, record: RunRecord | None = None) ->
 
     validate(cfg)
     torch.set_num_threads(cfg.threads)
-    requests, documents = text_requests(tokenizer, load_documents("heldout"), cfg.requests, cfg.prompt_tokens,
-                                        cfg.min_new_tokens, cfg.max_new_tokens, cfg.seed)
+    requests, documents = text_requests(
+        tokenizer,
+        load_documents("heldout"),
+        cfg.requests,
+        cfg.prompt_tokens,
+        cfg.min_new_tokens,
+        cfg.max_new_tokens,
+        cfg.seed,
+    )
     policy = make_policy(cfg, model, tokenizer, requests, documents)
-    engine = Engine(model, policy, max_batch=cfg.max_batch, scheduling="static" if cfg.batching == "static" else "continuous",
-                    head_batch=cfg.head_batch, attention=cfg.attention)
+    engine = Engine(
+        model,
+        policy,
+        max_batch=cfg.max_batch,
+        scheduling="static" if cfg.batching == "static" else "continuous",
+        head_batch=cfg.head_batch,
+        attention=cfg.attention,
+    )
     engine.generate(requests[:1])  # warm-up
     _, stats = engine.generate(requests)
-    row = throughput_row(cfg.batching, policy.describe(), stats, cfg.max_batch, len(requests), head_batch=cfg.head_batch,
-                         attention=cfg.attention, exit_hist={str(b): n for b, n in sorted(stats.exit_loops.items())})
+    row = throughput_row(
+        cfg.batching,
+        policy.describe(),
+        stats,
+        cfg.max_batch,
+        len(requests),
+        head_batch=cfg.head_batch,
+        attention=cfg.attention,
+        exit_hist={str(b): n for b, n in sorted(stats.exit_loops.items())},
+    )
     if record is not None:
         record.replace_rows("throughput", [row], key=ROW_KEY)
     return row

@@ -36,7 +36,8 @@ def summary(record) -> str:
     first = next((m for m in data.get("metrics", []) if "loss" in m), {})
     lines = [
         f"run: {data['run_dir']}  status: {data['status']}",
-        f"N-emb: {params.get('non_embedding', 0) / 1e6:.1f}M (original {params.get('original_non_embedding', 0) / 1e6:.1f}M)",
+        f"N-emb: {params.get('non_embedding', 0) / 1e6:.1f}M "
+        f"(original {params.get('original_non_embedding', 0) / 1e6:.1f}M)",
         f"steps: {budget.get('steps')}  tokens: {budget.get('tokens_trained')}",
         f"loss: {first.get('loss', float('nan')):.4f} -> {final.get('loss', float('nan')):.4f}",
         f"model: {data['run_dir']}/model   record: {data['run_dir']}/record.json",

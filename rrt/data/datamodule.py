@@ -37,9 +37,20 @@ SOURCES = ("local_corpus", "jsonl", "slimpajama")
 class TextDataModule(L.LightningDataModule):
     """Packed causal-LM batches ``{"input_ids": LongTensor[micro_batch_size, seq_len]}``; labels = input_ids."""
 
-    def __init__(self, source: str, tokenizer: str, seq_len: int, micro_batch_size: int, seed: int = 0,
-                 train_files: list[str] | None = None, val_files: list[str] | None = None, val_batches: int = 8,
-                 num_workers: int = 0, text_field: str = "text", skip_tokens: int = 0):
+    def __init__(
+        self,
+        source: str,
+        tokenizer: str,
+        seq_len: int,
+        micro_batch_size: int,
+        seed: int = 0,
+        train_files: list[str] | None = None,
+        val_files: list[str] | None = None,
+        val_batches: int = 8,
+        num_workers: int = 0,
+        text_field: str = "text",
+        skip_tokens: int = 0,
+    ):
         super().__init__()
         if source not in SOURCES:
             raise UserError(f"Unknown data source '{source}': use one of {SOURCES}")
@@ -95,8 +106,12 @@ class TextDataModule(L.LightningDataModule):
             if self.val_files:
                 files = expand_files(self.val_files)
                 _, world = self._rank_world()
-                self._val_rows = first_rows(self._file_texts(files), load_tokenizer(self.tokenizer), self.seq_len,
-                                            self.val_batches * self.micro_batch_size * world)
+                self._val_rows = first_rows(
+                    self._file_texts(files),
+                    load_tokenizer(self.tokenizer),
+                    self.seq_len,
+                    self.val_batches * self.micro_batch_size * world,
+                )
             else:
                 self._val_rows = self._cached(lambda: load_documents("heldout"), corpus_sha256("heldout"))
         return self._val_rows
@@ -105,9 +120,18 @@ class TextDataModule(L.LightningDataModule):
         """This rank's endless batches from micro-batch ``start_batch`` on (the resume point)."""
         rank, world = self._rank_world()
         if self.source == "slimpajama":
-            return StreamingBatches(expand_files(self.train_files), self.tokenizer, self.seq_len,
-                                    self.micro_batch_size, self.seed, rank, world, start_batch, self.text_field,
-                                    positions=self._positions)
+            return StreamingBatches(
+                expand_files(self.train_files),
+                self.tokenizer,
+                self.seq_len,
+                self.micro_batch_size,
+                self.seed,
+                rank,
+                world,
+                start_batch,
+                self.text_field,
+                positions=self._positions,
+            )
         return PackedBatches(self.train_rows(), self.micro_batch_size, self.seed, rank, world, start_batch)
 
     def skip_batches(self) -> int:
@@ -124,8 +148,12 @@ class TextDataModule(L.LightningDataModule):
         return self.skip_batches() + consumed
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset(self.resume_batch()), batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.train_dataset(self.resume_batch()),
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Note where a streamed batch's consumer stands; Lightning calls this for each batch it trains on (after
@@ -155,9 +183,11 @@ class TextDataModule(L.LightningDataModule):
             return
         saved = {key: state[key] for key in ("world", "workers")}
         if saved != self._streaming_layout():
-            raise UserError(f"the checkpoint's stream was read by {saved['world']} rank(s) x {saved['workers']} "
-                            f"worker(s), this run has {self._streaming_layout()}: the batch order depends on both; "
-                            "resume with the same world size and data.num_workers")
+            raise UserError(
+                f"the checkpoint's stream was read by {saved['world']} rank(s) x {saved['workers']} "
+                f"worker(s), this run has {self._streaming_layout()}: the batch order depends on both; "
+                "resume with the same world size and data.num_workers"
+            )
         self._positions = {int(consumer): dict(p) for consumer, p in state["positions"].items()}
 
     def val_dataloader(self) -> DataLoader:

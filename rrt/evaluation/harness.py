@@ -36,8 +36,10 @@ def check_fewshot(tasks: Sequence[str], num_fewshot: int | None) -> None:
         return
     missing = [t for t in tasks if "train" not in data.SPLITS[t] and t not in ("lambada_openai",)]
     if missing:
-        raise UserError(f"num_fewshot={num_fewshot}: no local train split (few-shot pool) for {missing}; "
-                         "evaluate them with num_fewshot=null (the harness default, 0) or drop them from eval.tasks")
+        raise UserError(
+            f"num_fewshot={num_fewshot}: no local train split (few-shot pool) for {missing}; "
+            "evaluate them with num_fewshot=null (the harness default, 0) or drop them from eval.tasks"
+        )
 
 
 def check_subset(subset: str) -> None:
@@ -68,31 +70,55 @@ def exit_loop_list(model: nn.Module, exit_loops: Sequence[int | None] | int | No
     return chosen
 
 
-def tidy_row(results: dict[str, Any], task: str, exit_loop: int, limit: int | float | None,
-             subset: str | None = None) -> dict:
+def tidy_row(
+    results: dict[str, Any], task: str, exit_loop: int, limit: int | float | None, subset: str | None = None
+) -> dict:
     """The paper's metric of ``task`` from a ``simple_evaluate`` result."""
     metric = PAPER_TASKS[task].metric
     scores = results["results"][task]
     stderr = scores.get(f"{metric}_stderr,none")
-    return {"task": task, "metric": metric, "value": float(scores[f"{metric},none"]),
-            "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
-            "n": int(results["n-samples"][task]["effective"]), "num_fewshot": int(results["n-shot"][task]),
-            "exit_loop": exit_loop, "limit": limit, "subset": subset if limit is not None else None}
+    return {
+        "task": task,
+        "metric": metric,
+        "value": float(scores[f"{metric},none"]),
+        "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+        "n": int(results["n-samples"][task]["effective"]),
+        "num_fewshot": int(results["n-shot"][task]),
+        "exit_loop": exit_loop,
+        "limit": limit,
+        "subset": subset if limit is not None else None,
+    }
 
 
 def average_row(rows: list[dict]) -> dict:
     """The paper's Avg over ``rows``; stderr assumes independent task estimates."""
     errors = [r["stderr"] for r in rows]
     stderr = math.sqrt(sum(e * e for e in errors)) / len(rows) if None not in errors else None
-    return {"task": "avg", "metric": "mean", "value": sum(r["value"] for r in rows) / len(rows), "stderr": stderr,
-            "n": len(rows), "num_fewshot": rows[0]["num_fewshot"], "exit_loop": rows[0]["exit_loop"],
-            "limit": rows[0]["limit"], "subset": rows[0]["subset"]}
+    return {
+        "task": "avg",
+        "metric": "mean",
+        "value": sum(r["value"] for r in rows) / len(rows),
+        "stderr": stderr,
+        "n": len(rows),
+        "num_fewshot": rows[0]["num_fewshot"],
+        "exit_loop": rows[0]["exit_loop"],
+        "limit": rows[0]["limit"],
+        "subset": rows[0]["subset"],
+    }
 
 
-def evaluate(model: nn.Module, tokenizer, tasks: str | Sequence[str] = "paper7", limit: int | float | None = None,
-             num_fewshot: int | None = None, exit_loops: Sequence[int | None] | int | None = None,
-             batch_size: int = 16, progress: bool = True, subset: str = "first",
-             on_rows: Callable[[list[dict]], None] | None = None) -> list[dict]:
+def evaluate(
+    model: nn.Module,
+    tokenizer,
+    tasks: str | Sequence[str] = "paper7",
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    exit_loops: Sequence[int | None] | int | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    subset: str = "first",
+    on_rows: Callable[[list[dict]], None] | None = None,
+) -> list[dict]:
     """Accuracy rows for every task x exit loop (see module doc). All inputs are checked before any compute.
 
     Tasks run one at a time and ``on_rows(rows so far)`` is called after each, so a long run can save
@@ -102,16 +128,24 @@ def evaluate(model: nn.Module, tokenizer, tasks: str | Sequence[str] = "paper7",
     check_fewshot(names, num_fewshot)
     data.check_packages(names, need_train=bool(num_fewshot))
     selections = {task: doc_selection(task, limit, subset) for task in names}  # validates subset; once per task
-    lms = {b: RecursiveLM(model, tokenizer, exit_loop=b, batch_size=batch_size, progress=progress)
-           for b in exit_loop_list(model, exit_loops)}
+    lms = {
+        b: RecursiveLM(model, tokenizer, exit_loop=b, batch_size=batch_size, progress=progress)
+        for b in exit_loop_list(model, exit_loops)
+    }
     rows: list[dict] = []
     manager = task_manager(names)
     for exit_loop, lm in lms.items():
         loop_rows = []
         for task in names:
-            results = simple_evaluate(model=lm, tasks=[task], num_fewshot=num_fewshot,
-                                      **selections[task], task_manager=manager,
-                                      log_samples=False, bootstrap_iters=BOOTSTRAP_ITERS)
+            results = simple_evaluate(
+                model=lm,
+                tasks=[task],
+                num_fewshot=num_fewshot,
+                **selections[task],
+                task_manager=manager,
+                log_samples=False,
+                bootstrap_iters=BOOTSTRAP_ITERS,
+            )
             loop_rows.append(tidy_row(results, task, exit_loop, limit, subset))
             if on_rows:
                 on_rows(rows + loop_rows)

@@ -31,9 +31,18 @@ def default_add_bos(model: nn.Module, tokenizer) -> bool | None:
 class RecursiveLM(TemplateLM):
     """Scores log-likelihoods with ``model`` truncated to its first ``exit_loop`` loops (None: all)."""
 
-    def __init__(self, pretrained: nn.Module | str, tokenizer=None, exit_loop: int | None = None,
-                 batch_size: int | str = 16, max_length: int | None = None, add_bos_token: bool | None = None,
-                 max_positions: int = MAX_POSITIONS, progress: bool = True, **_unused):
+    def __init__(
+        self,
+        pretrained: nn.Module | str,
+        tokenizer=None,
+        exit_loop: int | None = None,
+        batch_size: int | str = 16,
+        max_length: int | None = None,
+        add_bos_token: bool | None = None,
+        max_positions: int = MAX_POSITIONS,
+        progress: bool = True,
+        **_unused,
+    ):
         super().__init__()
         if isinstance(pretrained, str):  # `lm_eval --model rrt --model_args pretrained=<saved dir>`
             from transformers import AutoTokenizer
@@ -45,7 +54,9 @@ class RecursiveLM(TemplateLM):
         if tokenizer is None:
             raise ValueError("RecursiveLM needs the tokenizer of the model")
         if exit_loop is not None:
-            RecursiveModel(pretrained).exit_depth(int(exit_loop))  # fail now, with the model's loop count, not mid-evaluation
+            RecursiveModel(pretrained).exit_depth(
+                int(exit_loop)
+            )  # fail now, with the model's loop count, not mid-evaluation
         self.model = pretrained.eval()
         self.tokenizer = tokenizer
         self.exit_loop = None if exit_loop is None else int(exit_loop)
@@ -74,18 +85,27 @@ class RecursiveLM(TemplateLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         pairs = [(context, continuation) for _, context, continuation in requests]
-        return score(self.model, pairs, batch_size=self.batch_size, max_length=self.max_length,
-                     exit_loop=self.exit_loop, max_positions=self.max_positions,
-                     progress=self.progress and not disable_tqdm,
-                     desc=f"loglikelihood (exit loop {self.exit_loop or 'all'})")
+        return score(
+            self.model,
+            pairs,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            exit_loop=self.exit_loop,
+            max_positions=self.max_positions,
+            progress=self.progress and not disable_tqdm,
+            desc=f"loglikelihood (exit loop {self.exit_loop or 'all'})",
+        )
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Whole-document log-likelihood in disjoint max_length windows (HFLM's windowing)."""
         windows, owners = [], []
         for index, (text,) in enumerate(request.args for request in requests):
-            for window in lm_utils.get_rolling_token_windows(token_list=self.tok_encode(text),
-                                                             prefix_token=self.prefix_token_id,
-                                                             max_seq_len=self.max_length, context_len=1):
+            for window in lm_utils.get_rolling_token_windows(
+                token_list=self.tok_encode(text),
+                prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length,
+                context_len=1,
+            ):
                 windows.append((None, *lm_utils.make_disjoint_window(window)))
                 owners.append(index)
         totals = [0.0] * len(requests)
@@ -96,4 +116,5 @@ class RecursiveLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         raise NotImplementedError(
             "the 'rrt' lm-eval model scores log-likelihoods only (the paper's 7 tasks and perplexity); "
-            "for generation tasks use lm-eval's HFLM (model=hf) on the saved model")
+            "for generation tasks use lm-eval's HFLM (model=hf) on the saved model"
+        )

@@ -37,8 +37,16 @@ def windows(tokens: list[int], bos: int, context_len: int, stride: int) -> list[
     return pairs
 
 
-def perplexity(model: nn.Module, tokenizer, documents: Iterable[str], context_len: int = 1024, stride: int = 512,
-               exit_loop: int | None = None, batch_size: int = 4, progress: bool = True) -> dict:
+def perplexity(
+    model: nn.Module,
+    tokenizer,
+    documents: Iterable[str],
+    context_len: int = 1024,
+    stride: int = 512,
+    exit_loop: int | None = None,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> dict:
     """Token-level perplexity over ``documents`` (exp of the mean negative log-likelihood per token)."""
     lm = RecursiveLM(model, tokenizer, exit_loop=exit_loop)  # validates exit_loop before compute
     bos = lm.prefix_token_id
@@ -50,12 +58,25 @@ def perplexity(model: nn.Module, tokenizer, documents: Iterable[str], context_le
         count += 1
     if not pairs:
         raise ValueError("no tokens to score: the documents are empty")
-    scores = score(model, pairs, batch_size=batch_size, max_length=context_len, exit_loop=exit_loop,
-                   progress=progress, desc="perplexity")
+    scores = score(
+        model,
+        pairs,
+        batch_size=batch_size,
+        max_length=context_len,
+        exit_loop=exit_loop,
+        progress=progress,
+        desc="perplexity",
+    )
     tokens = sum(len(cont) for _, cont in pairs)
     nll = -sum(logprob for logprob, _ in scores) / tokens
-    return {"ppl": math.exp(nll), "nll": nll, "tokens": tokens, "documents": count,
-            "context": context_len, "stride": stride}
+    return {
+        "ppl": math.exp(nll),
+        "nll": nll,
+        "tokens": tokens,
+        "documents": count,
+        "context": context_len,
+        "stride": stride,
+    }
 
 
 def read_jsonl_texts(path: str | Path, field: str = "text", max_documents: int | None = None) -> list[str]:

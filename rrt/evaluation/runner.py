@@ -37,8 +37,10 @@ def _ppl_sources(cfg_eval: DictConfig) -> dict[str, str | None]:
     sources: dict[str, str | None] = {}
     for name in ppl.get("datasets") or []:
         if name not in LOCAL_SPLITS:
-            raise UserError(f"unknown perplexity dataset '{name}': local ones are {LOCAL_SPLITS}; "
-                             "give other corpora as eval.perplexity.files={name: path.jsonl.zst}")
+            raise UserError(
+                f"unknown perplexity dataset '{name}': local ones are {LOCAL_SPLITS}; "
+                "give other corpora as eval.perplexity.files={name: path.jsonl.zst}"
+            )
         sources[name] = None
     for name, path in (ppl.get("files") or {}).items():
         if not Path(path).expanduser().is_file():
@@ -55,8 +57,10 @@ def check_exit_loops(exit_loops, loops: int | None) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (loops is not None and value > loops):
             bound = f"1..{loops}" if loops is not None else ">= 1"
-            raise UserError(f"eval.exit_loops={exit_loops!r}: each exit loop must be an integer in {bound} "
-                            "(e.g. eval.exit_loops=[1,2]; null = the full model)")
+            raise UserError(
+                f"eval.exit_loops={exit_loops!r}: each exit loop must be an integer in {bound} "
+                "(e.g. eval.exit_loops=[1,2]; null = the full model)"
+            )
 
 
 def validate(cfg_eval: DictConfig, loops: int | None = None) -> None:
@@ -83,8 +87,9 @@ def _documents(name: str, path: str | None, ppl: DictConfig) -> list[str]:
     return read_jsonl_texts(path, ppl.get("text_field", "text"), ppl.get("max_documents"))
 
 
-def run_evaluation(cfg_eval: DictConfig, model, tokenizer, record: RunRecord | None = None,
-                   output: str | Path | None = None) -> dict[str, list[dict]]:
+def run_evaluation(
+    cfg_eval: DictConfig, model, tokenizer, record: RunRecord | None = None, output: str | Path | None = None
+) -> dict[str, list[dict]]:
     """Accuracy rows and perplexity rows for ``model``; saved into ``record`` / ``output`` as they come."""
     validate(cfg_eval)
     results: dict[str, list[dict]] = {"evals": [], "perplexity": []}
@@ -102,18 +107,33 @@ def run_evaluation(cfg_eval: DictConfig, model, tokenizer, record: RunRecord | N
 
     tasks = _tasks(cfg_eval)
     if tasks:
-        evaluate(model, tokenizer, tasks=tasks, limit=cfg_eval.get("limit"), subset=cfg_eval.get("subset", "first"),
-                 num_fewshot=cfg_eval.get("num_fewshot"), exit_loops=loops, batch_size=cfg_eval.get("batch_size", 16),
-                 progress=cfg_eval.get("progress", True),
-                 on_rows=lambda rows: save("evals", rows, EVAL_KEY))
+        evaluate(
+            model,
+            tokenizer,
+            tasks=tasks,
+            limit=cfg_eval.get("limit"),
+            subset=cfg_eval.get("subset", "first"),
+            num_fewshot=cfg_eval.get("num_fewshot"),
+            exit_loops=loops,
+            batch_size=cfg_eval.get("batch_size", 16),
+            progress=cfg_eval.get("progress", True),
+            on_rows=lambda rows: save("evals", rows, EVAL_KEY),
+        )
     ppl = cfg_eval.get("perplexity") or {}
     ppl_rows: list[dict] = []
     for name, path in _ppl_sources(cfg_eval).items():
         documents = _documents(name, path, ppl)
         for exit_loop in loops:
-            scores = perplexity(model, tokenizer, documents, context_len=ppl.get("context_len", 1024),
-                                stride=ppl.get("stride", 512), exit_loop=exit_loop,
-                                batch_size=ppl.get("batch_size", 4), progress=cfg_eval.get("progress", True))
+            scores = perplexity(
+                model,
+                tokenizer,
+                documents,
+                context_len=ppl.get("context_len", 1024),
+                stride=ppl.get("stride", 512),
+                exit_loop=exit_loop,
+                batch_size=ppl.get("batch_size", 4),
+                progress=cfg_eval.get("progress", True),
+            )
             ppl_rows.append({"dataset": name, "exit_loop": exit_loop, **scores})
             save("perplexity", ppl_rows, PPL_KEY)
     if record is not None:

@@ -63,12 +63,13 @@ def _padded(sequences: list[list[int]], device: torch.device, left: bool = False
     batch = torch.zeros(len(sequences), width, dtype=torch.long)
     for i, tokens in enumerate(sequences):
         start = width - len(tokens) if left else 0
-        batch[i, start: start + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        batch[i, start : start + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
     return batch.to(device)
 
 
-def _scored_positions(inputs: list[list[int]], continuations: list[list[int]],
-                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _scored_positions(
+    inputs: list[list[int]], continuations: list[list[int]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, positions) of the hidden states predicting each continuation: the last len(cont) inputs
     of its row (the logit at position p predicts token p + 1)."""
     rows, positions = [], []
@@ -81,7 +82,7 @@ def _scored_positions(inputs: list[list[int]], continuations: list[list[int]],
 @torch.inference_mode()
 def score_batch(model: nn.Module, pairs: list[TokenPair], max_length: int) -> list[tuple[float, bool]]:
     """(sum log p(continuation | context), continuation is the greedy decode) for each pair, one forward."""
-    inputs = [(ctx + cont)[-(max_length + 1):][:-1] for ctx, cont in pairs]
+    inputs = [(ctx + cont)[-(max_length + 1) :][:-1] for ctx, cont in pairs]
     batch = _padded(inputs, _device(model))
     continuations = [cont for _, cont in pairs]
     with head_only_at(model, *_scored_positions(inputs, continuations, batch.device)):
@@ -107,8 +108,12 @@ def score_shared(model: nn.Module, contexts: list[SharedContext]) -> list[tuple[
     prefix_positions = (torch.arange(width, device=device)[None] - pad[:, None]).clamp(min=0)
     nothing = torch.zeros(0, dtype=torch.long, device=device)
     with head_only_at(model, nothing, nothing):
-        cache = model(input_ids=_padded(prefixes, device, left=True), attention_mask=prefix_mask.long(),
-                      position_ids=prefix_positions, use_cache=True).cache
+        cache = model(
+            input_ids=_padded(prefixes, device, left=True),
+            attention_mask=prefix_mask.long(),
+            position_ids=prefix_positions,
+            use_cache=True,
+        ).cache
     owner = torch.tensor([i for i, (_, conts) in enumerate(contexts) for _ in conts], device=device)
     cache.batch_select_indices(owner)
     continuations = [cont for _, conts in contexts for cont in conts]
@@ -117,8 +122,11 @@ def score_shared(model: nn.Module, contexts: list[SharedContext]) -> list[tuple[
     mask = torch.cat([prefix_mask[owner], torch.ones_like(batch, dtype=torch.bool)], dim=1).long()
     positions = lengths[owner, None] + torch.arange(batch.shape[1], device=device)[None]
     with head_only_at(model, *_scored_positions(suffixes, continuations, device)):
-        logits = model(input_ids=batch, attention_mask=mask, position_ids=positions, cache=cache,
-                       use_cache=True).logits[0].float()
+        logits = (
+            model(input_ids=batch, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+            .logits[0]
+            .float()
+        )
     return _gather(logits, continuations)
 
 
@@ -127,7 +135,7 @@ def _pieces(pairs: list[TokenPair], limit: int) -> tuple[list[TokenPair], list[i
     pieces, owners = [], []
     for i, (ctx, cont) in enumerate(pairs):
         for k in range(0, len(cont), limit):
-            pieces.append((ctx + cont[:k], cont[k:k + limit]))
+            pieces.append((ctx + cont[:k], cont[k : k + limit]))
             owners.append(i)
     return pieces, owners
 
@@ -143,8 +151,10 @@ def _by_context(pieces: list[TokenPair], max_length: int, max_positions: int) ->
         groups.setdefault(tuple(ctx), []).append(i)
     shared, single = [], []
     for ctx, members in groups.items():
-        fits = (all(len(ctx) + len(pieces[i][1]) - 1 <= max_length for i in members)
-                and sum(len(pieces[i][1]) for i in members) <= max_positions)
+        fits = (
+            all(len(ctx) + len(pieces[i][1]) - 1 <= max_length for i in members)
+            and sum(len(pieces[i][1]) for i in members) <= max_positions
+        )
         if len(members) > 1 and len(ctx) > 1 and fits:
             shared.append(members)
         else:
@@ -171,9 +181,17 @@ def _batches(items: list, rows: Callable, positions: Callable, batch_size: int, 
         yield from _within(chunk, positions, max_positions)
 
 
-def score(model: nn.Module, pairs: list[TokenPair], *, batch_size: int, max_length: int,
-          exit_loop: int | None = None, max_positions: int = MAX_POSITIONS, progress: bool = False,
-          desc: str = "scoring") -> list[tuple[float, bool]]:
+def score(
+    model: nn.Module,
+    pairs: list[TokenPair],
+    *,
+    batch_size: int,
+    max_length: int,
+    exit_loop: int | None = None,
+    max_positions: int = MAX_POSITIONS,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> list[tuple[float, bool]]:
     """Score every pair (batches of ``batch_size`` continuations, longest first); results in input order."""
     if any(not ctx or not cont for ctx, cont in pairs):
         raise ValueError("every scored pair needs a non-empty context (at least BOS) and continuation")

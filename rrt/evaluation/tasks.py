@@ -24,20 +24,23 @@ SPLIT_KEYS = {"train": "training_split", "validation": "validation_split", "test
 
 @dataclass(frozen=True)
 class PaperTask:
-    name: str      # harness task name
-    builtin: str   # the harness's YAML for it, relative to lm_eval/tasks
-    metric: str    # the metric the paper reports (rrt-paper.md §1.7)
+    name: str  # harness task name
+    builtin: str  # the harness's YAML for it, relative to lm_eval/tasks
+    metric: str  # the metric the paper reports (rrt-paper.md §1.7)
 
 
-PAPER_TASKS: dict[str, PaperTask] = {t.name: t for t in (
-    PaperTask("lambada_openai", "lambada/lambada_openai.yaml", "acc"),
-    PaperTask("hellaswag", "hellaswag/hellaswag.yaml", "acc_norm"),
-    PaperTask("piqa", "piqa/piqa.yaml", "acc_norm"),
-    PaperTask("winogrande", "winogrande/default.yaml", "acc"),
-    PaperTask("arc_easy", "arc/arc_easy.yaml", "acc_norm"),
-    PaperTask("arc_challenge", "arc/arc_challenge.yaml", "acc_norm"),
-    PaperTask("openbookqa", "openbookqa/openbookqa.yaml", "acc_norm"),
-)}
+PAPER_TASKS: dict[str, PaperTask] = {
+    t.name: t
+    for t in (
+        PaperTask("lambada_openai", "lambada/lambada_openai.yaml", "acc"),
+        PaperTask("hellaswag", "hellaswag/hellaswag.yaml", "acc_norm"),
+        PaperTask("piqa", "piqa/piqa.yaml", "acc_norm"),
+        PaperTask("winogrande", "winogrande/default.yaml", "acc"),
+        PaperTask("arc_easy", "arc/arc_easy.yaml", "acc_norm"),
+        PaperTask("arc_challenge", "arc/arc_challenge.yaml", "acc_norm"),
+        PaperTask("openbookqa", "openbookqa/openbookqa.yaml", "acc_norm"),
+    )
+}
 
 
 def builtin_yaml(task: str) -> Path:

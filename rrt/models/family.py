@@ -90,8 +90,17 @@ LLAMA_STYLE_LINEARS = {
 }
 
 
-def llama_style(name: str, model_types: tuple[str, ...], norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")) -> FamilyAdapter:
+def llama_style(
+    name: str, model_types: tuple[str, ...], norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
+) -> FamilyAdapter:
     """Register a family laid out like Llama in transformers (``model.layers``, ``model.norm``, q/k/v/o + MLP)."""
     return register(
-        FamilyAdapter(name=name, model_types=model_types, layers="model.layers", final_norm="model.norm", linears=LLAMA_STYLE_LINEARS, norms=norms)
+        FamilyAdapter(
+            name=name,
+            model_types=model_types,
+            layers="model.layers",
+            final_norm="model.norm",
+            linears=LLAMA_STYLE_LINEARS,
+            norms=norms,
+        )
     )

@@ -42,8 +42,9 @@ def normalised_spectrum(matrix: torch.Tensor) -> torch.Tensor:
     return energy / total if total > 0 else energy
 
 
-def allocate(spectra: Mapping[Hashable, torch.Tensor], shapes: Mapping[Hashable, tuple[int, int]], budget: int,
-             adapter: str) -> dict[Hashable, int]:
+def allocate(
+    spectra: Mapping[Hashable, torch.Tensor], shapes: Mapping[Hashable, tuple[int, int]], budget: int, adapter: str
+) -> dict[Hashable, int]:
     """Integer rank per matrix (keys of ``spectra``) spending at most ``budget`` parameters (see module docstring).
 
     ``shapes`` gives each matrix's (in_features, out_features). Once the matrix keeping the least energy cannot
@@ -67,8 +68,12 @@ def allocate(spectra: Mapping[Hashable, torch.Tensor], shapes: Mapping[Hashable,
     return ranks
 
 
-def allocate_from_residuals(uniform: Mapping[Hashable, int], shapes: Mapping[Hashable, tuple[int, int]],
-                            residual: Callable[[Hashable], torch.Tensor | None], adapter: str) -> dict[Hashable, int]:
+def allocate_from_residuals(
+    uniform: Mapping[Hashable, int],
+    shapes: Mapping[Hashable, tuple[int, int]],
+    residual: Callable[[Hashable], torch.Tensor | None],
+    adapter: str,
+) -> dict[Hashable, int]:
     """Ranks for every matrix of ``uniform`` (its uniform, capped rank), spending what the uniform ranks spend.
 
     A matrix asked for rank 0 keeps no adapter, and one with a zero residual (nothing to restore, so no spectrum)
@@ -86,4 +91,5 @@ def allocate_from_residuals(uniform: Mapping[Hashable, int], shapes: Mapping[Has
 def describe(allocation: Mapping[str, list[int]]) -> str:
     """One line for the log: each linear's rank range over depths."""
     return "ranks per linear (min-max over depths): " + ", ".join(
-        f"{path} {min(ranks)}-{max(ranks)}" for path, ranks in allocation.items())
+        f"{path} {min(ranks)}-{max(ranks)}" for path, ranks in allocation.items()
+    )

@@ -63,7 +63,9 @@ def reinitialize(model: nn.Module, seed: int) -> None:
         model.load_state_dict(fresh.state_dict())
 
 
-def _shared_values(layers: nn.ModuleList, family: FamilyAdapter, spec: RecursionSpec) -> dict[tuple[int, str, str], torch.Tensor]:
+def _shared_values(
+    layers: nn.ModuleList, family: FamilyAdapter, spec: RecursionSpec
+) -> dict[tuple[int, str, str], torch.Tensor]:
     """New value of every parameter of every shared position, computed before any layer is overwritten."""
     num_layers, loops = len(layers), spec.loops
     values = {}
@@ -114,7 +116,9 @@ def convert_to_recursive(model: nn.Module, spec: RecursionSpec, *, initialize: b
                 layers[owner].get_submodule(path).get_parameter(name).copy_(value)
 
     for depth, layer in enumerate(layers):
-        owner = layers[depths_of_position(position_of_depth(depth, num_layers, loops, looping), num_layers, loops, looping)[0]]
+        owner = layers[
+            depths_of_position(position_of_depth(depth, num_layers, loops, looping), num_layers, loops, looping)[0]
+        ]
         if owner is not layer:
             for path, module in list(parameter_leaves(owner)):
                 replace_submodule(layer, path, module)
@@ -144,10 +148,13 @@ def capped_rank(spec: RecursionSpec, family: FamilyAdapter, path: str, linear: n
 def _relax(layers, family, spec, originals, generator, initialize) -> dict[str, list[int]] | None:
     """Wrap every shared linear of every depth in its own adapter; returns LaMDA++'s allocation (else None)."""
     adapter_class = ADAPTER_CLASSES[spec.lora.adapter]
-    linears = {(depth, path): layer.get_submodule(path) for depth, layer in enumerate(layers) for path in family.linears}
+    linears = {
+        (depth, path): layer.get_submodule(path) for depth, layer in enumerate(layers) for path in family.linears
+    }
     ranks = {key: capped_rank(spec, family, key[1], linear) for key, linear in linears.items()}
-    for path, requested, rank in sorted({(key[1], requested_rank(spec, family, key[1], linear), ranks[key])
-                                         for key, linear in linears.items()}):
+    for path, requested, rank in sorted(
+        {(key[1], requested_rank(spec, family, key[1], linear), ranks[key]) for key, linear in linears.items()}
+    ):
         if rank < requested:
             log.info("lora rank %d on %s capped at min(d_in, d_out) = %d", requested, path, rank)
 
@@ -176,11 +183,14 @@ def _relax(layers, family, spec, originals, generator, initialize) -> dict[str, 
 def _allocate(linears, uniform, residual, initialize) -> dict[str, list[int]]:
     """LaMDA++ ranks from the residual spectra, as ``{path: [rank per depth]}`` (rrt.recursive.allocation)."""
     if not initialize:
-        raise UserError("lora.adapter=lamda++ allocates ranks from the residual spectra when it converts a model; "
-                        "to rebuild or count one without weights, use the spec saved with it "
-                        "(rrt.recursive.io.saved_spec(<model dir>)), which carries lora.allocation")
-    ranks = allocate_from_residuals(uniform, {key: (m.in_features, m.out_features) for key, m in linears.items()},
-                                    residual, "lamda++")
+        raise UserError(
+            "lora.adapter=lamda++ allocates ranks from the residual spectra when it converts a model; "
+            "to rebuild or count one without weights, use the spec saved with it "
+            "(rrt.recursive.io.saved_spec(<model dir>)), which carries lora.allocation"
+        )
+    ranks = allocate_from_residuals(
+        uniform, {key: (m.in_features, m.out_features) for key, m in linears.items()}, residual, "lamda++"
+    )
     paths = dict.fromkeys(path for _, path in linears)
     depths = sorted({depth for depth, _ in linears})
     allocation = {path: [ranks[depth, path] for depth in depths] for path in paths}
@@ -192,17 +202,24 @@ def check_allocation(allocation: dict[str, list[int]], linears: dict[tuple[int, 
     """A saved allocation must name every linear, one whole rank per depth within min(d_in, d_out)."""
     paths = {path for _, path in linears}
     if set(allocation) != paths or any(len(ranks) != depths for ranks in allocation.values()):
-        raise UserError(f"lora.allocation must list {depths} ranks for each of {sorted(paths)}; got "
-                        f"{ {path: len(ranks) for path, ranks in allocation.items()} }")
+        raise UserError(
+            f"lora.allocation must list {depths} ranks for each of {sorted(paths)}; got "
+            f"{ {path: len(ranks) for path, ranks in allocation.items()} }"
+        )
     for (depth, path), linear in linears.items():
         rank = allocation[path][depth]
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= min(linear.in_features, linear.out_features):
-            raise UserError(f"lora.allocation[{path!r}][{depth}] = {rank!r} must be a whole number in "
-                            f"0..min(d_in, d_out) = {min(linear.in_features, linear.out_features)}")
+        if (
+            isinstance(rank, bool)
+            or not isinstance(rank, int)
+            or not 0 <= rank <= min(linear.in_features, linear.out_features)
+        ):
+            raise UserError(
+                f"lora.allocation[{path!r}][{depth}] = {rank!r} must be a whole number in "
+                f"0..min(d_in, d_out) = {min(linear.in_features, linear.out_features)}"
+            )
 
 
 def recursion_spec_of(model: nn.Module) -> RecursionSpec | None:
     """The spec a converted model was built with (None for an unconverted model)."""
     data = getattr(model.config, "rrt_recursion", None)
     return RecursionSpec.from_dict(data) if data else None
-

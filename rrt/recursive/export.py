@@ -80,9 +80,17 @@ def peft_config(model: nn.Module):
     ranks = {name: adapter.rank for name, adapter in depth_adapters(model).items()}
     rank = max(set(ranks.values()), key=list(ranks.values()).count)
     patterns = {re.escape(name): r for name, r in ranks.items() if r != rank}
-    return LoraConfig(r=rank, lora_alpha=rank, target_modules=sorted(ranks), rank_pattern=patterns,
-                      alpha_pattern=patterns, lora_dropout=0.0, bias="none", init_lora_weights=False,
-                      task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=rank,
+        lora_alpha=rank,
+        target_modules=sorted(ranks),
+        rank_pattern=patterns,
+        alpha_pattern=patterns,
+        lora_dropout=0.0,
+        bias="none",
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
 
 
 def peft_model(model: nn.Module, base: nn.Module):
@@ -99,8 +107,9 @@ def peft_model(model: nn.Module, base: nn.Module):
     return wrapped.eval()
 
 
-def export(model: nn.Module, out: str | Path, tokenizer=None, peft: bool = True,
-           dtype: torch.dtype | None = None) -> Exported:
+def export(
+    model: nn.Module, out: str | Path, tokenizer=None, peft: bool = True, dtype: torch.dtype | None = None
+) -> Exported:
     """Write ``out`` (merged plain checkpoint) and, for a relaxed model with ``peft``, ``out/peft/{base,adapter}``."""
     out, dtype = Path(out), dtype or next(model.parameters()).dtype
     unrolled_model(model).to(dtype=dtype).save_pretrained(out)

@@ -31,9 +31,11 @@ from rrt.utils.atomic import atomic_write_text, share_like_open
 WEIGHTS = "model.safetensors"
 SPEC = "recursion.json"
 CONFIG = "config.json"
-HF_REFUSAL = ("this dir holds an rrt Recursive Transformer, not a plain checkpoint: load it with "
-              "rrt.from_pretrained(<dir>) (lm-eval: rrt-lm-eval --model rrt --model_args pretrained=<dir>), "
-              "or export a plain one with rrt-export <dir> <out>")
+HF_REFUSAL = (
+    "this dir holds an rrt Recursive Transformer, not a plain checkpoint: load it with "
+    "rrt.from_pretrained(<dir>) (lm-eval: rrt-lm-eval --model rrt --model_args pretrained=<dir>), "
+    "or export a plain one with rrt-export <dir> <out>"
+)
 
 
 def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -84,11 +86,15 @@ def check_finite(model: nn.Module, directory: str | Path) -> None:
     """A model with NaN/inf weights comes from a diverged run: refuse it rather than score a broken model."""
     bad = [name for name, param in model.named_parameters() if not torch.isfinite(param).all()]
     if bad:
-        raise UserError(f"{directory}: {len(bad)} weight tensors are not finite (e.g. {bad[0]}): the run that saved "
-                        "it diverged; retrain it (e.g. with a lower lr or distill.temperature > 0)")
+        raise UserError(
+            f"{directory}: {len(bad)} weight tensors are not finite (e.g. {bad[0]}): the run that saved "
+            "it diverged; retrain it (e.g. with a lower lr or distill.temperature > 0)"
+        )
 
 
-def load_converted(directory: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> nn.Module:
+def load_converted(
+    directory: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> nn.Module:
     """Rebuild the saved (converted or plain) model with its ties and adapters; identical logits."""
     directory = Path(directory)
     if not is_saved_model_dir(directory):
@@ -104,12 +110,16 @@ def load_converted(directory: str | Path, dtype: torch.dtype = torch.float32, de
     try:
         state = load_file(str(directory / WEIGHTS))
     except Exception as error:  # truncated or overwritten file: name it and the way out
-        raise UserError(f"{directory / WEIGHTS} is unreadable ({type(error).__name__}: {error}): the save was cut "
-                        "short or the file was changed; re-run the run that wrote it (resume=never) or restore it") from error
+        raise UserError(
+            f"{directory / WEIGHTS} is unreadable ({type(error).__name__}: {error}): the save was cut "
+            "short or the file was changed; re-run the run that wrote it (resume=never) or restore it"
+        ) from error
     expected = unique_state(model)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise UserError(f"{directory}: weights do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise UserError(
+            f"{directory}: weights do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     with torch.no_grad():  # in-place copies keep every tied Parameter object (and its storage) shared
         for name, tensor in state.items():
             _target(model, name).copy_(tensor)

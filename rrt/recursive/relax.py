@@ -15,8 +15,9 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def svd_factors(residual: torch.Tensor, rank: int,
-                method: str = "full") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def svd_factors(
+    residual: torch.Tensor, rank: int, method: str = "full"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Truncated SVD of ``residual`` (out x in) in fp32: returns (U_r, S_r, V_r^T)."""
     residual = residual.detach().to(torch.float32)
     if method == "lowrank" and rank < min(residual.shape):
@@ -114,5 +115,8 @@ class DepthLaMDALinear(DepthLoRALinear):
 
 
 # lamda++ is LaMDA with per-matrix ranks from the residual spectra (rrt.recursive.allocation): same module
-ADAPTER_CLASSES: dict[str, type[DepthLoRALinear]] = {"lora": DepthLoRALinear, "lamda": DepthLaMDALinear,
-                                                     "lamda++": DepthLaMDALinear}
+ADAPTER_CLASSES: dict[str, type[DepthLoRALinear]] = {
+    "lora": DepthLoRALinear,
+    "lamda": DepthLaMDALinear,
+    "lamda++": DepthLaMDALinear,
+}

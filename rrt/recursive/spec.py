@@ -86,7 +86,9 @@ class RecursionSpec:
             if value is not None:
                 _integer(f"lora.ranks.{group}", value)
         if not 0 <= self.lora.lamda_freeze_b_at <= 1:
-            raise UserError(f"lora.lamda_freeze_b_at={self.lora.lamda_freeze_b_at} is a fraction of training: use a value in [0, 1]")
+            raise UserError(
+                f"lora.lamda_freeze_b_at={self.lora.lamda_freeze_b_at} is a fraction of training: use a value in [0, 1]"
+            )
         for group in ("q", "kv", "o", "ffn"):
             if self.lora.rank_for(group) < 0:
                 raise UserError(
@@ -95,8 +97,7 @@ class RecursionSpec:
         if num_layers is not None and num_layers % self.loops:
             valid = [b for b in range(1, num_layers + 1) if num_layers % b == 0]
             raise UserError(
-                f"recursion.loops={self.loops} does not divide the model's {num_layers} layers; "
-                f"valid values: {valid}"
+                f"recursion.loops={self.loops} does not divide the model's {num_layers} layers; valid values: {valid}"
             )
 
 

@@ -81,8 +81,15 @@ class Engine:
     "per_item" (one SDPA call per row on its own keys, linears and MLP still batched).
     """
 
-    def __init__(self, model: nn.Module, policy: ExitPolicy | None = None, max_batch: int = 8,
-                 scheduling: str = "continuous", head_batch: int = 1, attention: str = "padded"):
+    def __init__(
+        self,
+        model: nn.Module,
+        policy: ExitPolicy | None = None,
+        max_batch: int = 8,
+        scheduling: str = "continuous",
+        head_batch: int = 1,
+        attention: str = "padded",
+    ):
         if scheduling not in SCHEDULINGS:
             raise UserError(f"unknown scheduling {scheduling!r}; supported: {list(SCHEDULINGS)}")
         if max_batch < 1:
@@ -150,7 +157,9 @@ class _Run:
         slots = torch.tensor([slot], device=device)
         for b in range(stack.loops):
             for i in range(stack.shared):
-                hidden = stack.run_shared_layer(i, hidden, slots, torch.tensor([b], device=device), positions, self.pool)
+                hidden = stack.run_shared_layer(
+                    i, hidden, slots, torch.tensor([b], device=device), positions, self.pool
+                )
         token = int(stack.logits(hidden[:, -1]).argmax(-1))
         self.request[slot], self.live[slot] = request, True
         self.position[slot] = ids.shape[1] - 1
@@ -234,8 +243,9 @@ class _Run:
             return final
         requests = [self.request[int(slots[r])].rid for r in pending]
         steps = [len(self.outputs[rid]) for rid in requests]
-        decided = self.policy.exits([loops[r] for r in pending], None if logits is None else logits[pending],
-                                    requests, steps)
+        decided = self.policy.exits(
+            [loops[r] for r in pending], None if logits is None else logits[pending], requests, steps
+        )
         exits = list(final)
         for r, e in zip(pending, decided):
             exits[r] = bool(e)

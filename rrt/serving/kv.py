@@ -14,19 +14,35 @@ import torch
 class KVPool:
     """Keys/values of shape [slots, depths, kv_heads, max_len, head_dim]."""
 
-    def __init__(self, slots: int, depths: int, kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        slots: int,
+        depths: int,
+        kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+    ):
         shape = (slots, depths, kv_heads, max_len, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
 
-    def write(self, slots: torch.Tensor, depths: torch.Tensor, positions: torch.Tensor,
-              keys: torch.Tensor, values: torch.Tensor) -> None:
+    def write(
+        self,
+        slots: torch.Tensor,
+        depths: torch.Tensor,
+        positions: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+    ) -> None:
         """Store new keys/values [n, kv_heads, q, head_dim] of rows (slot, depth) at positions [n, q]."""
         if int(positions.max()) >= self.max_len:
-            raise ValueError(f"position {int(positions.max())} exceeds the KV pool length {self.max_len}; "
-                             "raise the engine's max_len (prompt + new tokens)")
+            raise ValueError(
+                f"position {int(positions.max())} exceeds the KV pool length {self.max_len}; "
+                "raise the engine's max_len (prompt + new tokens)"
+            )
         s, d = slots[:, None].expand_as(positions), depths[:, None].expand_as(positions)
         self.keys[s, d, :, positions] = keys.transpose(1, 2)
         self.values[s, d, :, positions] = values.transpose(1, 2)

@@ -14,8 +14,9 @@ class ExitPolicy:
     name = "none"
     needs_logits = False
 
-    def exits(self, loops: Sequence[int], logits: torch.Tensor | None, requests: Sequence[int],
-              steps: Sequence[int]) -> list[bool]:
+    def exits(
+        self, loops: Sequence[int], logits: torch.Tensor | None, requests: Sequence[int], steps: Sequence[int]
+    ) -> list[bool]:
         """Per row: loops completed (1-based), head logits (if ``needs_logits``), request id, and the index of
         the token it is producing."""
         return [False] * len(requests)
@@ -62,4 +63,5 @@ class OracleExit(ExitPolicy):
         def planned(r: int, k: int) -> int | None:
             plan = self.schedule.get(r, ())
             return plan[k] if k < len(plan) else None
+
         return [planned(r, k) is not None and planned(r, k) <= b for b, r, k in zip(loops, requests, steps)]

@@ -99,9 +99,11 @@ class Memory:
         free = memory_bytes - self.weight_bytes
         per_request = self.kv_bytes_per_position * max_len
         if free < per_request:
-            raise UserError(f"a memory cap of {memory_bytes / 2**30:.2f} GiB holds the weights "
-                            f"({self.weight_bytes / 2**30:.2f} GiB) but not one request's KV cache "
-                            f"({per_request / 2**20:.1f} MiB at {max_len} positions); raise the cap")
+            raise UserError(
+                f"a memory cap of {memory_bytes / 2**30:.2f} GiB holds the weights "
+                f"({self.weight_bytes / 2**30:.2f} GiB) but not one request's KV cache "
+                f"({per_request / 2**20:.1f} MiB at {max_len} positions); raise the cap"
+            )
         return free // per_request
 
 
@@ -176,8 +178,13 @@ class _Probe:
         return ModelCosts(self.stack.loops, self.stack.shared, memory=memory_of(self.model), **curves)
 
 
-def measure_costs(models: Sequence[nn.Module], batch_sizes: Sequence[int], prompt_lengths: Sequence[int],
-                  max_len: int, repeats: int = 3) -> list[ModelCosts]:
+def measure_costs(
+    models: Sequence[nn.Module],
+    batch_sizes: Sequence[int],
+    prompt_lengths: Sequence[int],
+    max_len: int,
+    repeats: int = 3,
+) -> list[ModelCosts]:
     """Seconds of the engine's calls on each model: the shared layers, head, embedding and one depth's state
     propagation at each batch size, and prefills of each prompt length. Every point is timed ``repeats`` times
     after a warm-up, the models in turn (load from other processes hits them alike), and the fastest counts
@@ -199,23 +206,33 @@ def measure_costs(models: Sequence[nn.Module], batch_sizes: Sequence[int], promp
     return [probe.costs({part: Curve(tuple(p)) for part, p in point.items()}) for probe, point in zip(probes, points)]
 
 
-def trajectory_queue(trajectories: Sequence[Trajectory], prompt_tokens: int, count: int, min_new: int, max_new: int,
-                     seed: int = 0) -> tuple[list[Request], OracleExit]:
+def trajectory_queue(
+    trajectories: Sequence[Trajectory], prompt_tokens: int, count: int, min_new: int, max_new: int, seed: int = 0
+) -> tuple[list[Request], OracleExit]:
     """``count`` requests replaying the teacher-forced oracle exits: request r is document r mod D's first
     ``prompt_tokens`` tokens and asks for a seeded number of new tokens in [min_new, max_new]. The simulator
     reads only a prompt's length, so prompts are placeholders."""
     short = [len(t.oracle) for t in trajectories if len(t.oracle) < prompt_tokens - 1 + max_new]
     if short:
-        raise UserError(f"{len(short)} trajectories are shorter than prompt + max_new - 1 = "
-                        f"{prompt_tokens - 1 + max_new} tokens; use longer documents or fewer new tokens")
+        raise UserError(
+            f"{len(short)} trajectories are shorter than prompt + max_new - 1 = "
+            f"{prompt_tokens - 1 + max_new} tokens; use longer documents or fewer new tokens"
+        )
     rng = random.Random(seed)
     requests = [Request(r, [0] * prompt_tokens, rng.randint(min_new, max_new)) for r in range(count)]
     replayed = [trajectories[r % len(trajectories)] for r in range(count)]
     return requests, OracleExit(oracle_schedule(replayed, requests))
 
 
-def simulate(costs: ModelCosts, requests: Sequence[Request], policy: ExitPolicy | None = None, max_batch: int = 8,
-             scheduling: str = "continuous", head_batch: int = 1, mode: str = "paper") -> EngineStats:
+def simulate(
+    costs: ModelCosts,
+    requests: Sequence[Request],
+    policy: ExitPolicy | None = None,
+    max_batch: int = 8,
+    scheduling: str = "continuous",
+    head_batch: int = 1,
+    mode: str = "paper",
+) -> EngineStats:
     """The engine's schedule for ``requests`` with ``max_batch`` slots, timed by ``costs``: the statistics the
     engine would report (``seconds`` is the simulated time of what ``mode`` counts)."""
     if mode not in MODES:
@@ -224,8 +241,10 @@ def simulate(costs: ModelCosts, requests: Sequence[Request], policy: ExitPolicy 
         raise UserError(f"unknown scheduling {scheduling!r}; supported: {list(SCHEDULINGS)}")
     policy = policy or FullDepth()
     if policy.needs_logits:
-        raise UserError(f"the simulator replays exit loops; {policy.describe()} reads logits: turn it into a "
-                        "schedule first (trajectories.confidence_exits) and replay it with OracleExit")
+        raise UserError(
+            f"the simulator replays exit loops; {policy.describe()} reads logits: turn it into a "
+            "schedule first (trajectories.confidence_exits) and replay it with OracleExit"
+        )
     if not 1 <= head_batch <= max_batch:
         raise UserError(f"head_batch must be in 1..max_batch={max_batch}, got {head_batch}")
     run = _Schedule(costs, list(requests), policy, max_batch, scheduling, head_batch, mode == "full")
@@ -236,9 +255,23 @@ def simulate(costs: ModelCosts, requests: Sequence[Request], policy: ExitPolicy 
 class _Schedule:
     """Mirror of ``engine._Run`` without tensors: the same slot, queue and exit bookkeeping, a simulated clock."""
 
-    def __init__(self, costs: ModelCosts, requests: list[Request], policy: ExitPolicy, slots: int, scheduling: str,
-                 head_batch: int, full: bool):
-        self.costs, self.policy, self.static, self.head_batch, self.full = costs, policy, scheduling == "static", head_batch, full
+    def __init__(
+        self,
+        costs: ModelCosts,
+        requests: list[Request],
+        policy: ExitPolicy,
+        slots: int,
+        scheduling: str,
+        head_batch: int,
+        full: bool,
+    ):
+        self.costs, self.policy, self.static, self.head_batch, self.full = (
+            costs,
+            policy,
+            scheduling == "static",
+            head_batch,
+            full,
+        )
         self.queue = deque(requests)
         self.produced = {r.rid: 0 for r in requests}
         self.request: list[Request | None] = [None] * slots
@@ -308,8 +341,12 @@ class _Schedule:
         for slot in slots:
             self.loop_of[slot] += 1
         pending = [s for s in slots if self.loop_of[s] < costs.loops]
-        decided = self.policy.exits([self.loop_of[s] for s in pending], None,
-                                    [self.request[s].rid for s in pending], [self.produced[self.request[s].rid] for s in pending])
+        decided = self.policy.exits(
+            [self.loop_of[s] for s in pending],
+            None,
+            [self.request[s].rid for s in pending],
+            [self.produced[self.request[s].rid] for s in pending],
+        )
         early = [s for s, e in zip(pending, decided) if e]
         out = [s for s in slots if self.loop_of[s] == costs.loops] + early
         if early:

@@ -25,8 +25,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.models.llama.modeling_llama import rotate_half
 
 from rrt.errors import UserError
-from rrt.recursive.model import RecursiveModel, soft_cap
 from rrt.recursive.convert import parameter_leaves
+from rrt.recursive.model import RecursiveModel, soft_cap
 from rrt.serving.kv import KVPool, RowCache
 
 SUPPORTED_FAMILIES = ("gemma3", "gemma", "llama", "qwen2", "gpt_neox")
@@ -47,8 +47,11 @@ def per_item_attention(module, query, key, value, attention_mask, **kwargs):
     for row in range(query.shape[0]):
         valid = attention_mask[row, 0, 0].nonzero()
         keys = slice(int(valid[0]), int(valid[-1]) + 1)
-        outputs.append(sdpa_attention_forward(module, query[row:row + 1], key[row:row + 1, :, keys],
-                                              value[row:row + 1, :, keys], None, **kwargs)[0])
+        outputs.append(
+            sdpa_attention_forward(
+                module, query[row : row + 1], key[row : row + 1, :, keys], value[row : row + 1, :, keys], None, **kwargs
+            )[0]
+        )
     return torch.cat(outputs), None
 
 
@@ -80,8 +83,10 @@ class DepthStack:
         recursive = RecursiveModel(model)
         family, spec = recursive.family, recursive.spec
         if family.name not in SUPPORTED_FAMILIES:
-            raise UserError(f"serving supports families {list(SUPPORTED_FAMILIES)}, not {family.name!r} "
-                             "(its layers would need their own state propagation)")
+            raise UserError(
+                f"serving supports families {list(SUPPORTED_FAMILIES)}, not {family.name!r} "
+                "(its layers would need their own state propagation)"
+            )
         if spec and spec.looping != "cycle" and spec.loops > 1:
             raise UserError(f"depth-wise batching needs looping=cycle; this model uses looping={spec.looping}")
         config = model.config
@@ -127,7 +132,9 @@ class DepthStack:
         weight = self.embed.weight
         return KVPool(slots, self.num_depths, self.kv_heads, max_len, self.head_dim, weight.dtype, weight.device)
 
-    def rope(self, hidden: torch.Tensor, positions: torch.Tensor, depths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def rope(
+        self, hidden: torch.Tensor, positions: torch.Tensor, depths: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin [n, q, rotary dims], each row with its own depth's rotary (Gemma 3: local vs global base); the
         rotary dims are head_dim, or fewer with partial rotary (GPT-NeoX)."""
         types = [self.depths[d].layer_type for d in depths]
@@ -149,8 +156,15 @@ class DepthStack:
         allowed = (keys <= query) & (keys > query - windows[:, None, None])
         return allowed[:, None]
 
-    def run_shared_layer(self, i: int, hidden: torch.Tensor, slots: torch.Tensor, loops: torch.Tensor,
-                         positions: torch.Tensor, pool: KVPool) -> torch.Tensor:
+    def run_shared_layer(
+        self,
+        i: int,
+        hidden: torch.Tensor,
+        slots: torch.Tensor,
+        loops: torch.Tensor,
+        positions: torch.Tensor,
+        pool: KVPool,
+    ) -> torch.Tensor:
         """Shared layer ``i`` on rows [n, q, H], row r at depth loops[r] * K + i; writes their keys/values."""
         depths = (loops * self.shared + i).tolist()
         groups: dict[int, list[int]] = {}
@@ -161,18 +175,24 @@ class DepthStack:
         out = torch.empty_like(hidden)
         for rows in groups.values():
             index = torch.tensor(rows, device=hidden.device)
-            out[index] = self._call(depths[rows[0]], hidden[index], slots[index], [depths[r] for r in rows],
-                                    positions[index], pool)
+            out[index] = self._call(
+                depths[rows[0]], hidden[index], slots[index], [depths[r] for r in rows], positions[index], pool
+            )
         return out
 
     def _call(self, depth: int, hidden, slots, depths: list[int], positions, pool: KVPool) -> torch.Tensor:
         depth_tensor = torch.tensor(depths, device=hidden.device)
         return self.depths[depth].layer(
-            hidden, position_embeddings=self.rope(hidden, positions, depths), attention_mask=self.mask(positions, depths),
-            position_ids=positions, **{self._cache_arg: RowCache(pool, slots, depth_tensor, positions)})
+            hidden,
+            position_embeddings=self.rope(hidden, positions, depths),
+            attention_mask=self.mask(positions, depths),
+            position_ids=positions,
+            **{self._cache_arg: RowCache(pool, slots, depth_tensor, positions)},
+        )
 
-    def propagate_state(self, depth: int, hidden: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
-                        pool: KVPool) -> None:
+    def propagate_state(
+        self, depth: int, hidden: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, pool: KVPool
+    ) -> None:
         """State propagation (CALM): keys/values of a skipped depth from the copied exit hidden state.
 
         Runs only this depth's input norm and k/v projections (+ Gemma's k_norm, + rotary), the minimum the
@@ -192,9 +212,9 @@ class DepthStack:
         if hasattr(attn, "k_norm"):
             keys = attn.k_norm(keys)
         cos, sin = self.rope(hidden, positions, [depth] * hidden.shape[0])
-        rotary = keys[..., :cos.shape[-1]]  # partial rotary leaves the other dims as they are
+        rotary = keys[..., : cos.shape[-1]]  # partial rotary leaves the other dims as they are
         rotary = rotary * cos[:, None] + rotate_half(rotary) * sin[:, None]
-        keys = torch.cat([rotary, keys[..., cos.shape[-1]:]], dim=-1)
+        keys = torch.cat([rotary, keys[..., cos.shape[-1] :]], dim=-1)
         pool.write(slots, torch.full_like(slots, depth), positions, keys, values)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

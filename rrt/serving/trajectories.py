@@ -44,8 +44,13 @@ def exit_trajectories(model: nn.Module, tokenizer, documents: Iterable[str], max
             for b in range(stack.loops - 1, 0, -1):
                 oracle = torch.where(agrees[b - 1], b, oracle)
             empty = torch.empty(0, final.numel())
-            trajectories.append(Trajectory(oracle, torch.stack(confidence) if confidence else empty,
-                                           torch.stack(agrees) if agrees else empty.bool()))
+            trajectories.append(
+                Trajectory(
+                    oracle,
+                    torch.stack(confidence) if confidence else empty,
+                    torch.stack(agrees) if agrees else empty.bool(),
+                )
+            )
     return trajectories
 
 

@@ -57,7 +57,9 @@ def skip_reason(run_dir: Path, resume: str) -> str | None:
 def slurm_job_state(job_id: str) -> str | None:
     """The job's squeue state (RUNNING, PENDING, ...) or None when SLURM no longer lists it."""
     try:
-        result = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            ["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     state = result.stdout.strip() if result.returncode == 0 else ""
@@ -93,8 +95,13 @@ def validate(sweep_config: DictConfig, run_dir: Path) -> None:
         preflight(config)
 
 
-def plan_jobs(config_loader, master_config: DictConfig, job_overrides: Sequence[Sequence[str]], first_index: int,
-              keep_going: bool = False) -> tuple[list[PlannedJob], list[InvalidJob]]:
+def plan_jobs(
+    config_loader,
+    master_config: DictConfig,
+    job_overrides: Sequence[Sequence[str]],
+    first_index: int,
+    keep_going: bool = False,
+) -> tuple[list[PlannedJob], list[InvalidJob]]:
     """Compose, validate and locate every job. A bad job raises a UserError naming it (nothing is submitted), or,
     with ``keep_going`` (a local sweep), is returned as invalid so that the valid jobs still run."""
     jobs, invalid = [], []
@@ -106,8 +113,12 @@ def plan_jobs(config_loader, master_config: DictConfig, job_overrides: Sequence[
             validate(sweep_config, run_dir)
         except (ValueError, FileNotFoundError, PermissionError) as error:
             if not keep_going:
-                raise UserError(f"sweep job #{index} ({' '.join(overrides)}) would fail, nothing was submitted: {error}") from error
+                raise UserError(
+                    f"sweep job #{index} ({' '.join(overrides)}) would fail, nothing was submitted: {error}"
+                ) from error
             invalid.append(InvalidJob(index, tuple(overrides), sweep_config, str(error)))
             continue
-        jobs.append(PlannedJob(index, tuple(overrides), sweep_config, run_dir, skip_reason(run_dir, sweep_config.resume)))
+        jobs.append(
+            PlannedJob(index, tuple(overrides), sweep_config, run_dir, skip_reason(run_dir, sweep_config.resume))
+        )
     return jobs, invalid

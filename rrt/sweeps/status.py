@@ -135,12 +135,19 @@ def positive_seconds(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", help="e.g. runs/sweeps/f1_init")
-    parser.add_argument("--stale-after", type=positive_seconds, default=STALE_AFTER_S, metavar="SECONDS",
-                        help=f"a running record whose heartbeat is older is shown stale (default {STALE_AFTER_S:.0f})")
+    parser.add_argument(
+        "--stale-after",
+        type=positive_seconds,
+        default=STALE_AFTER_S,
+        metavar="SECONDS",
+        help=f"a running record whose heartbeat is older is shown stale (default {STALE_AFTER_S:.0f})",
+    )
     args = parser.parse_args(argv)
     if not Path(args.sweep_dir).is_dir():
-        print(f"error: {args.sweep_dir} is not a directory (sweeps live in <paths.runs_root>/sweeps/<experiment>)",
-              file=sys.stderr)
+        print(
+            f"error: {args.sweep_dir} is not a directory (sweeps live in <paths.runs_root>/sweeps/<experiment>)",
+            file=sys.stderr,
+        )
         return 2
     table = sweep_status(args.sweep_dir, args.stale_after)
     if table.empty:

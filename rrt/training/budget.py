@@ -52,5 +52,10 @@ class Budget:
         )
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "steps": self.steps, "accumulate": self.accumulate, "tokens_per_step": self.tokens_per_step,
-                "tokens_trained": self.steps * self.tokens_per_step}
+        return {
+            **asdict(self),
+            "steps": self.steps,
+            "accumulate": self.accumulate,
+            "tokens_per_step": self.tokens_per_step,
+            "tokens_trained": self.steps * self.tokens_per_step,
+        }

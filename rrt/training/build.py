@@ -84,8 +84,10 @@ def check_model_name(name: str) -> None:
     if saved_model_dir(name) is not None or path.is_dir() and (path / "config.json").is_file():
         return
     if (path / RECORD_NAME).is_file():
-        raise UserError(f"model.name={name} is a run dir without model/: the run has not finished (see its "
-                        f"{RECORD_NAME} status); resume it first, or start from another run")
+        raise UserError(
+            f"model.name={name} is a run dir without model/: the run has not finished (see its "
+            f"{RECORD_NAME} status); resume it first, or start from another run"
+        )
     if is_hub_id(name):
         check_hub_model(name)
     elif "/" in name or path.exists():
@@ -122,13 +124,18 @@ def check_start_model(cfg: DictConfig, explicit: list[str]) -> None:
         return
     requested = _spec_keys(recursion_spec(cfg))
     built = _spec_keys(loaded)
-    touched = [key for key in built if requested[key] != built[key]
-               and any(key == o or key.startswith(o + ".") for o in explicit)]
+    touched = [
+        key
+        for key in built
+        if requested[key] != built[key] and any(key == o or key.startswith(o + ".") for o in explicit)
+    ]
     if touched:
         said = ", ".join(f"{key}={requested[key]}" for key in touched)
         was = ", ".join(f"{key}={built[key]}" for key in touched)
-        raise UserError(f"model.name={cfg.model.name} is a converted model ({was}); {said} contradicts it: drop the "
-                        "override (a loaded model is trained as it was built) or convert the original model again")
+        raise UserError(
+            f"model.name={cfg.model.name} is a converted model ({was}); {said} contradicts it: drop the "
+            "override (a loaded model is trained as it was built) or convert the original model again"
+        )
 
 
 def loops_of(cfg: DictConfig) -> int:
@@ -143,10 +150,18 @@ def loops_of(cfg: DictConfig) -> int:
 def _spec_keys(spec: RecursionSpec) -> dict[str, object]:
     """A spec as the config keys that set it (``init`` is the group, ``init.norm_init`` a key in it)."""
     lora = spec.lora
-    return {"recursion.loops": spec.loops, "recursion.looping": spec.looping, "init": spec.init,
-            "init.norm_init": spec.norm_init, "lora.rank": lora.rank, "lora.init": lora.init, "lora.adapter": lora.adapter,
-            **{f"lora.ranks.{g}": (lora.ranks or {}).get(g) for g in ("q", "kv", "o", "ffn")},
-            "lora.svd": lora.svd, "lora.freeze_shared": lora.freeze_shared}
+    return {
+        "recursion.loops": spec.loops,
+        "recursion.looping": spec.looping,
+        "init": spec.init,
+        "init.norm_init": spec.norm_init,
+        "lora.rank": lora.rank,
+        "lora.init": lora.init,
+        "lora.adapter": lora.adapter,
+        **{f"lora.ranks.{g}": (lora.ranks or {}).get(g) for g in ("q", "kv", "o", "ffn")},
+        "lora.svd": lora.svd,
+        "lora.freeze_shared": lora.freeze_shared,
+    }
 
 
 def reduced_config(config: PretrainedConfig, loops: int) -> PretrainedConfig:
@@ -193,12 +208,16 @@ def teacher_dir(cfg: DictConfig) -> Path | None:
         return None
     path = saved_model_dir(str(source))
     if path is None:
-        raise UserError(f"distill.teacher={source} is neither a finished run dir (with model/) nor a saved model dir: "
-                        "train the full-size baseline first (variant=full) and pass its run dir")
+        raise UserError(
+            f"distill.teacher={source} is neither a finished run dir (with model/) nor a saved model dir: "
+            "train the full-size baseline first (variant=full) and pass its run dir"
+        )
     start = saved_model_dir(str(cfg.model.name))
     if start is not None and start.resolve() == path.resolve():
-        raise UserError(f"distill.teacher={source} is the student's own starting model (model.name): use the "
-                        "full-size model uptrained on the same data (a variant=full run dir)")
+        raise UserError(
+            f"distill.teacher={source} is the student's own starting model (model.name): use the "
+            "full-size model uptrained on the same data (a variant=full run dir)"
+        )
     return path
 
 

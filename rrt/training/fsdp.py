@@ -59,8 +59,12 @@ def units(model: nn.Module) -> Iterator[nn.Module]:
             yield layer
 
 
-def shard(model: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy | None = None,
-          reshard_after_forward: bool = True) -> None:
+def shard(
+    model: nn.Module,
+    mesh: DeviceMesh,
+    mp_policy: MixedPrecisionPolicy | None = None,
+    reshard_after_forward: bool = True,
+) -> None:
     """Shard ``model`` in place over the 1-D ``mesh``; ties survive (one unit per shared leaf)."""
     options = {"mesh": mesh, "mp_policy": mp_policy or MixedPrecisionPolicy()}
     for unit in list(units(model)):

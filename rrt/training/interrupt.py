@@ -27,14 +27,17 @@ class RunInterrupted(Exception):
 
     def __init__(self, signum: int, step: int):
         self.signum, self.step = signum, step
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; last.ckpt is saved: run the "
-                         "same command again to resume")
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name} at step {step}; last.ckpt is saved: run the "
+            "same command again to resume"
+        )
 
 
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Outside the training loop (model loading, evaluation), SIGTERM stops at once like Ctrl-C does, so the driver
     records the run as interrupted instead of dying silently."""
+
     def raise_interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"{signal.Signals(signum).name}")
 
@@ -64,7 +67,9 @@ class StopOnSignal(Checkpoint):
             self._restore()
             raise KeyboardInterrupt
         self.received = signum
-        log.warning("received %s: stopping after this optimizer step (send it again to stop now)", signal.Signals(signum).name)
+        log.warning(
+            "received %s: stopping after this optimizer step (send it again to stop now)", signal.Signals(signum).name
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if not self._boundary.reached(trainer):

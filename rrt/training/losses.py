@@ -24,7 +24,9 @@ EXIT_LOSSES = ("none", "weighted", "aggressive")
 IGNORE_INDEX = -100
 
 
-def kd_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
+def kd_per_token(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, temperature: float = 1.0
+) -> torch.Tensor:
     """Divergence between teacher and student next-token distributions, one value per row, scaled by T^2."""
     s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
@@ -88,8 +90,9 @@ def _chunk_terms(spec: LossSpec, head, labels, teacher_head, teacher_hidden, *ex
     return torch.stack(terms)
 
 
-def _chunks(spec: LossSpec, targets: torch.Tensor,
-            teacher_flat: torch.Tensor | None) -> Iterator[tuple[slice, torch.Tensor | None]]:
+def _chunks(
+    spec: LossSpec, targets: torch.Tensor, teacher_flat: torch.Tensor | None
+) -> Iterator[tuple[slice, torch.Tensor | None]]:
     """Token slices of ``spec.chunk_tokens`` positions, with the teacher's hidden states for each."""
     for start in range(0, targets.numel(), spec.chunk_tokens):
         part = slice(start, start + spec.chunk_tokens)
@@ -165,7 +168,9 @@ def lm_loss(
         raise ValueError(f"{len(exits)} exits but {len(spec.exit_weights)} exit weights")
     targets = labels[:, 1:].reshape(-1)
     flat = [h[:, :-1].reshape(-1, h.shape[-1]) for h in exits]
-    teacher_flat = teacher_hidden[:, :-1].reshape(-1, teacher_hidden.shape[-1]).detach() if teacher_hidden is not None else None
+    teacher_flat = (
+        teacher_hidden[:, :-1].reshape(-1, teacher_hidden.shape[-1]).detach() if teacher_hidden is not None else None
+    )
     teacher_head = teacher_head.detach() if teacher_head is not None else None
     count = (targets != IGNORE_INDEX).sum().clamp(min=1)
     if torch.is_grad_enabled() and any(t.requires_grad for t in [head, *flat]):

@@ -80,8 +80,10 @@ class RecursiveLMModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.losses(batch["input_ids"])
         if not torch.isfinite(out["loss"]):  # a diverged run must stop as failed, never finish as "complete"
-            raise TrainingDiverged(f"non-finite training loss ({out['loss'].item()}) at step {self.global_step + 1}: "
-                                   "the run diverged (lower optim.optimizer.lr, check distill/early_exit settings)")
+            raise TrainingDiverged(
+                f"non-finite training loss ({out['loss'].item()}) at step {self.global_step + 1}: "
+                "the run diverged (lower optim.optimizer.lr, check distill/early_exit settings)"
+            )
         # averaged over ranks, so a DDP run logs its global batch's loss (as one process with the same batch does)
         self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=False, sync_dist=True)
         self.log("loss", out["loss"].detach(), prog_bar=True, logger=False)
@@ -114,5 +116,7 @@ class RecursiveLMModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer, self.freezer = build_optimizer(self.student, self.optimizer_factory, self.total_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(self.warmup_steps, self.total_steps, self.min_lr_ratio))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(self.warmup_steps, self.total_steps, self.min_lr_ratio)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

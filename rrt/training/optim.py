@@ -23,8 +23,10 @@ from rrt.recursive.lamda import freeze_end_step, pmb_schedules
 def param_groups(model: nn.Module) -> list[dict]:
     """Trainable parameters in two groups: weight decay on matrices, none on norms and biases."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.ndim >= 2]},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return [
+        {"params": [p for p in params if p.ndim >= 2]},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
 
 
 class ColumnFreezer:
@@ -41,9 +43,11 @@ class ColumnFreezer:
         for param, last_steps in schedules:
             split = isinstance(param, DTensor) and any(isinstance(p, Shard) and p.dim != 0 for p in param.placements)
             if param.ndim != 2 or param.shape[1] != len(last_steps) or split:
-                raise UserError(f"cannot freeze the {len(last_steps)} columns of a parameter of shape "
-                                f"{tuple(param.shape)}{' split by column' if split else ''}: the column freeze "
-                                "needs each rank to hold whole columns (FSDP2 shards rows, as trainer=fsdp does)")
+                raise UserError(
+                    f"cannot freeze the {len(last_steps)} columns of a parameter of shape "
+                    f"{tuple(param.shape)}{' split by column' if split else ''}: the column freeze "
+                    "needs each rank to hold whole columns (FSDP2 shards rows, as trainer=fsdp does)"
+                )
         self.optimizer = optimizer
         self.schedules = [(param, torch.tensor(list(last_steps), dtype=torch.long)) for param, last_steps in schedules]
         self.steps_done = 0  # optimizer steps already taken (set it when resuming)
@@ -68,13 +72,20 @@ class ColumnFreezer:
 
     def _state_tensors(self, param: nn.Parameter) -> dict[str, torch.Tensor]:
         state = self.optimizer.state.get(param, {})
-        return {key: _local(value) for key, value in state.items()
-                if torch.is_tensor(value) and value.shape == param.shape}
+        return {
+            key: _local(value) for key, value in state.items() if torch.is_tensor(value) and value.shape == param.shape
+        }
 
     def _save(self, optimizer, args, kwargs) -> None:
-        self._saved = [(param, columns, _local(param.detach()).index_select(1, columns),
-                        {key: value.index_select(1, columns) for key, value in self._state_tensors(param).items()})
-                       for param, columns in self.frozen_columns(self.steps_done + 1)]
+        self._saved = [
+            (
+                param,
+                columns,
+                _local(param.detach()).index_select(1, columns),
+                {key: value.index_select(1, columns) for key, value in self._state_tensors(param).items()},
+            )
+            for param, columns in self.frozen_columns(self.steps_done + 1)
+        ]
 
     def _restore(self, optimizer, args, kwargs) -> None:
         with torch.no_grad():
@@ -104,8 +115,9 @@ def lamda_freezer(optimizer: torch.optim.Optimizer, model: nn.Module, total_step
     return ColumnFreezer(optimizer, schedules) if schedules else None
 
 
-def build_optimizer(model: nn.Module, factory: Callable[..., torch.optim.Optimizer],
-                    total_steps: int) -> tuple[torch.optim.Optimizer, ColumnFreezer | None]:
+def build_optimizer(
+    model: nn.Module, factory: Callable[..., torch.optim.Optimizer], total_steps: int
+) -> tuple[torch.optim.Optimizer, ColumnFreezer | None]:
     """The run's optimizer over ``model``'s trainable parameters, with LaMDA's column freeze when it has one."""
     optimizer = factory(param_groups(model))
     return optimizer, lamda_freezer(optimizer, model, total_steps)

@@ -16,19 +16,38 @@ from rrt.data.jsonl import check_jsonl, expand_files
 from rrt.errors import UserError
 from rrt.training import build
 from rrt.training.budget import Budget
-from rrt.validation import ANY_INT, COUNT, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, Rule, check_required, check_value, check_values
-
+from rrt.validation import (
+    ANY_INT,
+    COUNT,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_INT,
+    Rule,
+    check_required,
+    check_value,
+    check_values,
+)
 
 RULES: dict[str, Rule] = {
     "seed": ANY_INT,
-    "budget.tokens": POSITIVE_INT, "budget.seq_len": Rule(int, lambda v: v >= 2, "an integer >= 2 (BOS + a token)"),
-    "budget.global_batch": POSITIVE_INT, "budget.micro_batch_size": POSITIVE_INT, "budget.warmup_steps": COUNT,
-    "budget.val_check_interval": POSITIVE_INT, "budget.val_batches": POSITIVE_INT, "budget.log_every_n_steps": POSITIVE_INT,
-    "budget.checkpoint_every_n_steps": POSITIVE_INT, "loss.chunk_tokens": POSITIVE_INT,
-    "distill.weight": NON_NEGATIVE, "early_exit.coef": NON_NEGATIVE,
-    "optim.optimizer.lr": POSITIVE, "optim.min_lr_ratio": FRACTION,
+    "budget.tokens": POSITIVE_INT,
+    "budget.seq_len": Rule(int, lambda v: v >= 2, "an integer >= 2 (BOS + a token)"),
+    "budget.global_batch": POSITIVE_INT,
+    "budget.micro_batch_size": POSITIVE_INT,
+    "budget.warmup_steps": COUNT,
+    "budget.val_check_interval": POSITIVE_INT,
+    "budget.val_batches": POSITIVE_INT,
+    "budget.log_every_n_steps": POSITIVE_INT,
+    "budget.checkpoint_every_n_steps": POSITIVE_INT,
+    "loss.chunk_tokens": POSITIVE_INT,
+    "distill.weight": NON_NEGATIVE,
+    "early_exit.coef": NON_NEGATIVE,
+    "optim.optimizer.lr": POSITIVE,
+    "optim.min_lr_ratio": FRACTION,
     "optim.gradient_clip_val": Rule(float, lambda v: v > 0, "a number > 0 or null", nullable=True),
-    "data.skip_tokens": COUNT, "data.num_workers": COUNT,
+    "data.skip_tokens": COUNT,
+    "data.num_workers": COUNT,
 }
 
 
@@ -36,7 +55,11 @@ def check_numbers(cfg: DictConfig) -> None:
     """Types and ranges of the numeric keys (``seed=abc``, ``budget.micro_batch_size=0``, ...)."""
     check_values(cfg, RULES)
     if cfg.distill.loss != "none":
-        check_value("distill.temperature", cfg.distill.temperature, Rule(float, lambda v: v > 0, "> 0 (the paper's KD uses 1.0)"))
+        check_value(
+            "distill.temperature",
+            cfg.distill.temperature,
+            Rule(float, lambda v: v > 0, "> 0 (the paper's KD uses 1.0)"),
+        )
 
 
 def check_writable(run_dir: Path) -> None:
@@ -46,11 +69,13 @@ def check_writable(run_dir: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
-        raise PermissionError(f"run dir {run_dir} is not writable ({error}); set paths.runs_root or hydra.run.dir") from error
+        raise PermissionError(
+            f"run dir {run_dir} is not writable ({error}); set paths.runs_root or hydra.run.dir"
+        ) from error
 
 
 def task_overrides() -> list[str]:
-    """The command line's overrides as Hydra parsed them (e.g. ``['lora.rank=8', 'init=average']``); none outside Hydra."""
+    """The command line's overrides as Hydra parsed them (``['lora.rank=8', 'init=average']``); none outside Hydra."""
     from hydra.core.hydra_config import HydraConfig
 
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
@@ -65,8 +90,10 @@ def check_devices(cfg: DictConfig) -> None:
     """A GPU trainer on a machine without CUDA would fail deep inside Lightning."""
     accelerator = str(cfg.trainer.get("accelerator", "cpu"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UserError(f"trainer.accelerator={accelerator} but this machine has no CUDA device: use trainer=cpu "
-                        "(or trainer=ddp trainer.accelerator=cpu for several CPU processes)")
+        raise UserError(
+            f"trainer.accelerator={accelerator} but this machine has no CUDA device: use trainer=cpu "
+            "(or trainer=ddp trainer.accelerator=cpu for several CPU processes)"
+        )
 
 
 def check_data_files(cfg: DictConfig) -> None:
@@ -82,8 +109,10 @@ def check_data_files(cfg: DictConfig) -> None:
 def check_seq_len(cfg: DictConfig, arch) -> None:
     limit = getattr(arch, "max_position_embeddings", None)
     if limit and int(cfg.budget.seq_len) > limit:
-        raise UserError(f"budget.seq_len={cfg.budget.seq_len} exceeds the model's {limit} positions "
-                        f"(max_position_embeddings): use budget.seq_len<={limit}")
+        raise UserError(
+            f"budget.seq_len={cfg.budget.seq_len} exceeds the model's {limit} positions "
+            f"(max_position_embeddings): use budget.seq_len<={limit}"
+        )
 
 
 def check_loss_config(cfg: DictConfig) -> None:
@@ -96,8 +125,11 @@ def check_loss_config(cfg: DictConfig) -> None:
 
 def make_budget(cfg: DictConfig, world_size: int) -> Budget:
     budget = Budget(
-        tokens=int(cfg.budget.tokens), seq_len=int(cfg.budget.seq_len), global_batch=int(cfg.budget.global_batch),
-        micro_batch_size=int(cfg.budget.micro_batch_size), world_size=world_size,
+        tokens=int(cfg.budget.tokens),
+        seq_len=int(cfg.budget.seq_len),
+        global_batch=int(cfg.budget.global_batch),
+        micro_batch_size=int(cfg.budget.micro_batch_size),
+        world_size=world_size,
         warmup_steps=int(cfg.budget.warmup_steps),
     )
     budget.validate()
@@ -109,7 +141,9 @@ def world_size(trainer_cfg: DictConfig) -> int:
     devices = trainer_cfg.get("devices", 1)
     if devices in ("auto", -1, "-1"):
         accelerator = trainer_cfg.get("accelerator", "cpu")
-        devices = torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else 1
+        devices = (
+            torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else 1
+        )
     elif isinstance(devices, (list, tuple)) or hasattr(devices, "__len__") and not isinstance(devices, str):
         devices = len(devices)
     return int(devices) * int(trainer_cfg.get("num_nodes", 1))

@@ -27,8 +27,12 @@ def single_log_handler() -> None:
 
 def step_line(step: int, total: int, metrics: dict[str, float]) -> str:
     parts = [f"step {step}/{total}"]
-    for key, label, fmt in (("train/tokens", "tokens", "{:,.0f}"), ("train/loss", "loss", "{:.4f}"),
-                            ("train/lr", "lr", "{:.2e}"), ("train/tokens_per_s", "tok/s", "{:,.0f}")):
+    for key, label, fmt in (
+        ("train/tokens", "tokens", "{:,.0f}"),
+        ("train/loss", "loss", "{:.4f}"),
+        ("train/lr", "lr", "{:.2e}"),
+        ("train/tokens_per_s", "tok/s", "{:,.0f}"),
+    ):
         if key in metrics:
             parts.append(f"{label} {fmt.format(metrics[key])}")
     return " | ".join(parts)
@@ -45,7 +49,11 @@ class StepLog(Callback):
         self._boundary.reached(trainer)  # the resume step is not a new step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if not self._boundary.reached(trainer) or trainer.global_step % self.every_n_steps or not trainer.is_global_zero:
+        if (
+            not self._boundary.reached(trainer)
+            or trainer.global_step % self.every_n_steps
+            or not trainer.is_global_zero
+        ):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         log.info("%s", step_line(trainer.global_step, trainer.max_steps, metrics))

@@ -15,11 +15,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from rrt.assets import load_tokenizer
-from rrt.recursive import count_params, count_params_from_config
 from rrt.errors import UserError
+from rrt.records import RECORD_NAME, RunRecord, now
+from rrt.recursive import count_params, count_params_from_config
 from rrt.recursive.io import check_finite, save_converted
 from rrt.recursive.model import RecursiveModel
-from rrt.records import RECORD_NAME, RunRecord, now
 from rrt.training import build
 from rrt.training.budget import Budget
 from rrt.training.checkpoint import drop_optimizer_state, last_checkpoint
@@ -27,8 +27,8 @@ from rrt.training.interrupt import RunInterrupted, terminate_as_interrupt
 from rrt.training.loggers import log_experiment, make_loggers
 from rrt.training.losses import LossSpec, exit_weights
 from rrt.training.module import RecursiveLMModule
-from rrt.training.progress import single_log_handler
 from rrt.training.preflight import evaluates, preflight, task_overrides
+from rrt.training.progress import single_log_handler
 from rrt.training.record_callback import CONFIG_HASH_KEY, RecordCallback
 from rrt.training.run_lock import run_dir_lock
 from rrt.training.setting import config_differences, config_hash, relaxation, setting_of, size_warning
@@ -50,11 +50,15 @@ def existing_record(run_dir: Path, config: dict, resume: str) -> RunRecord | Non
         record = RunRecord.load(run_dir)
         old = record.data.get("config") or {}
     except (ValueError, AttributeError) as error:
-        raise UserError(f"{path} is corrupt ({error}): delete it, or pass resume=never to start the run over") from error
+        raise UserError(
+            f"{path} is corrupt ({error}): delete it, or pass resume=never to start the run over"
+        ) from error
     differences = config_differences(old, config) if old else []
     if differences:
-        raise UserError(f"run dir {run_dir} holds a run with another configuration ({'; '.join(differences[:5])}): "
-                        "use another run dir (paths.run_dir=...), or resume=never to discard that run")
+        raise UserError(
+            f"run dir {run_dir} holds a run with another configuration ({'; '.join(differences[:5])}): "
+            "use another run dir (paths.run_dir=...), or resume=never to discard that run"
+        )
     return record
 
 
@@ -66,12 +70,16 @@ def checkpoint_step(checkpoint: Path, expected_hash: str) -> int:
     try:
         state = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)
     except Exception as error:  # truncated file, or one holding more than plain tensors and containers
-        raise UserError(f"{checkpoint} cannot be read safely ({type(error).__name__}): delete it, or pass "
-                        "resume=never to start the run over") from error
+        raise UserError(
+            f"{checkpoint} cannot be read safely ({type(error).__name__}): delete it, or pass "
+            "resume=never to start the run over"
+        ) from error
     saved_hash = state.get(CONFIG_HASH_KEY)
     if saved_hash not in (None, expected_hash):
-        raise UserError(f"{checkpoint} was saved by a run with another configuration: use another run dir, or "
-                        "resume=never to start over")
+        raise UserError(
+            f"{checkpoint} was saved by a run with another configuration: use another run dir, or "
+            "resume=never to start over"
+        )
     return int(state["global_step"])
 
 
@@ -81,7 +89,15 @@ def train(cfg: DictConfig) -> RunRecord | None:
     single_log_handler()
     budget, run_dir = preflight(cfg)
     if rank_zero_only.rank != 0:  # DDP ranks > 0: rank 0 owns the run dir and its record
-        return _train(cfg, budget, run_dir, OmegaConf.to_container(cfg, resolve=True), None, last_step_checkpoint(cfg, run_dir), started)
+        return _train(
+            cfg,
+            budget,
+            run_dir,
+            OmegaConf.to_container(cfg, resolve=True),
+            None,
+            last_step_checkpoint(cfg, run_dir),
+            started,
+        )
     with run_dir_lock(run_dir), terminate_as_interrupt():
         return _train_rank_zero(cfg, budget, run_dir, started)
 
@@ -120,8 +136,15 @@ def remove_partial_files(run_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _train(cfg: DictConfig, budget: Budget, run_dir: Path, config: dict, record: RunRecord | None,
-           checkpoint: Path | None, started: float) -> RunRecord | None:
+def _train(
+    cfg: DictConfig,
+    budget: Budget,
+    run_dir: Path,
+    config: dict,
+    record: RunRecord | None,
+    checkpoint: Path | None,
+    started: float,
+) -> RunRecord | None:
     log.info(budget.summary())
     L.seed_everything(int(cfg.seed), workers=True)
     convert_started = time.time()
@@ -129,22 +152,34 @@ def _train(cfg: DictConfig, budget: Budget, run_dir: Path, config: dict, record:
     convert_s = time.time() - convert_started
     teacher = build.build_teacher(cfg, student)
     if record is not None:
-        params = {**count_params(student).to_dict(),
-                  "original_non_embedding": count_params_from_config(build.architecture(cfg)).non_embedding}
+        params = {
+            **count_params(student).to_dict(),
+            "original_non_embedding": count_params_from_config(build.architecture(cfg)).non_embedding,
+        }
         start = build.saved_model_dir(str(cfg.model.name))
         warnings = [w for w in (size_warning(params), teacher_warning(cfg)) if w]
         for warning in warnings:
             log.warning("%s", warning)
         record.update(
-            config=config, config_hash=config_hash(config), overrides=task_overrides(),
+            config=config,
+            config_hash=config_hash(config),
+            overrides=task_overrides(),
             setting=setting_of(cfg, budget, student, start, build.teacher_identity(cfg)),
-            relaxation=relaxation(student), warnings=warnings, params=params, budget=budget.to_dict(),
+            relaxation=relaxation(student),
+            warnings=warnings,
+            params=params,
+            budget=budget.to_dict(),
             timings={**record.data.get("timings", {}), "convert_s": convert_s},
         )
 
     module = RecursiveLMModule(
-        student, loss_spec(cfg, student), hydra.utils.instantiate(cfg.optim.optimizer), total_steps=budget.steps,
-        warmup_steps=budget.warmup_steps, min_lr_ratio=float(cfg.optim.min_lr_ratio), tokens_per_step=budget.tokens_per_step,
+        student,
+        loss_spec(cfg, student),
+        hydra.utils.instantiate(cfg.optim.optimizer),
+        total_steps=budget.steps,
+        warmup_steps=budget.warmup_steps,
+        min_lr_ratio=float(cfg.optim.min_lr_ratio),
+        tokens_per_step=budget.tokens_per_step,
         teacher=teacher,
     )
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -189,8 +224,10 @@ def teacher_warning(cfg: DictConfig) -> str | None:
     """KD from the original checkpoint is allowed, but it is not the paper's teacher: say so."""
     if cfg.distill.loss == "none" or cfg.distill.get("teacher"):
         return None
-    return (f"KD teacher is the original checkpoint {cfg.model.name}, not the paper's teacher (the full-size model "
-            "uptrained on the same data and budget): pass distill.teacher=<variant=full run dir>")
+    return (
+        f"KD teacher is the original checkpoint {cfg.model.name}, not the paper's teacher (the full-size model "
+        "uptrained on the same data and budget): pass distill.teacher=<variant=full run dir>"
+    )
 
 
 def loss_spec(cfg: DictConfig, student) -> LossSpec:
@@ -207,7 +244,9 @@ def loss_spec(cfg: DictConfig, student) -> LossSpec:
     )
 
 
-def make_trainer(cfg: DictConfig, budget: Budget, run_dir: Path, loggers: list, record_callback: RecordCallback) -> L.Trainer:
+def make_trainer(
+    cfg: DictConfig, budget: Budget, run_dir: Path, loggers: list, record_callback: RecordCallback
+) -> L.Trainer:
     """The Lightning Trainer of ``cfg.trainer``, stepping by the budget (validation interval in optimizer steps)."""
     callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None]
     return hydra.utils.instantiate(
@@ -227,8 +266,12 @@ def make_trainer(cfg: DictConfig, budget: Budget, run_dir: Path, loggers: list, 
 
 def cluster_info(trainer: L.Trainer) -> dict:
     return {
-        "world_size": trainer.world_size, "num_nodes": trainer.num_nodes, "devices": trainer.num_devices,
-        "accelerator": type(trainer.accelerator).__name__, "precision": str(trainer.precision),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
+        "devices": trainer.num_devices,
+        "accelerator": type(trainer.accelerator).__name__,
+        "precision": str(trainer.precision),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
         "hostname": socket.gethostname(),
     }

@@ -24,8 +24,9 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise UserError(f"run dir {run_dir} is in use by {holder}: wait for that run to end, or give this one "
-                            "another run dir") from None
+            raise UserError(
+                f"run dir {run_dir} is in use by {holder}: wait for that run to end, or give this one another run dir"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")

@@ -25,6 +25,7 @@ from rrt.recursive.relax import DepthLoRALinear
 from rrt.run_names import is_identity_key
 from rrt.training.budget import Budget
 
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts as ``{"a.b.c": leaf}`` (lists are leaves)."""
     if not isinstance(tree, dict):
@@ -47,8 +48,11 @@ def config_hash(config: dict[str, Any]) -> str:
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key: old -> new`` for every identity key that differs between two resolved configs."""
     before, after = run_identity(old), run_identity(new)
-    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
-            if before.get(key) != after.get(key)]
+    return [
+        f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    ]
 
 
 def adapter_ranks(model: nn.Module) -> dict[str, list[int]]:
@@ -117,8 +121,12 @@ def allocation_budget(model: nn.Module, spec: RecursionSpec) -> dict[str, Any]:
         for path in family.linears:
             module = layer.get_submodule(path)
             base = module.base if isinstance(module, DepthLoRALinear) else module
-            budget += adapter_params(spec.lora.adapter, capped_rank(spec, family, path, base), base.in_features, base.out_features)
-            used += sum(p.numel() for p in module.parameters(recurse=False)) if isinstance(module, DepthLoRALinear) else 0
+            budget += adapter_params(
+                spec.lora.adapter, capped_rank(spec, family, path, base), base.in_features, base.out_features
+            )
+            used += (
+                sum(p.numel() for p in module.parameters(recurse=False)) if isinstance(module, DepthLoRALinear) else 0
+            )
     return {"spectrum": "residual W_depth - W_shared (normalised energy)", "budget": budget, "used": used}
 
 
@@ -132,7 +140,9 @@ def data_novelty(cfg: DictConfig, start_record: dict[str, Any] | None) -> str | 
     if start_record is None:
         return None
     start_data = (start_record.get("config") or {}).get("data") or {}
-    same_corpus = [start_data.get(k) for k in ("source", "train_files")] == [cfg.data.get(k) for k in ("source", "train_files")]
+    same_corpus = [start_data.get(k) for k in ("source", "train_files")] == [
+        cfg.data.get(k) for k in ("source", "train_files")
+    ]
     if not same_corpus:
         return "new"
     consumed = (start_record.get("setting") or {}).get("token_budget") or 0
@@ -140,8 +150,9 @@ def data_novelty(cfg: DictConfig, start_record: dict[str, Any] | None) -> str | 
     return "new" if same_order and int(cfg.data.get("skip_tokens") or 0) >= consumed else "overlap"
 
 
-def setting_of(cfg: DictConfig, budget: Budget, student: nn.Module, start: Path | None,
-               teacher: dict[str, Any] | None) -> dict[str, Any]:
+def setting_of(
+    cfg: DictConfig, budget: Budget, student: nn.Module, start: Path | None, teacher: dict[str, Any] | None
+) -> dict[str, Any]:
     """Flat scalars that identify the run in analysis, from the built student (see the module docstring)."""
     variant = cfg.variant.name
     spec = recursion_spec_of(student)
@@ -152,17 +163,25 @@ def setting_of(cfg: DictConfig, budget: Budget, student: nn.Module, start: Path 
     start_record = _start_record(start)
     early_exit = cfg.early_exit.loss
     return {
-        "model": str(cfg.model.name), "variant": variant, "pretrained": getattr(student.config, "rrt_pretrained", None),
+        "model": str(cfg.model.name),
+        "variant": variant,
+        "pretrained": getattr(student.config, "rrt_pretrained", None),
         "loops": spec.loops if recursive else (int(cfg.recursion.loops) if variant == "reduced" else 1),
         "looping": spec.looping if recursive else None,
         "init": spec.init if recursive else ("random" if variant == "reduced" else None),
         "norm_init": spec.norm_init if recursive else None,
-        "lora_rank": max(ranks.values()), "lora_init": spec.lora.init if relaxed else None,
-        "adapter": spec.lora.adapter if relaxed else None, **{f"rank_{g}": r for g, r in ranks.items()},
-        "distill": cfg.distill.loss, "distill_weight": float(cfg.distill.weight) if cfg.distill.loss != "none" else 0.0,
+        "lora_rank": max(ranks.values()),
+        "lora_init": spec.lora.init if relaxed else None,
+        "adapter": spec.lora.adapter if relaxed else None,
+        **{f"rank_{g}": r for g, r in ranks.items()},
+        "distill": cfg.distill.loss,
+        "distill_weight": float(cfg.distill.weight) if cfg.distill.loss != "none" else 0.0,
         **(teacher or {"teacher": None, "teacher_sha256": None}),
-        "early_exit": early_exit, "early_exit_coef": float(cfg.early_exit.coef), "early_exit_kd": bool(cfg.early_exit.self_kd),
-        "token_budget": budget.steps * budget.tokens_per_step, "seed": int(cfg.seed),
+        "early_exit": early_exit,
+        "early_exit_coef": float(cfg.early_exit.coef),
+        "early_exit_kd": bool(cfg.early_exit.self_kd),
+        "token_budget": budget.steps * budget.tokens_per_step,
+        "seed": int(cfg.seed),
         "data_skip_tokens": int(cfg.data.get("skip_tokens") or 0),
         "start_from": str(start) if start else None,
         # early-exit training of an already uptrained recursive model is the paper's "Post"; of a fresh one "Co"
@@ -183,6 +202,8 @@ def size_warning(params: dict[str, int]) -> str | None:
     """A relaxed model that is not smaller than the model it came from defeats the point: say so (not forbidden)."""
     mine, original = params.get("non_embedding", 0), params.get("original_non_embedding", 0)
     if original and mine >= original:
-        return (f"N-emb {mine / 1e6:.1f}M is not smaller than the original model's {original / 1e6:.1f}M "
-                f"({mine / original:.2f}x): the adapters outweigh the parameters recursion saves; use a smaller lora.rank")
+        return (
+            f"N-emb {mine / 1e6:.1f}M is not smaller than the original model's {original / 1e6:.1f}M "
+            f"({mine / original:.2f}x): the adapters outweigh the parameters recursion saves; use a smaller lora.rank"
+        )
     return None

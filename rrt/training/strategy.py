@@ -41,9 +41,14 @@ class RecursiveFSDPStrategy(ModelParallelStrategy):
     precision: parameters all-gathered and computed in ``param_dtype``, gradients reduced in ``reduce_dtype``,
     fp32 master weights and AdamW state sharded."""
 
-    def __init__(self, param_dtype: str | None = None, reduce_dtype: str | None = None,
-                 reshard_after_forward: bool = True, process_group_backend: str | None = None,
-                 timeout: timedelta | None = default_pg_timeout):
+    def __init__(
+        self,
+        param_dtype: str | None = None,
+        reduce_dtype: str | None = None,
+        reshard_after_forward: bool = True,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = default_pg_timeout,
+    ):
         super().__init__(save_distributed_checkpoint=True, process_group_backend=process_group_backend, timeout=timeout)
         self.mp_policy = MixedPrecisionPolicy(param_dtype=dtype_of(param_dtype), reduce_dtype=dtype_of(reduce_dtype))
         self.reshard_after_forward = reshard_after_forward
@@ -76,8 +81,10 @@ class RecursiveFSDPStrategy(ModelParallelStrategy):
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
         shards = shards_of(Path(self.broadcast(str(checkpoint_path))))
         if shards is None:
-            raise ValueError(f"{checkpoint_path} is not a sharded checkpoint (trainer=fsdp writes its own): resume "
-                             "it with the strategy that wrote it, or start over with resume=never")
+            raise ValueError(
+                f"{checkpoint_path} is not a sharded checkpoint (trainer=fsdp writes its own): resume "
+                "it with the strategy that wrote it, or start over with resume=never"
+            )
         return super().load_checkpoint(shards, weights_only=weights_only)
 
     def remove_checkpoint(self, filepath) -> None:
