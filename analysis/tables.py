@@ -31,6 +31,7 @@ from analysis.matching import (
 )
 from analysis.paper import paper_table
 from analysis.uncertainty import mean_se
+from rrt.records import ENGINE_OF_BATCHING
 
 PAPER_MODEL = "Gemma 2B"  # the paper's main model and the closest relative of our gemma-3-270m
 ACCURACY = [*TASK_COLUMNS, AVG]
@@ -55,7 +56,6 @@ SETTING_COLUMNS = [
     "engine",
     "exit_loop",
 ]
-ENGINES = {"static": "vanilla", "csb": "csb", "cdb": "cdb"}
 OURS_ONLY = ["ppl", "val_loss", "loss"]  # our fallback scores (see columns.BASES); the paper has no such columns
 
 
@@ -467,7 +467,7 @@ def table_k2(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> 
         setting = {k: v for k, v in paper_setting(row).items() if k != "distill"}
         if setting["variant"] == "recursive":
             setting.update({k: v for k, v in early_exit_setting(row).items() if k in ("early_exit", "early_exit_coef")})
-        rows.append(_Row(row, setting, show={"engine": ENGINES[row["batching"]]}))
+        rows.append(_Row(row, setting, show={"engine": ENGINE_OF_BATCHING[row["batching"]]}))
     values = [AVG, MID1, MID2, "throughput", "speedup_vanilla"]
     frame, models = _compare(runs, rows, values, ours=_ours_throughput, delta=[])
     ours = frame["source"] == "ours"

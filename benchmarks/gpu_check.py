@@ -435,15 +435,15 @@ def serving_section(check: Check) -> dict:
     setting = check.setting
     dtype = torch.bfloat16 if check.cuda else torch.float32
     full, recursive = (build(check, kind).to(dtype).eval() for kind in ("vanilla", "recursive"))
-    setups = {"vanilla static": (full, "static"), "CSB": (full, "continuous"), "CDB": (recursive, "continuous")}
+    setups = {"vanilla static": (full, "static"), "CSB": (full, "csb"), "CDB": (recursive, "cdb")}
     generator = torch.Generator().manual_seed(0)
     rows = []
     for batch in setting.serve_batches:
         prompts = torch.randint(3, full.config.vocab_size, (2 * batch, setting.serve_prompt), generator=generator)
         requests = [Request(i, prompt.tolist(), setting.serve_new) for i, prompt in enumerate(prompts)]
         engines = {
-            name: Engine(model, FullDepth(), max_batch=batch, scheduling=scheduling)
-            for name, (model, scheduling) in setups.items()
+            name: Engine(model, FullDepth(), max_batch=batch, batching=batching)
+            for name, (model, batching) in setups.items()
         }
         for engine in engines.values():
             engine.generate(requests[:1])  # warm-up

@@ -1,148 +1,249 @@
-"""Measured serving throughput on the real gemma-3-270m: vanilla static batching and continuous
-sequence-wise batching (CSB) of the full model vs continuous depth-wise batching (CDB) of its recursive
-B=2 conversion, with no exit, confidence exits, and oracle exits replayed from teacher-forced trajectories.
+"""Measured vs simulated serving throughput on one workload: vanilla static batching and continuous sequence-wise
+batching (CSB) of the full model against continuous depth-wise batching (CDB) of a recursive model without exits,
+replaying the teacher-forced oracle exit pattern, with the live learned exit head, with live confidence exits, and
+(optionally) a relaxed recursive model replaying its own oracle pattern.
 
-Requests are short prompts cut from the held-out text; each asks for a seeded number of new tokens. Every
-engine serves the same requests with the same number of slots, greedily, on this CPU in fp32. Prints the
-table (tokens/s, ratios vs vanilla and vs CSB), the exit-loop histograms, and saves
-``benchmarks/results/serving.json``; ``--full-run``/``--recursive-run`` also add the rows to those runs'
-records (the full model's rows and the recursive model's rows).
+Every setup serves the same requests (prompts cut from held-out text, a seeded number of new tokens each) at each
+``--batches`` size, in interleaved rounds (this CPU is shared: load hits every setup alike); ratios vs vanilla and
+CSB are taken within a round, and the median and spread over rounds are reported. Beside each measured row: the
+simulated figure for the same requests, batch and exit pattern (``rrt.serving.simulate``, costs measured here), in
+full mode (everything counted) and the paper's mode (decode blocks only); the teacher-forced agreement of the
+policy with the final loop over the requests' documents; the share of generated tokens equal to the all-loops
+engine's; and a profile (block, head, prefill, propagation, exit decisions, scheduling overhead).
 
-    OMP_NUM_THREADS=1 python -m benchmarks.serving     # ~8 min on a loaded 2-core CPU
+    OMP_NUM_THREADS=1 python -m benchmarks.serving --run <early-exit-trained run dir> --output serving_smollm2_b2
+    OMP_NUM_THREADS=1 python -m benchmarks.serving --model gemma3_270m    # a fresh Stepwise conversion instead
+
+Saves ``benchmarks/results/<output>.json``; ``python -m benchmarks.docs`` renders it into docs/serving.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from benchmarks.common import report, timeit
+from benchmarks.common import report
 from rrt.assets import load_pretrained, load_tokenizer
 from rrt.data import load_documents
-from rrt.recursive import RecursionSpec, convert_to_recursive
+from rrt.records import RunRecord
+from rrt.recursive import LoRASpec, RecursionSpec, convert_to_recursive
+from rrt.recursive.io import load_converted
+from rrt.recursive.model import RecursiveModel
 from rrt.serving import (
     ConfidenceExit,
-    DepthStack,
     Engine,
+    ExitHead,
     ExitPolicy,
     FullDepth,
-    OracleExit,
+    LearnedExit,
+    ReplayExit,
     Request,
     agreement,
     confidence_exits,
     exit_summary,
     exit_trajectories,
+    learned_exits,
 )
-from rrt.serving.records import throughput_row, write_throughput
-from rrt.serving.stack import ATTENTIONS
-from rrt.serving.workload import oracle_schedule, text_requests
+from rrt.serving.records import throughput_row
+from rrt.serving.simulate import MODES, measure_costs, simulate
+from rrt.serving.workload import exit_schedule, text_requests
 
-THRESHOLDS = (0.5, 0.7, 0.8, 0.9)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="gemma3_270m")
+    parser.add_argument("--model", default="smollm2_135m", help="the full-size model (embedded name)")
+    parser.add_argument("--run", help="run dir of the recursive model (its model/ and exit head); default: convert")
+    parser.add_argument("--loops", type=int, default=2, help="B of the fresh conversion when --run is not given")
+    parser.add_argument("--relaxed-rank", type=int, default=64, help="a relaxed Stepwise conversion's rank; 0: none")
     parser.add_argument("--requests", type=int, default=16)
-    parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=16)
-    parser.add_argument("--min-new", type=int, default=12)
-    parser.add_argument("--max-new", type=int, default=28)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per setup; the median is reported")
-    parser.add_argument("--threshold", type=float, default=0.8, help="confidence exit threshold for the CDB run")
+    parser.add_argument("--min-new", type=int, default=16)
+    parser.add_argument("--max-new", type=int, default=48)
+    parser.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16], help="max batch sizes (slots)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; median and spread reported")
+    parser.add_argument("--confidence", type=float, default=0.8, help="threshold of the confidence policy")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per point of the simulator's cost curves")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads; more than the free cores makes OpenMP threads spin-wait on a shared CPU",
-    )
-    parser.add_argument("--full-run", help="run dir of the full model: add the static/CSB rows to its record")
-    parser.add_argument("--recursive-run", help="run dir of the recursive model: add the CDB rows to its record")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (more than the free cores spin-wait)")
+    parser.add_argument("--output", default="serving", help="results file name in benchmarks/results/")
     return parser.parse_args(argv)
+
+
+@dataclass
+class Served:
+    """A model to serve and what its policies need: its exit trajectories over the requests' documents."""
+
+    label: str
+    model: torch.nn.Module
+    trajectories: list = field(default_factory=list)
+    exit_head: ExitHead | None = None
+    source: dict = field(default_factory=dict)
 
 
 @dataclass
 class Setup:
     name: str
-    model: object
+    served: Served
     policy: ExitPolicy
-    batching: str  # static | csb | cdb
-    options: dict = field(default_factory=dict)  # head_batch, attention
+    batching: str
+    exits: list[torch.Tensor] | None  # the policy's teacher-forced exit loops per document (None: all loops)
+    batched_head: bool = True  # exited tokens wait for one head call over the batch (policies that read the head
+    # after every loop emit at once)
 
 
-def measure(setups: list[Setup], requests: list[Request], args) -> list[dict]:
-    """Rounds of every setup in turn (load from other processes hits all alike); the median round's row."""
-    engines = []
-    for setup in setups:
-        scheduling = "static" if setup.batching == "static" else "continuous"
-        engine = Engine(setup.model, setup.policy, max_batch=args.max_batch, scheduling=scheduling, **setup.options)
-        engine.generate([Request(-1, requests[0].prompt, 2)])  # warm-up
-        engines.append(engine)
-    runs: dict[str, list] = {s.name: [] for s in setups}
-    for round_ in range(args.rounds):
-        for setup, engine in zip(setups, engines):
-            outputs, stats = engine.generate(requests)
-            runs[setup.name].append((stats, outputs))
-            print(
-                f"  round {round_ + 1} {setup.name}: {stats.tokens_per_s:.1f} tok/s ({stats.seconds:.1f} s)", flush=True
-            )
-    reference = runs[setups[2].name][0][1]  # recursive, all loops: what early exits may change
-    rows = []
-    for setup, engine in zip(setups, engines):
-        ranked = sorted(runs[setup.name], key=lambda run: run[0].tokens_per_s)
-        stats, outputs = ranked[len(ranked) // 2]
-        same = sum(a == b for r in requests for a, b in zip(outputs[r.rid], reference[r.rid])) / stats.tokens
-        rows.append(
-            throughput_row(
-                setup.batching,
-                setup.policy.describe(),
-                stats,
-                args.max_batch,
-                len(requests),
-                name=setup.name,
-                tokens_per_s_rounds=[run[0].tokens_per_s for run in runs[setup.name]],
-                head_batch=engine.head_batch,
-                attention=engine.attention,
-                head_calls=stats.head_calls,
-                prefill_s=stats.prefill_s,
-                block_s=stats.block_s,
-                head_s=stats.head_s,
-                propagate_s=stats.propagate_s,
-                exit_hist={str(b): n for b, n in sorted(stats.exit_loops.items())},
-                same_tokens_as_all_loops=same if setup.model is setups[2].model else None,
-            )
+def load_served(args, full: torch.nn.Module) -> tuple[Served, Served | None]:
+    """The recursive model (a run's, with its exit head, or a fresh conversion) and the relaxed one."""
+    if args.run:
+        run = Path(args.run)
+        record = RunRecord.load(run).data
+        recursive = Served(
+            f"{record['setting']['init']} B={record['setting']['loops']}, early-exit trained",
+            load_converted(run / "model").eval(),
+            exit_head=ExitHead.load(run / "model"),
+            source={"run": _relative(run), "setting": record["setting"], "config_hash": record.get("config_hash")},
         )
+    else:
+        spec = RecursionSpec(loops=args.loops, init="stepwise")
+        recursive = Served(f"stepwise B={args.loops}, fresh conversion", _converted(full, spec))
+    relaxed = None
+    if args.relaxed_rank:
+        loops = RecursiveModel(recursive.model).loops
+        spec = RecursionSpec(loops=loops, init="stepwise", lora=LoRASpec(rank=args.relaxed_rank))
+        relaxed = Served(f"stepwise B={loops} r={args.relaxed_rank}, fresh conversion", _converted(full, spec))
+    return recursive, relaxed
+
+
+def _converted(full: torch.nn.Module, spec: RecursionSpec) -> torch.nn.Module:
+    return convert_to_recursive(copy.deepcopy(full), spec).eval()
+
+
+def _relative(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
+def setups_for(args, full: Served, recursive: Served, relaxed: Served | None, requests) -> list[Setup]:
+    oracle = [t.oracle for t in recursive.trajectories]
+    out = [
+        Setup("vanilla static", full, FullDepth(), "static", None),
+        Setup("CSB", full, FullDepth(), "csb", None),
+        Setup("CDB no exit", recursive, FullDepth(), "cdb", None),
+        Setup("CDB replay(oracle)", recursive, ReplayExit(exit_schedule(oracle, requests)), "cdb", oracle),
+    ]
+    if recursive.exit_head is not None:
+        head = recursive.exit_head
+        learned = [learned_exits(t, head.threshold) for t in recursive.trajectories]
+        out.append(Setup("CDB learned (live)", recursive, LearnedExit(head), "cdb", learned))
+    confident = [confidence_exits(t, args.confidence) for t in recursive.trajectories]
+    name = f"CDB confidence>={args.confidence:g} (live)"
+    out.append(Setup(name, recursive, ConfidenceExit(args.confidence), "cdb", confident, batched_head=False))
+    if relaxed is not None:
+        relaxed_oracle = [t.oracle for t in relaxed.trajectories]
+        policy = ReplayExit(exit_schedule(relaxed_oracle, requests))
+        out.append(Setup("CDB relaxed replay(oracle)", relaxed, policy, "cdb", relaxed_oracle))
+    return out
+
+
+def measure(setups: list[Setup], requests: list[Request], batches: list[int], rounds: int) -> dict:
+    """Every (setup, batch) once per round, rounds outermost: {(name, batch): [(stats, outputs) per round]}."""
+    engines = {}
+    for batch in batches:
+        for s in setups:
+            head_batch = batch if s.batched_head else 1
+            engine = Engine(s.served.model, s.policy, max_batch=batch, batching=s.batching, head_batch=head_batch)
+            engine.generate([Request(-1, requests[0].prompt, 2)])  # warm-up
+            engines[s.name, batch] = engine
+    runs: dict[tuple[str, int], list] = {key: [] for key in engines}
+    for round_ in range(rounds):
+        for (name, batch), engine in engines.items():
+            outputs, stats = engine.generate(requests)
+            runs[name, batch].append((stats, outputs))
+            print(f"  round {round_ + 1} batch {batch} {name}: {stats.tokens_per_s:.1f} tok/s", flush=True)
+    return runs
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def measured_rows(setups: list[Setup], runs: dict, requests: list[Request], batches: list[int]) -> list[dict]:
+    rows = []
+    for batch in batches:
+        rates = {s.name: [stats.tokens_per_s for stats, _ in runs[s.name, batch]] for s in setups}
+        reference = runs["CDB no exit", batch][0][1]  # the all-loops outputs early exits may change
+        for s in setups:
+            per_round = runs[s.name, batch]
+            median = sorted(range(len(per_round)), key=lambda i: per_round[i][0].tokens_per_s)[len(per_round) // 2]
+            stats, outputs = per_round[median]
+            same = None
+            if s.served is setups[2].served:
+                same = sum(a == b for r in requests for a, b in zip(outputs[r.rid], reference[r.rid])) / stats.tokens
+            vs = {
+                base: spread([a / b for a, b in zip(rates[s.name], rates[ref])])
+                for base, ref in (("vanilla", "vanilla static"), ("csb", "CSB"))
+            }
+            rows.append(
+                throughput_row(
+                    s.batching,
+                    s.policy.describe(),
+                    stats,
+                    batch,
+                    len(requests),
+                    setup=s.name,
+                    model=s.served.label,
+                    tokens_per_s_rounds=rates[s.name],
+                    vs_vanilla=vs["vanilla"],
+                    vs_csb=vs["csb"],
+                    head_batch=batch if s.batched_head else 1,
+                    head_calls=stats.head_calls,
+                    profile={
+                        part: getattr(stats, part)
+                        for part in ("block_s", "head_s", "prefill_s", "propagate_s", "policy_s", "overhead_s")
+                    },
+                    exit_hist={str(b): n for b, n in sorted(stats.exit_loops.items())},
+                    same_tokens_as_all_loops=same,
+                )
+            )
     return rows
 
 
-def attention_step_times(model, args, repeats: int = 7) -> dict[str, float]:
-    """Median seconds of one decode step (K shared layers, ``max_batch`` rows at loops 0/1 and positions spread
-    over the request lengths) with padded vs per-item attention, alternated so that machine load hits both."""
-    stack = DepthStack(model)
-    rows = args.max_batch
-    pool = stack.new_pool(rows, args.prompt_tokens + args.max_new)
-    generator = torch.Generator().manual_seed(args.seed)
-    hidden = torch.randn(rows, 1, model.config.hidden_size, generator=generator)
-    slots, loops = torch.arange(rows), torch.arange(rows) % stack.loops
-    positions = torch.randint(args.prompt_tokens, args.prompt_tokens + args.max_new, (rows, 1), generator=generator)
+def simulated(setups: list[Setup], requests: list[Request], batches: list[int], args, max_len: int) -> dict:
+    """{(setup, batch, mode): simulated tokens/s} for the same requests, batches and teacher-forced exit patterns."""
+    models = list({id(s.served): s.served for s in setups}.values())
+    print("measuring the simulator's cost curves...", flush=True)
+    sizes = sorted({1, *batches})  # the tail of a run has fewer rows than slots
+    costs = measure_costs([m.model for m in models], sizes, [args.prompt_tokens], max_len, args.repeats)
+    cost_of = {id(m): c for m, c in zip(models, costs)}
+    out = {}
+    for s in setups:
+        policy = ReplayExit(exit_schedule(s.exits, requests)) if s.exits is not None else FullDepth()
+        for batch in batches:
+            head_batch = batch if s.batched_head else 1
+            for mode in MODES:
+                stats = simulate(
+                    cost_of[id(s.served)], requests, policy, batch, s.batching, head_batch=head_batch, mode=mode
+                )
+                out[s.name, batch, mode] = stats.tokens_per_s
+    return out
 
-    def step() -> None:
-        out = hidden
-        for i in range(stack.shared):
-            out = stack.run_shared_layer(i, out, slots, loops, positions, pool)
 
-    times: dict[str, list[float]] = {kind: [] for kind in ATTENTIONS}
-    with torch.inference_mode():
-        for _ in range(repeats):
-            for kind in ATTENTIONS:
-                with stack.attention(kind):
-                    times[kind].append(timeit(step, repeats=1, warmup=1))
-    return {kind: statistics.median(values) for kind, values in times.items()}
+def teacher_forced(setups: list[Setup]) -> dict:
+    """Each policy's exits over the requests' documents: fractions per loop, mean exit loop, agreement."""
+    out = {}
+    for s in setups:
+        if s.exits is None:
+            continue
+        loops = s.served.trajectories[0].agrees.shape[0] + 1
+        out[s.name] = {**exit_summary(s.exits, loops), "agreement": agreement(s.served.trajectories, s.exits)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,98 +251,64 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(args.model)
-    full = load_pretrained(args.model)
-    recursive = convert_to_recursive(copy.deepcopy(full), RecursionSpec(loops=2, init="stepwise"))
+    full = Served(f"{args.model} (full)", load_pretrained(args.model).eval())
+    recursive, relaxed = load_served(args, full.model)
     requests, docs = text_requests(
         tokenizer, load_documents("heldout"), args.requests, args.prompt_tokens, args.min_new, args.max_new, args.seed
     )
-
+    max_len = args.prompt_tokens + args.max_new
     print("exit trajectories (teacher-forced over the requests' documents)...", flush=True)
-    length = args.prompt_tokens + args.max_new
-    trajectories = exit_trajectories(recursive, tokenizer, docs, max_tokens=length)
-    oracle = [t.oracle for t in trajectories]
-    exits = {"oracle": {**exit_summary(oracle, 2), "agreement": agreement(trajectories, oracle)}}
-    for threshold in THRESHOLDS:
-        chosen = [confidence_exits(t, threshold) for t in trajectories]
-        exits[f"confidence>={threshold:g}"] = {**exit_summary(chosen, 2), "agreement": agreement(trajectories, chosen)}
-
-    attention = attention_step_times(recursive, args)
-    print(
-        "decode step (9 shared layers, batch %d): padded %.1f ms, per-item %.1f ms"
-        % (args.max_batch, 1e3 * attention["padded"], 1e3 * attention["per_item"]),
-        flush=True,
-    )
+    for served in filter(None, (recursive, relaxed)):
+        served.trajectories = exit_trajectories(served.model, tokenizer, docs, max_len, served.exit_head)
+    setups = setups_for(args, full, recursive, relaxed, requests)
+    exits = teacher_forced(setups)
     print("serving...", flush=True)
-    oracle_policy = OracleExit(oracle_schedule(trajectories, requests))
-    batch = args.max_batch
-    rows = measure(
-        [
-            Setup("full static (vanilla)", full, FullDepth(), "static"),
-            Setup("full CSB", full, FullDepth(), "csb"),
-            Setup("CDB no exit", recursive, FullDepth(), "cdb"),
-            Setup(f"CDB confidence>={args.threshold:g}", recursive, ConfidenceExit(args.threshold), "cdb"),
-            Setup("CDB oracle (ideal)", recursive, oracle_policy, "cdb"),
-            Setup(f"CDB oracle (ideal), head batch {batch}", recursive, oracle_policy, "cdb", {"head_batch": batch}),
-        ],
-        requests,
-        args,
-    )
-    vanilla, csb = rows[0]["tokens_per_s"], rows[1]["tokens_per_s"]
-    vanilla_block, csb_block = rows[0]["block_tokens_per_s"], rows[1]["block_tokens_per_s"]
+    runs = measure(setups, requests, args.batches, args.rounds)
+    rows = measured_rows(setups, runs, requests, args.batches)
+    sim = simulated(setups, requests, args.batches, args, max_len)
     for row in rows:
-        row["vs_vanilla"], row["vs_csb"] = row["tokens_per_s"] / vanilla, row["tokens_per_s"] / csb
-        row["block_vs_vanilla"], row["block_vs_csb"] = (
-            row["block_tokens_per_s"] / vanilla_block,
-            row["block_tokens_per_s"] / csb_block,
-        )
-
-    print("\nexit loops, teacher-forced over the documents (recursive B=2, stepwise, not uptrained):")
-    for policy, summary in exits.items():
-        print(
-            f"  {policy}: loop1 {summary['exit_frac_loop1']:.3f}, loop2 {summary['exit_frac_loop2']:.3f}, "
-            f"agreement with final {summary['agreement']:.3f}"
-        )
-    print()
-    columns = [
-        "name",
-        "tokens_per_s",
-        "vs_vanilla",
-        "vs_csb",
-        "block_tokens_per_s",
-        "block_vs_vanilla",
-        "block_vs_csb",
-        "mean_exit_loop",
-        "mean_batch",
-        "head_calls",
-        "seconds",
-        "block_s",
-        "head_s",
-        "propagate_s",
-        "prefill_s",
-        "same_tokens_as_all_loops",
+        name, batch = row["setup"], row["max_batch"]
+        row["teacher_forced_agreement"] = exits.get(name, {"agreement": 1.0})["agreement"]
+        for mode in MODES:
+            row[f"sim_{mode}_tokens_per_s"] = sim[name, batch, mode]
+            row[f"sim_{mode}_vs_vanilla"] = sim[name, batch, mode] / sim["vanilla static", batch, mode]
+            row[f"sim_{mode}_vs_csb"] = sim[name, batch, mode] / sim["CSB", batch, mode]
+    printable = [
+        {
+            **row,
+            "x_vanilla": row["vs_vanilla"]["median"],
+            "x_csb": row["vs_csb"]["median"],
+            "x_csb_range": f"{row['vs_csb']['min']:.2f}-{row['vs_csb']['max']:.2f}",
+            **{f"{k}%": 100 * v / row["seconds"] for k, v in row["profile"].items()},
+        }
+        for row in rows
     ]
+    columns = ["setup", "max_batch", "tokens_per_s", "x_vanilla", "x_csb", "x_csb_range", "sim_full_vs_csb"]
+    columns += ["sim_paper_vs_csb", "mean_exit_loop", "teacher_forced_agreement", "same_tokens_as_all_loops"]
+    columns += [f"{part}%" for part in rows[0]["profile"]]
     setting = {
         "model": args.model,
+        "recursive": {"label": recursive.label, **recursive.source},
+        "relaxed": relaxed.label if relaxed else None,
         "requests": len(requests),
-        "max_batch": args.max_batch,
         "prompt_tokens": args.prompt_tokens,
         "new_tokens": [args.min_new, args.max_new],
+        "batches": args.batches,
         "rounds": args.rounds,
         "threads": args.threads,
-        "confidence_threshold": args.threshold,
-        "loops": 2,
-        "init": "stepwise",
+        "confidence_threshold": args.confidence,
+        "exit_head_threshold": recursive.exit_head.threshold if recursive.exit_head else None,
+        "repeats": args.repeats,
     }
+    head_report = None
+    if args.run and recursive.exit_head is not None:
+        head_report = json.loads((Path(args.run) / "model" / "exit_head.json").read_text())
     report(
-        "serving",
-        rows,
+        args.output,
+        printable,
         columns,
-        extra={"setting": setting, "teacher_forced_exits": exits, "attention_step_s": attention},
+        extra={"setting": setting, "teacher_forced_exits": exits, "exit_head": head_report},
     )
-    if args.full_run:
-        write_throughput(args.full_run, [r for r in rows if r["batching"] != "cdb"])
-    if args.recursive_run:
-        write_throughput(args.recursive_run, [r for r in rows if r["batching"] == "cdb"])
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def simulate_model(name: str, args: argparse.Namespace) -> tuple[list[dict], dic
                 requests,
                 policy,
                 max_batch=batch,
-                scheduling="static" if batching == "static" else "continuous",
+                batching=batching,
                 mode=mode,
             )
             mode_rows.append(

@@ -49,6 +49,8 @@ from rrt.utils.atomic import atomic_write_text
 SCHEMA = 1
 RECORD_NAME = "record.json"
 LIST_SECTIONS = ("metrics", "evals", "perplexity", "throughput")
+# A throughput row's ``engine`` per serving ``batching`` (the names analysis maps the paper's Batching column to).
+ENGINE_OF_BATCHING = {"static": "vanilla", "csb": "csb", "cdb": "cdb"}
 log = logging.getLogger(__name__)
 
 

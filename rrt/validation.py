@@ -1,6 +1,6 @@
 """Type and range rules for numeric config keys, checked before any compute.
 
-A rule table per entry point (training in ``rrt.training.preflight``, serving in ``rrt.cli.serve``) names each key,
+A rule table per entry point (training in ``rrt.training.preflight``, serving in ``rrt.serving.runner``) names each key,
 so ``seed=abc`` or ``budget.micro_batch_size=0`` is answered with the key and what it must be, not a traceback.
 """
 

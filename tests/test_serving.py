@@ -13,7 +13,7 @@ from rrt.serving import (
     DepthStack,
     Engine,
     FullDepth,
-    OracleExit,
+    ReplayExit,
     Request,
     Trajectory,
     agreement,
@@ -71,7 +71,7 @@ def test_relaxed_model_groups_rows_by_loop_and_equals_generate():
 def test_static_batching_waits_for_the_longest_request():
     model = model_for("llama")
     requests = [Request(i, tokens(1, 4, seed=i)[0].tolist(), n) for i, n in enumerate([2, 8, 2, 2])]
-    static_out, static = Engine(model, max_batch=2, scheduling="static").generate(requests)
+    static_out, static = Engine(model, max_batch=2, batching="static").generate(requests)
     continuous_out, continuous = Engine(model, max_batch=2).generate(requests)
     assert static_out == continuous_out == reference(model, requests)
     assert (static.steps, static.rows) == (7 + 1, 2 * 7 + 2 * 1)  # batch {2, 8} runs 7 decode steps, then {2, 2}
@@ -129,7 +129,7 @@ def test_oracle_and_confidence_exits_keep_outputs_when_loops_agree():
     schedule = {r.rid: [1] * r.max_new_tokens for r in requests}
     expected = reference(model, requests)
     decode_tokens = sum(r.max_new_tokens - 1 for r in requests)
-    for policy in (OracleExit(schedule), ConfidenceExit(0.0)):
+    for policy in (ReplayExit(schedule), ConfidenceExit(0.0)):
         outputs, stats = Engine(model, policy, max_batch=2).generate(requests)
         assert outputs == expected
         assert stats.exit_loops == {1: decode_tokens}
@@ -147,7 +147,7 @@ def test_oracle_schedule_exits_each_token_at_its_planned_loop():
     model = model_for("llama", loops=3)
     request = Request(0, [5, 6, 7], 5)
     plan = [None, 1, 3, 2, 1]  # token 0 comes from the prefill
-    _, stats = Engine(model, OracleExit({0: plan}), max_batch=1).generate([request])
+    _, stats = Engine(model, ReplayExit({0: plan}), max_batch=1).generate([request])
     assert stats.exit_loops == {1: 2, 2: 1, 3: 1}
     assert stats.steps == 1 + 3 + 2 + 1
 
@@ -191,8 +191,10 @@ def test_unsupported_family_and_settings_fail_clearly(monkeypatch):
     with pytest.raises(ValueError, match="serving supports families"):
         DepthStack(tiny_model("gemma"))
     monkeypatch.undo()
-    with pytest.raises(ValueError, match="unknown scheduling"):
-        Engine(model_for("llama"), scheduling="sometimes")
+    with pytest.raises(ValueError, match="unknown batching"):
+        Engine(model_for("llama"), batching="sometimes")
+    with pytest.raises(ValueError, match="continuous batching of a plain model is csb"):
+        Engine(model_for("llama"), batching="cdb")
     with pytest.raises(ValueError, match="head_batch must be in"):
         Engine(model_for("llama"), max_batch=2, head_batch=3)
     with pytest.raises(ValueError, match="unknown attention"):
@@ -210,7 +212,7 @@ def test_per_item_attention_equals_generate(family):
 def test_batched_head_waits_for_exits_and_keeps_outputs():
     model, requests = model_for("gemma3", loops=2), make_requests()
     assert Engine(model, max_batch=3, head_batch=3).generate(requests)[0] == reference(model, requests)
-    mixed = OracleExit({r.rid: [1 + (r.rid + k) % 3 // 2 for k in range(r.max_new_tokens)] for r in requests})
+    mixed = ReplayExit({r.rid: [1 + (r.rid + k) % 3 // 2 for k in range(r.max_new_tokens)] for r in requests})
     eager_out, eager = Engine(model, mixed, max_batch=3).generate(requests)
     batched_out, batched = Engine(model, mixed, max_batch=3, head_batch=3).generate(requests)
     assert batched_out == eager_out  # waiting for the head changes when tokens are emitted, not which

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rrt.cli.evaluate import load_target
-from rrt.cli.serve import serve, validate
 from rrt.records import RunRecord
+from rrt.serving.runner import check_serve_settings, serve
 from tests.helpers import compose_config
 
 
@@ -28,21 +28,21 @@ def test_each_policy_adds_one_row_and_reruns_replace_it(run_dir):
         "serve.max_new_tokens=4",
     ]
     model, tokenizer, record = load_target(config(f"run={run_dir}"))
-    for policy in ("none", "confidence", "oracle", "oracle"):
+    for policy in ("none", "confidence", "replay", "replay"):
         row = serve(config(f"run={run_dir}", f"serve.policy={policy}", *small).serve, model, tokenizer, record)
         assert row["engine"] == "cdb" and row["tokens"] == sum(row["exit_hist"].values()) + 3
     rows = RunRecord.load(run_dir).data["throughput"]
-    assert [r["exit_policy"] for r in rows] == ["none", "confidence>=0.9", "oracle"]
+    assert [r["exit_policy"] for r in rows] == ["none", "confidence>=0.9", "replay(oracle)"]
     assert all(r["tokens_per_s"] > 0 and r["max_batch"] == 2 for r in rows)
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("serve.policy=sometimes", "supported: \\['none', 'confidence', 'oracle'\\]"),
+        ("serve.policy=sometimes", "supported: \\['none', 'confidence', 'learned', 'replay'\\]"),
         ("serve.batching=dynamic", "supported: \\['static', 'csb', 'cdb'\\]"),
     ],
 )
 def test_bad_settings_fail_before_loading_anything(override, message):
     with pytest.raises(ValueError, match=message):
-        validate(config(override).serve)
+        check_serve_settings(config(override).serve)

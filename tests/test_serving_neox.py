@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rrt.serving import DepthStack, Engine, OracleExit
+from rrt.serving import DepthStack, Engine, ReplayExit
 from tests.test_serving import make_requests, model_for, reference
 
 
@@ -41,6 +41,6 @@ def test_state_propagation_writes_what_the_gpt_neox_layer_writes():
 
 def test_oracle_exits_run_on_gpt_neox():
     model, requests = model_for("gpt_neox", loops=2), make_requests(3)
-    plan = OracleExit({r.rid: [1 + k % 2 for k in range(r.max_new_tokens)] for r in requests})
+    plan = ReplayExit({r.rid: [1 + k % 2 for k in range(r.max_new_tokens)] for r in requests})
     _, stats = Engine(model, plan, max_batch=2).generate(requests)
     assert set(stats.exit_loops) == {1, 2} and stats.propagate_s > 0

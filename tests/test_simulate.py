@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from rrt.serving import ConfidenceExit, Engine, OracleExit, Request, Trajectory
+from rrt.serving import ConfidenceExit, Engine, ReplayExit, Request, Trajectory
 from rrt.serving import engine as engine_module
 from rrt.serving.simulate import (
     Curve,
@@ -37,7 +37,7 @@ def costs(
 
 # Three requests, two slots. Token 0 of each comes from its prefill; the others exit at these loops.
 THREE = [Request(0, [1, 2], 3), Request(1, [3, 4], 2), Request(2, [5, 6], 2)]
-EXITS = OracleExit({0: [0, 1, 2], 1: [0, 2], 2: [0, 1]})
+EXITS = ReplayExit({0: [0, 1, 2], 1: [0, 2], 2: [0, 1]})
 
 
 def test_three_requests_hand_computed_tokens_per_second():
@@ -46,7 +46,7 @@ def test_three_requests_hand_computed_tokens_per_second():
     step 2 r1 finishes loop 2 and frees its slot for r2, step 3 r0 finishes loop 2 and r2 exits at loop 1."""
     full = costs(1, 6, Curve(((1, 2.0), (2, 3.0))))
     recursive = costs(2, 3, Curve(((1, 1.0), (2, 1.5))))
-    static = simulate(full, THREE, max_batch=2, scheduling="static")
+    static = simulate(full, THREE, max_batch=2, batching="static")
     csb = simulate(full, THREE, max_batch=2)
     cdb = simulate(recursive, THREE, EXITS, max_batch=2)
     assert [(s.steps, s.rows, s.tokens) for s in (static, csb, cdb)] == [(3, 5, 7), (2, 4, 7), (3, 6, 7)]
@@ -84,36 +84,36 @@ def test_depth_wise_batching_beats_sequence_batching_only_with_exits():
     requests = [Request(i, [1], 9) for i in range(4)]
     csb = simulate(costs(1, 6, Curve.constant(2.0)), requests, max_batch=2)
     no_exit = simulate(costs(2, 3, ONE), requests, max_batch=2)
-    loop1 = simulate(costs(2, 3, ONE), requests, OracleExit({i: [1] * 9 for i in range(4)}), max_batch=2)
+    loop1 = simulate(costs(2, 3, ONE), requests, ReplayExit({i: [1] * 9 for i in range(4)}), max_batch=2)
     assert no_exit.seconds == csb.seconds
     assert loop1.seconds == csb.seconds / 2
 
 
 def plan_for(requests):
-    return OracleExit({r.rid: [1 + (r.rid + k) % 3 // 2 for k in range(r.max_new_tokens)] for r in requests})
+    return ReplayExit({r.rid: [1 + (r.rid + k) % 3 // 2 for k in range(r.max_new_tokens)] for r in requests})
 
 
 @pytest.mark.parametrize(
-    "loops,scheduling,head_batch",
+    "loops,batching,head_batch",
     [
         (None, "static", 1),
-        (None, "continuous", 1),
-        (2, "continuous", 1),
-        (2, "continuous", 2),
+        (None, "csb", 1),
+        (2, "cdb", 1),
+        (2, "cdb", 2),
         (3, "static", 1),
-        (3, "continuous", 3),
+        (3, "cdb", 3),
     ],
 )
-def test_schedule_equals_the_engines(loops, scheduling, head_batch):
+def test_schedule_equals_the_engines(loops, batching, head_batch):
     model, requests = model_for("llama", loops), make_requests()
     policy = plan_for(requests)
-    _, measured = Engine(model, policy, max_batch=3, scheduling=scheduling, head_batch=head_batch).generate(requests)
+    _, measured = Engine(model, policy, max_batch=3, batching=batching, head_batch=head_batch).generate(requests)
     simulated = simulate(
         costs(loops or 1, 6 // (loops or 1), ONE),
         requests,
         policy,
         max_batch=3,
-        scheduling=scheduling,
+        batching=batching,
         head_batch=head_batch,
     )
     assert (simulated.steps, simulated.rows, simulated.head_calls, simulated.tokens, simulated.exit_loops) == (
@@ -150,15 +150,13 @@ class _Embedding:
         return self.call(ids)
 
 
-@pytest.mark.parametrize(
-    "loops,scheduling", [(None, "static"), (None, "continuous"), (2, "continuous"), (3, "continuous")]
-)
-def test_simulated_time_equals_the_engines_own_costs(monkeypatch, loops, scheduling):
+@pytest.mark.parametrize("loops,batching", [(None, "static"), (None, "csb"), (2, "cdb"), (3, "cdb")])
+def test_simulated_time_equals_the_engines_own_costs(monkeypatch, loops, batching):
     """The real engine on a clock that charges known costs per layer, head, propagation and embedding call
     reports block/head/propagation/prefill/total seconds; the simulator fed the same costs gives them exactly."""
     model, requests = model_for("gemma3", loops), make_requests()
     policy = plan_for(requests)
-    engine, clock = Engine(model, policy, max_batch=3, scheduling=scheduling), _Clock()
+    engine, clock = Engine(model, policy, max_batch=3, batching=batching), _Clock()
     stack, depths = engine.stack, 6
 
     def layer(tokens: int) -> float:  # tokens = rows x positions of one layer call
@@ -193,8 +191,8 @@ def test_simulated_time_equals_the_engines_own_costs(monkeypatch, loops, schedul
         embed=line(embed),
         prefill=Curve(((1, depths * layer(1) + head(1) + embed(1)), (100, depths * layer(100) + head(1) + embed(100)))),
     )
-    full = simulate(model_costs, requests, policy, max_batch=3, scheduling=scheduling, mode="full")
-    paper = simulate(model_costs, requests, policy, max_batch=3, scheduling=scheduling)
+    full = simulate(model_costs, requests, policy, max_batch=3, batching=batching, mode="full")
+    paper = simulate(model_costs, requests, policy, max_batch=3, batching=batching)
     for part in ("block_s", "head_s", "propagate_s", "prefill_s", "seconds"):
         assert getattr(full, part) == pytest.approx(getattr(measured, part), rel=1e-12), part
     assert paper.seconds == pytest.approx(measured.block_s, rel=1e-12)
@@ -245,11 +243,13 @@ def test_trajectory_queue_replays_documents_in_turn():
 
 def test_bad_settings_fail_clearly():
     model_costs = costs(2, 3, ONE)
-    with pytest.raises(ValueError, match="reads logits"):
+    with pytest.raises(ValueError, match="reads the model's outputs"):
         simulate(model_costs, THREE, ConfidenceExit(0.5))
     with pytest.raises(ValueError, match="unknown mode"):
         simulate(model_costs, THREE, mode="approximate")
-    with pytest.raises(ValueError, match="unknown scheduling"):
-        simulate(model_costs, THREE, scheduling="sometimes")
+    with pytest.raises(ValueError, match="unknown batching"):
+        simulate(model_costs, THREE, batching="sometimes")
+    with pytest.raises(ValueError, match="continuous batching of a recursive model is cdb"):
+        simulate(model_costs, THREE, batching="csb")
     with pytest.raises(ValueError, match="head_batch must be in"):
         simulate(model_costs, THREE, max_batch=2, head_batch=3)

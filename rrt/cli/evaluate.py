@@ -38,6 +38,13 @@ def format_results(results: dict[str, list[dict]]) -> str:
     return "\n\n".join(parts)
 
 
+def model_dir_of(cfg: DictConfig) -> Path | None:
+    """Where the served model's files (and its exit head) are: the run's model/ or the checkpoint dir."""
+    if cfg.get("run"):
+        return Path(cfg.run).expanduser() / "model"
+    return Path(cfg.checkpoint).expanduser() if cfg.get("checkpoint") else None
+
+
 def load_target(cfg: DictConfig) -> tuple[Any, Any, RunRecord | None]:
     """(model, tokenizer, record or None) for ``run=``, ``checkpoint=`` or ``model=``; clear errors for bad paths."""
     from transformers import AutoTokenizer

@@ -1,22 +1,35 @@
 """Serving recursive models: exit policies, exit trajectories, and a continuous depth-wise batching engine."""
 
 from rrt.serving.engine import Engine, EngineStats, Request
-from rrt.serving.policies import ConfidenceExit, ExitPolicy, FullDepth, OracleExit
+from rrt.serving.exit_head import ExitHead, ExitHeadFit, fit_exit_head
+from rrt.serving.policies import ConfidenceExit, ExitPolicy, FullDepth, LearnedExit, ReplayExit
 from rrt.serving.stack import DepthStack
-from rrt.serving.trajectories import Trajectory, agreement, confidence_exits, exit_summary, exit_trajectories
+from rrt.serving.trajectories import (
+    Trajectory,
+    agreement,
+    confidence_exits,
+    exit_summary,
+    exit_trajectories,
+    learned_exits,
+)
 
 __all__ = [
     "ConfidenceExit",
     "DepthStack",
     "Engine",
     "EngineStats",
+    "ExitHead",
+    "ExitHeadFit",
     "ExitPolicy",
     "FullDepth",
-    "OracleExit",
+    "LearnedExit",
+    "ReplayExit",
     "Request",
     "Trajectory",
     "agreement",
     "confidence_exits",
     "exit_summary",
     "exit_trajectories",
+    "fit_exit_head",
+    "learned_exits",
 ]

@@ -10,9 +10,9 @@ which the queue refills before the next step (continuous batching); a new reques
 its own forward through all depths.
 
 The same engine gives the baselines: an unconverted model is one "loop" of L layers, so continuous
-scheduling is continuous sequence-wise batching (CSB), and ``scheduling="static"`` admits a new batch only
-when every request of the current one has finished; finished rows keep decoding (outputs discarded) until
-then, as in padded static-batch generation.
+scheduling is continuous sequence-wise batching (``batching="csb"``), and ``batching="static"`` (vanilla)
+admits a new batch only when every request of the current one has finished; finished rows keep decoding
+(outputs discarded) until then, as in padded static-batch generation.
 """
 
 from __future__ import annotations
@@ -26,10 +26,27 @@ import torch
 from torch import nn
 
 from rrt.errors import UserError
+from rrt.records import ENGINE_OF_BATCHING
 from rrt.serving.policies import ExitPolicy, FullDepth
 from rrt.serving.stack import DepthStack, check_attention
 
-SCHEDULINGS = ("continuous", "static")
+BATCHINGS = tuple(ENGINE_OF_BATCHING)  # static (vanilla) | csb | cdb
+
+
+def continuous_batching(loops: int) -> str:
+    """The continuous batching a model gets: sequence-wise for one loop, depth-wise for a recursive model."""
+    return "cdb" if loops > 1 else "csb"
+
+
+def check_batching(batching: str, loops: int) -> None:
+    """``batching`` names what the engine does with a model of ``loops`` loops: a one-line error otherwise."""
+    if batching not in BATCHINGS:
+        raise UserError(f"unknown batching {batching!r}; supported: {list(BATCHINGS)}")
+    if batching not in ("static", continuous_batching(loops)):
+        raise UserError(
+            f"batching={batching} does not apply to a model with {loops} loop(s): continuous batching of "
+            f"{'a recursive' if loops > 1 else 'a plain'} model is {continuous_batching(loops)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,7 @@ class EngineStats:
     block_s: float = 0.0  # the shared layers of decode steps (what the paper's simulation times)
     head_s: float = 0.0
     propagate_s: float = 0.0  # state propagation of exited tokens' skipped depths
+    policy_s: float = 0.0  # exit decisions (an exit head's MLP; a confidence policy's head call is in head_s)
     steps: int = 0
     head_calls: int = 0
     rows: int = 0  # sum over steps of the items in the batch (incl. static batching's finished rows)
@@ -62,6 +80,11 @@ class EngineStats:
     def mean_exit_loop(self) -> float:
         total = sum(self.exit_loops.values())
         return sum(b * n for b, n in self.exit_loops.items()) / total if total else float("nan")
+
+    @property
+    def overhead_s(self) -> float:
+        """What the timed parts do not cover: scheduling, bookkeeping, embedding of new tokens."""
+        return self.seconds - self.prefill_s - self.block_s - self.head_s - self.propagate_s - self.policy_s
 
     @property
     def mean_batch(self) -> float:
@@ -79,6 +102,9 @@ class Engine:
 
     ``attention``: "padded" (one masked SDPA call over the batch, keys padded to the longest row) or
     "per_item" (one SDPA call per row on its own keys, linears and MLP still batched).
+
+    ``batching``: "static" (vanilla), "csb" (a plain model) or "cdb" (a recursive model); None = the model's
+    continuous batching.
     """
 
     def __init__(
@@ -86,20 +112,21 @@ class Engine:
         model: nn.Module,
         policy: ExitPolicy | None = None,
         max_batch: int = 8,
-        scheduling: str = "continuous",
+        batching: str | None = None,
         head_batch: int = 1,
         attention: str = "padded",
     ):
-        if scheduling not in SCHEDULINGS:
-            raise UserError(f"unknown scheduling {scheduling!r}; supported: {list(SCHEDULINGS)}")
         if max_batch < 1:
             raise UserError(f"max_batch must be >= 1, got {max_batch}")
         self.stack = DepthStack(model)
+        self.batching = batching or continuous_batching(self.stack.loops)
+        check_batching(self.batching, self.stack.loops)
         self.policy = policy or FullDepth()
         check_attention(attention)
         if not 1 <= head_batch <= max_batch:
             raise UserError(f"head_batch must be in 1..max_batch={max_batch}, got {head_batch}")
-        self.max_batch, self.scheduling, self.head_batch, self.attention = max_batch, scheduling, head_batch, attention
+        self.max_batch, self.head_batch, self.attention = max_batch, head_batch, attention
+        self.static = self.batching == "static"
 
     def generate(self, requests: Iterable[Request]) -> tuple[dict[int, list[int]], EngineStats]:
         """Generated token ids per request id (exactly ``max_new_tokens`` each; EOS does not stop a request,
@@ -141,7 +168,7 @@ class _Run:
                 self.step()
 
     def admit(self) -> None:
-        if self.engine.scheduling == "static" and any(r is not None for r in self.request):
+        if self.engine.static and any(r is not None for r in self.request):
             return
         for slot, request in enumerate(self.request):
             if request is None and self.queue:
@@ -174,9 +201,9 @@ class _Run:
                 self.outputs[request.rid].append(token)
                 self.stats.tokens += 1
                 self.live[slot] = len(self.outputs[request.rid]) < request.max_new_tokens
-            if not self.live[slot] and self.engine.scheduling == "continuous":
+            if not self.live[slot] and not self.engine.static:
                 self.request[slot] = None
-        if self.engine.scheduling == "static" and not any(self.live):
+        if self.engine.static and not any(self.live):
             self.request = [None] * len(self.request)
         self.hidden[slots, 0] = self.stack.embed(torch.tensor(tokens, device=slots.device))
         self.position[slots] += 1
@@ -211,7 +238,9 @@ class _Run:
 
         needs = self.policy.needs_logits and not all(final)
         logits = self._head(hidden[:, 0]) if needs else None  # every row: decisions and final tokens
-        exits = self._decide(slots, loops, final, logits)
+        start = time.perf_counter()
+        exits = self._decide(slots, hidden, loops, final, logits)
+        stats.policy_s += time.perf_counter() - start
         out = [r for r, e in enumerate(exits) if e]
         stay = torch.tensor([r for r, e in enumerate(exits) if not e], dtype=torch.long)
         self.hidden[slots[stay]] = hidden[stay]
@@ -236,15 +265,16 @@ class _Run:
         self.stats.head_s += time.perf_counter() - start
         return logits
 
-    def _decide(self, slots, loops, final, logits) -> list[bool]:
+    def _decide(self, slots, hidden, loops, final, logits) -> list[bool]:
         """Exit = finished all loops, or the policy says so for a non-final item."""
         pending = [r for r, f in enumerate(final) if not f]
         if not pending:
             return final
         requests = [self.request[int(slots[r])].rid for r in pending]
         steps = [len(self.outputs[rid]) for rid in requests]
+        normed = self.stack.norm(hidden[pending, 0]) if self.policy.needs_hidden else None
         decided = self.policy.exits(
-            [loops[r] for r in pending], None if logits is None else logits[pending], requests, steps
+            [loops[r] for r in pending], None if logits is None else logits[pending], requests, steps, normed
         )
         exits = list(final)
         for r, e in zip(pending, decided):

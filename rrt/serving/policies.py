@@ -1,24 +1,35 @@
-"""Exit decisions after a non-final loop: never, by confidence, or replayed oracle trajectories."""
+"""Exit decisions after a non-final loop: never, by confidence, by a learned exit head, or a replayed exit pattern."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from rrt.serving.exit_head import ExitHead
 
 
 class ExitPolicy:
     """Decides, for rows that just finished a loop < B, which leave now. Subclasses set ``needs_logits`` when
-    the decision reads the intermediate head output (which then also costs a head call)."""
+    the decision reads the intermediate head output (which then also costs a head call), ``needs_hidden`` when
+    it reads the final-normed hidden state."""
 
     name = "none"
     needs_logits = False
+    needs_hidden = False
 
     def exits(
-        self, loops: Sequence[int], logits: torch.Tensor | None, requests: Sequence[int], steps: Sequence[int]
+        self,
+        loops: Sequence[int],
+        logits: torch.Tensor | None,
+        requests: Sequence[int],
+        steps: Sequence[int],
+        hidden: torch.Tensor | None = None,
     ) -> list[bool]:
-        """Per row: loops completed (1-based), head logits (if ``needs_logits``), request id, and the index of
-        the token it is producing."""
+        """Per row: loops completed (1-based), head logits (if ``needs_logits``), request id, the index of the
+        token it is producing, and its final-normed hidden state (if ``needs_hidden``)."""
         return [False] * len(requests)
 
     def describe(self) -> str:
@@ -38,7 +49,7 @@ class ConfidenceExit(ExitPolicy):
     def __init__(self, threshold: float):
         self.threshold = threshold
 
-    def exits(self, loops, logits, requests, steps):
+    def exits(self, loops, logits, requests, steps, hidden=None):
         top = torch.softmax(logits.float(), dim=-1).amax(dim=-1)
         return (top >= self.threshold).tolist()
 
@@ -46,20 +57,44 @@ class ConfidenceExit(ExitPolicy):
         return f"confidence>={self.threshold:g}"
 
 
-class OracleExit(ExitPolicy):
-    """Replays oracle exit loops: token ``k`` of request ``r`` exits after ``schedule[r][k]`` loops.
+class LearnedExit(ExitPolicy):
+    """Exit when the exit head's probability that this loop agrees with the last reaches ``threshold`` (by default
+    the threshold calibrated when the head was fitted). Live: it reads only the loop's hidden state, so it costs
+    one small MLP per row and no LM-head call for the tokens that stay."""
 
-    The schedule comes from :func:`rrt.serving.trajectories.exit_trajectories` (teacher-forced over text, the
-    paper's method): the engine then realises the exit pattern the paper simulated, with real compute.
-    Tokens beyond a request's schedule run all loops.
+    name = "learned"
+    needs_hidden = True
+
+    def __init__(self, head: ExitHead, threshold: float | None = None):
+        self.head = head
+        self.threshold = head.threshold if threshold is None else threshold
+
+    def exits(self, loops, logits, requests, steps, hidden=None):
+        return (self.head.scores(hidden, list(loops)) >= self.threshold).tolist()
+
+    def describe(self) -> str:
+        return f"learned>={self.threshold:.3g}"
+
+
+class ReplayExit(ExitPolicy):
+    """Replays a teacher-forced exit pattern: token ``k`` of request ``r`` exits after ``schedule[r][k]`` loops.
+
+    The schedule comes from :mod:`rrt.serving.trajectories` (teacher-forced over the requests' documents, the
+    paper's method): the engine then realises the exit pattern the paper simulated, with real compute. It sets
+    where tokens exit, not what they are: the generated text drifts from the document, so this is a replay of the
+    pattern, not a policy that could run live. Tokens beyond a request's schedule run all loops. ``label`` names
+    the pattern (``oracle``: the earliest loop agreeing with the final one).
     """
 
-    name = "oracle"
+    name = "replay"
 
-    def __init__(self, schedule: Mapping[int, Sequence[int]]):
-        self.schedule = schedule
+    def __init__(self, schedule: Mapping[int, Sequence[int]], label: str = "oracle"):
+        self.schedule, self.label = schedule, label
 
-    def exits(self, loops, logits, requests, steps):
+    def describe(self) -> str:
+        return f"replay({self.label})"
+
+    def exits(self, loops, logits, requests, steps, hidden=None):
         def planned(r: int, k: int) -> int | None:
             plan = self.schedule.get(r, ())
             return plan[k] if k < len(plan) else None

@@ -6,11 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from rrt.errors import UserError
-from rrt.records import RECORD_NAME, RunRecord
+from rrt.records import ENGINE_OF_BATCHING, RECORD_NAME, RunRecord
 from rrt.serving.engine import EngineStats
 
-# analysis/tables.py maps the paper's Batching column to these engine names.
-ENGINE_OF_BATCHING = {"static": "vanilla", "csb": "csb", "cdb": "cdb"}
 ROW_KEY = ("engine", "exit_policy", "max_batch")  # a new measurement of the same setting replaces the old row
 
 

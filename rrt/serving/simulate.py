@@ -54,8 +54,8 @@ from torch import nn
 
 from rrt.errors import UserError
 from rrt.recursive.counting import count_params
-from rrt.serving.engine import SCHEDULINGS, Engine, EngineStats, Request
-from rrt.serving.policies import ExitPolicy, FullDepth, OracleExit
+from rrt.serving.engine import Engine, EngineStats, Request, check_batching, continuous_batching
+from rrt.serving.policies import ExitPolicy, FullDepth, ReplayExit
 from rrt.serving.stack import DepthStack
 from rrt.serving.trajectories import Trajectory
 from rrt.serving.workload import oracle_schedule
@@ -208,7 +208,7 @@ def measure_costs(
 
 def trajectory_queue(
     trajectories: Sequence[Trajectory], prompt_tokens: int, count: int, min_new: int, max_new: int, seed: int = 0
-) -> tuple[list[Request], OracleExit]:
+) -> tuple[list[Request], ReplayExit]:
     """``count`` requests replaying the teacher-forced oracle exits: request r is document r mod D's first
     ``prompt_tokens`` tokens and asks for a seeded number of new tokens in [min_new, max_new]. The simulator
     reads only a prompt's length, so prompts are placeholders."""
@@ -221,7 +221,7 @@ def trajectory_queue(
     rng = random.Random(seed)
     requests = [Request(r, [0] * prompt_tokens, rng.randint(min_new, max_new)) for r in range(count)]
     replayed = [trajectories[r % len(trajectories)] for r in range(count)]
-    return requests, OracleExit(oracle_schedule(replayed, requests))
+    return requests, ReplayExit(oracle_schedule(replayed, requests))
 
 
 def simulate(
@@ -229,7 +229,7 @@ def simulate(
     requests: Sequence[Request],
     policy: ExitPolicy | None = None,
     max_batch: int = 8,
-    scheduling: str = "continuous",
+    batching: str | None = None,
     head_batch: int = 1,
     mode: str = "paper",
 ) -> EngineStats:
@@ -237,17 +237,17 @@ def simulate(
     engine would report (``seconds`` is the simulated time of what ``mode`` counts)."""
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; supported: {list(MODES)}")
-    if scheduling not in SCHEDULINGS:
-        raise UserError(f"unknown scheduling {scheduling!r}; supported: {list(SCHEDULINGS)}")
+    batching = batching or continuous_batching(costs.loops)
+    check_batching(batching, costs.loops)
     policy = policy or FullDepth()
-    if policy.needs_logits:
+    if policy.needs_logits or policy.needs_hidden:
         raise UserError(
-            f"the simulator replays exit loops; {policy.describe()} reads logits: turn it into a "
-            "schedule first (trajectories.confidence_exits) and replay it with OracleExit"
+            f"the simulator replays exit loops; {policy.describe()} reads the model's outputs: turn it into a "
+            "schedule first (trajectories.confidence_exits / learned_exits) and replay it with ReplayExit"
         )
     if not 1 <= head_batch <= max_batch:
         raise UserError(f"head_batch must be in 1..max_batch={max_batch}, got {head_batch}")
-    run = _Schedule(costs, list(requests), policy, max_batch, scheduling, head_batch, mode == "full")
+    run = _Schedule(costs, list(requests), policy, max_batch, batching == "static", head_batch, mode == "full")
     run.loop()
     return run.stats
 
@@ -261,17 +261,11 @@ class _Schedule:
         requests: list[Request],
         policy: ExitPolicy,
         slots: int,
-        scheduling: str,
+        static: bool,
         head_batch: int,
         full: bool,
     ):
-        self.costs, self.policy, self.static, self.head_batch, self.full = (
-            costs,
-            policy,
-            scheduling == "static",
-            head_batch,
-            full,
-        )
+        self.costs, self.policy, self.static, self.head_batch, self.full = costs, policy, static, head_batch, full
         self.queue = deque(requests)
         self.produced = {r.rid: 0 for r in requests}
         self.request: list[Request | None] = [None] * slots

@@ -1,6 +1,6 @@
 """Exit trajectories, teacher-forced over text (the paper's App. K method): for every token, the earliest
-loop whose argmax equals the final loop's argmax (oracle exit), and each loop's top-1 probability (what a
-confidence policy would see)."""
+loop whose argmax equals the final loop's argmax (oracle exit), each loop's top-1 probability (what a
+confidence policy would see) and, given an exit head, its agreement score (what the learned policy sees)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rrt.errors import UserError
 from rrt.recursive.model import RecursiveModel
 from rrt.serving.stack import DepthStack
 
@@ -18,15 +19,23 @@ from rrt.serving.stack import DepthStack
 @dataclass
 class Trajectory:
     """One document: ``oracle[t]`` is the oracle exit loop (1..B) of the prediction at position t;
-    ``confidence[b-1, t]`` the top-1 probability and ``agrees[b-1, t]`` whether loop b's argmax equals the
-    final one, for b = 1..B-1."""
+    ``confidence[b-1, t]`` the top-1 probability, ``agrees[b-1, t]`` whether loop b's argmax equals the
+    final one and ``exit_score[b-1, t]`` the exit head's probability of that (empty without a head), for
+    b = 1..B-1."""
 
     oracle: torch.Tensor
     confidence: torch.Tensor
     agrees: torch.Tensor
+    exit_score: torch.Tensor | None = None
 
 
-def exit_trajectories(model: nn.Module, tokenizer, documents: Iterable[str], max_tokens: int = 256) -> list[Trajectory]:
+def exit_trajectories(
+    model: nn.Module,
+    tokenizer,
+    documents: Iterable[str],
+    max_tokens: int = 256,
+    exit_head: nn.Module | None = None,  # an rrt.serving.exit_head.ExitHead
+) -> list[Trajectory]:
     stack = DepthStack(model)
     trajectories = []
     with torch.inference_mode():
@@ -35,12 +44,14 @@ def exit_trajectories(model: nn.Module, tokenizer, documents: Iterable[str], max
             with RecursiveModel(model).loop_outputs() as captured:
                 final = model(input_ids=ids, use_cache=False).logits[0].argmax(-1)
             oracle = torch.full_like(final, stack.loops)
-            confidence, agrees = [], []
-            for hidden in captured:
+            confidence, agrees, scores = [], [], []
+            for b, hidden in enumerate(captured, start=1):
                 probs = torch.softmax(stack.logits(hidden[0]).float(), dim=-1)
                 top, argmax = probs.max(-1)
                 confidence.append(top)
                 agrees.append(argmax == final)
+                if exit_head is not None:
+                    scores.append(torch.sigmoid(exit_head(stack.norm(hidden[0]), b)).float())
             for b in range(stack.loops - 1, 0, -1):
                 oracle = torch.where(agrees[b - 1], b, oracle)
             empty = torch.empty(0, final.numel())
@@ -49,18 +60,31 @@ def exit_trajectories(model: nn.Module, tokenizer, documents: Iterable[str], max
                     oracle,
                     torch.stack(confidence) if confidence else empty,
                     torch.stack(agrees) if agrees else empty.bool(),
+                    torch.stack(scores) if scores else empty,
                 )
             )
     return trajectories
 
 
+def earliest_at(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Exit loop per token from per-loop scores (B-1, N): the earliest loop scoring >= ``threshold``, else B."""
+    loops = scores.shape[0] + 1
+    exits = torch.full(scores.shape[1:], loops)
+    for b in range(loops - 1, 0, -1):
+        exits = torch.where(scores[b - 1] >= threshold, b, exits)
+    return exits
+
+
 def confidence_exits(trajectory: Trajectory, threshold: float) -> torch.Tensor:
     """Exit loop per token under a confidence threshold, teacher-forced (earliest loop with top-1 >= it)."""
-    loops = trajectory.confidence.shape[0] + 1
-    exits = torch.full(trajectory.oracle.shape, loops)
-    for b in range(loops - 1, 0, -1):
-        exits = torch.where(trajectory.confidence[b - 1] >= threshold, b, exits)
-    return exits
+    return earliest_at(trajectory.confidence, threshold)
+
+
+def learned_exits(trajectory: Trajectory, threshold: float) -> torch.Tensor:
+    """Exit loop per token under the exit head's threshold, teacher-forced."""
+    if trajectory.exit_score is None or trajectory.exit_score.numel() != trajectory.confidence.numel():
+        raise UserError("these trajectories have no exit-head scores: pass exit_head= to exit_trajectories")
+    return earliest_at(trajectory.exit_score, threshold)
 
 
 def exit_summary(exit_loops: Sequence[torch.Tensor], loops: int) -> dict[str, float]:
@@ -73,11 +97,13 @@ def exit_summary(exit_loops: Sequence[torch.Tensor], loops: int) -> dict[str, fl
     return out
 
 
+def agreement_of(agrees: torch.Tensor, exits: torch.Tensor) -> float:
+    """Share of tokens whose prediction at their exit loop equals the final loop's; ``agrees`` is (B-1, N)."""
+    agree = torch.cat([agrees, torch.ones_like(exits, dtype=torch.bool)[None]])
+    return float(agree.gather(0, (exits - 1)[None]).float().mean())
+
+
 def agreement(trajectories: Sequence[Trajectory], exit_loops: Sequence[torch.Tensor]) -> float:
     """Fraction of tokens whose prediction at their exit loop equals the final loop's (1 for oracle exits)."""
-    hits = total = 0
-    for trajectory, exits in zip(trajectories, exit_loops):
-        agree = torch.cat([trajectory.agrees, torch.ones_like(trajectory.oracle, dtype=torch.bool)[None]])
-        hits += int(agree.gather(0, (exits - 1)[None]).sum())
-        total += exits.numel()
-    return hits / total
+    agrees = torch.cat([t.agrees for t in trajectories], dim=1)
+    return agreement_of(agrees, torch.cat([e.flatten() for e in exit_loops]))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Sequence
+
+import torch
 
 from rrt.errors import UserError
 from rrt.serving.engine import Request
@@ -28,10 +31,15 @@ def text_requests(
     return requests, docs
 
 
-def oracle_schedule(trajectories: list[Trajectory], requests: list[Request]) -> dict[int, list[int]]:
-    """Token k of a request is predicted at position len(prompt) - 1 + k of its document (teacher-forced):
-    its oracle exit loop is the trajectory's there."""
+def exit_schedule(exit_loops: Sequence[torch.Tensor], requests: Sequence[Request]) -> dict[int, list[int]]:
+    """Token k of a request is predicted at position len(prompt) - 1 + k of its document (teacher-forced): its
+    exit loop is the document's there (``exit_loops``: one tensor per request's document)."""
     return {
-        r.rid: t.oracle[len(r.prompt) - 1 : len(r.prompt) - 1 + r.max_new_tokens].tolist()
-        for r, t in zip(requests, trajectories)
+        r.rid: exits[len(r.prompt) - 1 : len(r.prompt) - 1 + r.max_new_tokens].tolist()
+        for r, exits in zip(requests, exit_loops)
     }
+
+
+def oracle_schedule(trajectories: Sequence[Trajectory], requests: Sequence[Request]) -> dict[int, list[int]]:
+    """The teacher-forced oracle exit loops of each request's tokens."""
+    return exit_schedule([t.oracle for t in trajectories], requests)

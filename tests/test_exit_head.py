@@ -1,0 +1,114 @@
+"""The learned exit head: fitted on teacher-forced agreement labels, calibrated, saved beside the model, and served
+live by the engine (rrt/serving/exit_head.py, policies.LearnedExit)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rrt.serving import Engine, ExitHead, ExitHeadFit, FullDepth, LearnedExit, exit_trajectories, fit_exit_head
+from rrt.serving.exit_head import NEVER, auc, calibrate, evaluate_exit_head, outcome, teacher_forced_features
+from rrt.serving.trajectories import earliest_at, learned_exits
+from tests.test_serving import _Tokenizer, agreeing_loops_model, documents, make_requests, model_for, reference
+
+SMALL = ExitHeadFit(tokens=120, window=20, width=8, epochs=20, batch_size=32, lr=1e-2, calibration=0.3)
+
+
+def test_calibration_picks_the_smallest_threshold_that_keeps_the_target():
+    """Two loops (B=3), four tokens, hand-computed: exit at the earliest loop scoring >= t."""
+    scores = torch.tensor([[0.9, 0.8, 0.3, 0.1], [0.95, 0.2, 0.6, 0.1]])
+    agrees = torch.tensor([[True, False, True, False], [True, True, False, False]])
+    # t=0.6: token 0 exits at 1 (agrees), 1 at 1 (wrong), 2 at 2 (wrong), 3 runs all loops -> 2/4
+    assert outcome(scores, agrees, 0.6)["agreement"] == 0.5
+    # t=0.9: token 0 exits at 1, the others run all loops -> 4/4; t=0.8 lets token 1 exit wrongly -> 3/4
+    assert outcome(scores, agrees, 0.8)["agreement"] == 0.75
+    assert calibrate(scores, agrees, target=1.0) == pytest.approx(0.9, abs=1e-6)
+    assert outcome(scores, agrees, 0.9) == {
+        "exit_frac_loop1": 0.25,
+        "exit_frac_loop2": 0.0,
+        "exit_frac_loop3": 0.75,
+        "mean_exit_loop": 2.5,
+        "agreement": 1.0,
+    }
+    assert calibrate(scores, torch.zeros_like(agrees), target=1.0) == NEVER  # every early exit is wrong
+    assert torch.equal(earliest_at(scores, 0.55), torch.tensor([1, 1, 2, 3]))
+
+
+def test_auc_is_the_probability_a_positive_outranks_a_negative():
+    assert auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([False, False, True, True])) == 0.75
+    assert math.isnan(auc(torch.tensor([0.2, 0.9]), torch.tensor([True, True])))  # one class: undefined
+
+
+def test_fit_on_loops_that_always_agree_exits_every_token_at_loop_one():
+    model = agreeing_loops_model()
+    head, report = fit_exit_head(model, _Tokenizer(), documents(8), SMALL)
+    assert report["calibration"]["agree_rate"] == [1.0]
+    assert (report["fit_tokens"], report["calibration"]["tokens"]) == (80, 40)  # 6 windows of 20, 2 held back
+    assert report["calibration"]["learned"]["exit_frac_loop1"] == 1.0
+    requests = make_requests()
+    outputs, stats = Engine(model, LearnedExit(head), max_batch=2).generate(requests)
+    assert outputs == reference(model, requests)  # copied exit states are the true states here
+    assert set(stats.exit_loops) == {1}
+
+
+def test_a_fitted_head_separates_agreeing_tokens_and_the_engine_exits_live():
+    model = model_for("gemma3", loops=2, rank=8)
+    head, report = fit_exit_head(model, _Tokenizer(), documents(8), SMALL)
+    assert 0 < report["calibration"]["agree_rate"][0] < 1  # both classes occur: the head has something to learn
+    requests = make_requests()
+    never = Engine(model, LearnedExit(head, threshold=NEVER), max_batch=2).generate(requests)
+    always = Engine(model, LearnedExit(head, threshold=0.0), max_batch=2).generate(requests)
+    full_outputs, full = Engine(model, FullDepth(), max_batch=2).generate(requests)
+    assert never[0] == full_outputs
+    assert never[1].head_calls == full.head_calls  # deciding costs no LM-head call (a confidence policy's does)
+    assert set(never[1].exit_loops) == {2} and set(always[1].exit_loops) == {1}
+
+
+def test_teacher_forced_learned_exits_are_the_heads_scores_at_its_threshold():
+    model = model_for("llama", loops=3, rank=8)
+    head, _ = fit_exit_head(model, _Tokenizer(), documents(8), SMALL)
+    docs = documents(2)
+    trajectories = exit_trajectories(model, _Tokenizer(), docs, exit_head=head)
+    windows = [_Tokenizer()(d, return_tensors="pt").input_ids[0] for d in docs]
+    features, agrees = teacher_forced_features(model, windows)
+    with torch.inference_mode():
+        scores = torch.stack([torch.sigmoid(head(x, b)) for b, x in enumerate(features, start=1)])
+    torch.testing.assert_close(torch.cat([t.exit_score for t in trajectories], dim=1), scores)
+    assert torch.equal(torch.cat([t.agrees for t in trajectories], dim=1), agrees)
+    exits = torch.cat([learned_exits(t, head.threshold) for t in trajectories])
+    assert torch.equal(exits, earliest_at(scores, head.threshold))
+    report = evaluate_exit_head(model, head, windows)
+    assert report["tokens"] == 40 and report["learned"] == outcome(scores, agrees, head.threshold)
+    assert report["oracle"]["agreement"] == 1.0
+
+
+def test_saved_head_reloads_with_its_threshold_and_scores(tmp_path):
+    model = model_for("llama", loops=2, rank=8)
+    head, report = fit_exit_head(model, _Tokenizer(), documents(8), SMALL)
+    head.save(tmp_path, report)
+    loaded = ExitHead.load(tmp_path)
+    hidden = torch.randn(5, head.hidden_size)
+    assert loaded.threshold == head.threshold
+    torch.testing.assert_close(loaded.scores(hidden, [1] * 5), head.scores(hidden, [1] * 5))
+    assert ExitHead.load(tmp_path / "elsewhere") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exit_head.json", "exit_head.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("fit", "message"),
+    [
+        (ExitHeadFit(tokens=0), "exit_head.tokens"),
+        (ExitHeadFit(calibration=1.0), "exit_head.calibration"),
+        (ExitHeadFit(target_agreement=0.0), "exit_head.target_agreement"),
+    ],
+)
+def test_bad_fit_settings_fail_before_any_compute(fit, message):
+    with pytest.raises(ValueError, match=message):
+        fit_exit_head(model_for("llama", loops=2), _Tokenizer(), documents(), fit)
+
+
+def test_a_model_that_loops_once_has_no_exit_head():
+    with pytest.raises(ValueError, match="at least 2 loops"):
+        fit_exit_head(model_for("llama"), _Tokenizer(), documents(), SMALL)
