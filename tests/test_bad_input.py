@@ -16,13 +16,19 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from rrt.cli import convert, evaluate, serve
+from rrt.cli import convert, evaluate, exit_head, serve
 from rrt.cli import train as train_cli
 from rrt.records import RunRecord
 from rrt.recursive.io import save_converted
 from tests.helpers import ROOT, TINY
 
-ENTRY_POINTS = {"train": train_cli.main, "eval": evaluate.main, "convert": convert.main, "serve": serve.main}
+ENTRY_POINTS = {
+    "train": train_cli.main,
+    "eval": evaluate.main,
+    "convert": convert.main,
+    "serve": serve.main,
+    "exit_head": exit_head.main,
+}
 
 
 def call(entry: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
@@ -211,12 +217,29 @@ SERVE_CASES = [
     (["serve.threads=abc"], "serve.threads"),
     (["device=cuda"], "device=cuda"),
     (["serve.output=/"], "serve.output"),
+    (["serve.learned_threshold=1.5"], "serve.learned_threshold"),
 ]
 
 
 @pytest.mark.parametrize(("overrides", "names"), SERVE_CASES)
 def test_serve_rejects_bad_input_before_loading(overrides, names, monkeypatch, capsys):
     assert_one_line(*call("serve", ["model=gemma3_270m", *overrides], monkeypatch, capsys), names)
+
+
+EXIT_HEAD_CASES = [
+    (["exit_head.tokens=0"], "exit_head.tokens"),
+    (["exit_head.tokens=abc"], "exit_head.tokens"),
+    (["exit_head.calibration=1.5"], "exit_head.calibration"),
+    (["+exit_head.widht=64"], "exit_head.widht"),
+    ([], "run=<run dir>"),
+    (["device=cuda"], "device=cuda"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "names"), EXIT_HEAD_CASES)
+def test_exit_head_rejects_bad_input_before_loading(overrides, names, monkeypatch, capsys):
+    target = [] if names == "run=<run dir>" else ["checkpoint=/nonexistent"]
+    assert_one_line(*call("exit_head", [*target, *overrides], monkeypatch, capsys), names)
 
 
 CONVERT_CASES = [

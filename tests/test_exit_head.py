@@ -112,3 +112,31 @@ def test_bad_fit_settings_fail_before_any_compute(fit, message):
 def test_a_model_that_loops_once_has_no_exit_head():
     with pytest.raises(ValueError, match="at least 2 loops"):
         fit_exit_head(model_for("llama"), _Tokenizer(), documents(), SMALL)
+
+
+def test_the_command_fits_saves_and_records_the_head_and_serve_uses_it(saved_run_dir, monkeypatch, capsys):
+    """rrt-exit-head on a run dir (tiny converted model, the real corpus), then serve.policy=learned on it."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from rrt.cli import exit_head as exit_head_cli
+    from rrt.cli.evaluate import load_target
+    from rrt.records import RunRecord
+    from rrt.serving.runner import serve
+    from tests.helpers import compose_config
+
+    argv = [f"run={saved_run_dir}", "exit_head.tokens=256", "exit_head.window=32", "heldout_tokens=64", "threads=1"]
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr("sys.argv", ["rrt-exit-head", *argv, f"hydra.run.dir={saved_run_dir}/hydra"])
+    exit_head_cli.main()
+    head = ExitHead.load(saved_run_dir / "model")
+    section = RunRecord.load(saved_run_dir).data["exit_head"]
+    assert section["threshold"] == head.threshold
+    assert section["fit_tokens"] + section["calibration"]["tokens"] == 256
+    assert section["heldout"]["tokens"] == 64
+    cfg = compose_config("serve", f"run={saved_run_dir}", "serve.policy=learned", "serve.requests=2")
+    cfg.serve.update(max_batch=2, prompt_tokens=8, min_new_tokens=3, max_new_tokens=4)
+    model, tokenizer, record = load_target(cfg)
+    row = serve(cfg.serve, model, tokenizer, record, head)
+    assert row["exit_policy"] == f"learned>={head.threshold:.3g}" and row["tokens"] == 8
+    with pytest.raises(ValueError, match="needs an exit head"):
+        serve(cfg.serve, model, tokenizer, record, None)

@@ -25,7 +25,11 @@ from rrt.validation import check_device
 def main(cfg: DictConfig) -> None:
     from rrt.data import load_documents
 
-    fit = ExitHeadFit(**OmegaConf.to_container(cfg.exit_head))
+    settings = OmegaConf.to_container(cfg.exit_head)
+    unknown = sorted(set(settings) - set(ExitHeadFit.__dataclass_fields__))
+    if unknown:
+        raise UserError(f"unknown key exit_head.{unknown[0]}; known: {sorted(ExitHeadFit.__dataclass_fields__)}")
+    fit = ExitHeadFit(**settings)
     fit.check()
     check_device(cfg.device)
     directory = model_dir_of(cfg)

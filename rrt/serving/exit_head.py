@@ -49,14 +49,22 @@ class ExitHeadFit:
     seed: int = 0
 
     def check(self) -> None:
-        for key in ("tokens", "window", "width", "epochs", "batch_size"):
-            if int(getattr(self, key)) < 1:
-                raise UserError(f"exit_head.{key}={getattr(self, key)} must be a positive integer")
-        if not 0 < self.calibration < 1:
+        """A one-line error naming the key, before any compute."""
+
+        def number(key: str) -> float:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserError(f"exit_head.{key}={value!r} must be a number")
+            return value
+
+        for key in ("tokens", "window", "width", "epochs", "batch_size", "seed"):
+            if not isinstance(getattr(self, key), int) or number(key) < (0 if key == "seed" else 1):
+                raise UserError(f"exit_head.{key}={getattr(self, key)!r} must be an integer >= 1")
+        if not 0 < number("calibration") < 1:
             raise UserError(f"exit_head.calibration={self.calibration} must be a fraction in (0, 1)")
-        if not 0 < self.target_agreement <= 1:
+        if not 0 < number("target_agreement") <= 1:
             raise UserError(f"exit_head.target_agreement={self.target_agreement} must be in (0, 1]")
-        if not self.lr > 0:
+        if not number("lr") > 0:
             raise UserError(f"exit_head.lr={self.lr} must be > 0")
 
 
