@@ -20,6 +20,7 @@ import pandas as pd
 
 from benchmarks.common import RESULTS
 from benchmarks.lamda import table as lamda_table
+from benchmarks.serving import table as serving_table
 from benchmarks.simulate import table as simulate_table
 
 ROOT = Path(__file__).resolve().parents[1]

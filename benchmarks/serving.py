@@ -313,3 +313,58 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def table(data: dict) -> str:
+    """The docs tables: measured tokens/s and ratios (median and range over rounds) beside the simulated ratios
+    for the same setting, then where the time went, then each policy's teacher-forced exits."""
+    import pandas as pd
+
+    from benchmarks.docs import markdown  # the docs renderer imports this module
+
+    rows = pd.DataFrame(data["rows"])
+
+    def ratio(col: str) -> pd.Series:
+        return rows[col].map(lambda r: f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})")
+
+    def maybe(col: str, fmt: str) -> pd.Series:
+        return rows[col].map(lambda v: "" if v is None or v != v else fmt.format(v))
+
+    measured = pd.DataFrame(
+        {
+            "setup": rows["setup"],
+            "max batch": rows["max_batch"],
+            "tok/s": rows["tokens_per_s"].map("{:.1f}".format),
+            "x vanilla": ratio("vs_vanilla"),
+            "x CSB": ratio("vs_csb"),
+            "simulated full: x vanilla / x CSB": [
+                f"{a:.2f} / {b:.2f}" for a, b in zip(rows["sim_full_vs_vanilla"], rows["sim_full_vs_csb"])
+            ],
+            "simulated paper: x vanilla / x CSB": [
+                f"{a:.2f} / {b:.2f}" for a, b in zip(rows["sim_paper_vs_vanilla"], rows["sim_paper_vs_csb"])
+            ],
+            "mean exit loop": rows["mean_exit_loop"].map("{:.2f}".format),
+            "agreement (teacher-forced)": rows["teacher_forced_agreement"].map("{:.3f}".format),
+            "same tokens as all loops": maybe("same_tokens_as_all_loops", "{:.2f}"),
+        }
+    )
+    parts = {"block_s": "block", "head_s": "head", "prefill_s": "prefill", "propagate_s": "propagation"}
+    parts |= {"policy_s": "exit decisions", "overhead_s": "overhead"}
+    profile = pd.DataFrame({"setup": rows["setup"], "max batch": rows["max_batch"]})
+    profile["seconds"] = rows["seconds"].map("{:.1f}".format)
+    for key, name in parts.items():
+        profile[f"{name} %"] = [f"{100 * p[key] / s:.0f}" for p, s in zip(rows["profile"], rows["seconds"])]
+    exits = pd.DataFrame(
+        [{"policy (teacher-forced)": name, **summary} for name, summary in data["teacher_forced_exits"].items()]
+    ).drop(columns="tokens")
+    setting, recursive = data["setting"], data["setting"]["recursive"]
+    line = (
+        f"Setting: full model {setting['model']}; recursive model: {recursive['label']}"
+        f"{' (' + recursive['run'] + ')' if recursive.get('run') else ''}; relaxed: {setting['relaxed'] or 'none'}; "
+        f"{setting['requests']} requests, {setting['prompt_tokens']}-token prompts, "
+        f"{setting['new_tokens'][0]}-{setting['new_tokens'][1]} new tokens; {setting['rounds']} interleaved rounds "
+        f"(ratios within a round: median (range)); confidence threshold {setting['confidence_threshold']:g}; "
+        f"exit head threshold {setting['exit_head_threshold'] or 'n/a'}; {setting['threads']} thread(s), "
+        f"torch {data['machine']['torch']}."
+    )
+    return "\n\n".join([line, markdown(measured), markdown(profile), markdown(exits.round(3))])
