@@ -6,7 +6,6 @@ eval.py (``rrt.cli.evaluate``) and train.py (after training) both call :func:`ru
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from rrt.evaluation.harness import check_fewshot, check_subset, evaluate, exit_l
 from rrt.evaluation.perplexity import check_window, perplexity, read_jsonl_texts
 from rrt.evaluation.tasks import resolve_tasks
 from rrt.records import RunRecord
-from rrt.utils.atomic import atomic_write_text
+from rrt.utils.atomic import atomic_write_json
 
 EVAL_KEY = ("task", "metric", "exit_loop", "num_fewshot", "limit", "subset")
 PPL_KEY = ("dataset", "exit_loop", "context", "stride")
@@ -103,7 +102,7 @@ def run_evaluation(
         if record is not None:
             record.replace_rows(section, rows, key=key)
         if output is not None:
-            atomic_write_text(Path(output), json.dumps(results, indent=1))
+            atomic_write_json(Path(output), results)
 
     tasks = _tasks(cfg_eval)
     if tasks:
