@@ -1,7 +1,7 @@
 """Evaluate an in-memory model from an ``eval`` config group: lm-eval accuracy and perplexity rows.
 
 eval.py (``rrt.cli.evaluate``) and train.py (after training) both call :func:`run_evaluation`;
-:func:`validate` lets either fail on a bad eval config before any model is loaded.
+`check_eval_config` lets either fail on a bad eval config before any model is loaded.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def check_exit_loops(exit_loops, loops: int | None) -> None:
             )
 
 
-def validate(cfg_eval: DictConfig, loops: int | None = None) -> None:
+def check_eval_config(cfg_eval: DictConfig, loops: int | None = None) -> None:
     """Every configuration error, before a model is loaded (``loops``: the model's loop count, when known)."""
     limit = cfg_eval.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
@@ -90,7 +90,7 @@ def run_evaluation(
     cfg_eval: DictConfig, model, tokenizer, record: RunRecord | None = None, output: str | Path | None = None
 ) -> dict[str, list[dict]]:
     """Accuracy rows and perplexity rows for ``model``; saved into ``record`` / ``output`` as they come."""
-    validate(cfg_eval)
+    check_eval_config(cfg_eval)
     results: dict[str, list[dict]] = {"evals": [], "perplexity": []}
     exit_loops = cfg_eval.get("exit_loops")
     # fails on a loop the model does not have, before any compute
