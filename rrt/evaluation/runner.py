@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig
 
 from rrt.errors import UserError
-from rrt.evaluation import data
+from rrt.evaluation import benchmark_splits
 from rrt.evaluation.harness import check_fewshot, check_subset, evaluate, exit_loop_list
 from rrt.evaluation.perplexity import check_window, perplexity, read_jsonl_texts
 from rrt.evaluation.tasks import resolve_tasks
@@ -71,7 +71,7 @@ def check_eval_config(cfg_eval: DictConfig, loops: int | None = None) -> None:
     tasks = _tasks(cfg_eval)
     check_fewshot(tasks, cfg_eval.get("num_fewshot"))
     check_subset(cfg_eval.get("subset", "first"))
-    data.check_packages(tasks, need_train=bool(cfg_eval.get("num_fewshot")))
+    benchmark_splits.check_packages(tasks, need_train=bool(cfg_eval.get("num_fewshot")))
     if _ppl_sources(cfg_eval):
         ppl = cfg_eval.perplexity
         check_window(int(ppl.get("context_len", 1024)), int(ppl.get("stride", 512)))
