@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from rrt.utils.atomic import atomic_directory
 
 
 class MissingAssetError(RuntimeError):
@@ -50,12 +50,7 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     with file_lock(target.parent / f".{target.name}.lock"):
         if target.is_dir():  # another process finished while we waited
             return target
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-        try:
+        with atomic_directory(target) as tmp:
             build(tmp)
             _share(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return target

@@ -44,7 +44,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from rrt.utils.atomic import atomic_write_text
+from rrt.utils.atomic import atomic_write_json
 
 SCHEMA = 1
 RECORD_NAME = "record.json"
@@ -117,7 +117,7 @@ class RunRecord:
 
     def save(self) -> None:
         self.data["updated"] = now()
-        atomic_write_text(self.path, json.dumps(self.data, indent=1, default=_json_default))
+        atomic_write_json(self.path, self.data, default=_json_default)
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from rrt.factory.models import reduced_config
 from rrt.recursive import RecursionSpec, count_params_from_config
 from rrt.recursive.counting import model_config
-from rrt.training.build import reduced_config
 from tests.helpers import TINY, losses_by_step, run_train, single_record
 
 

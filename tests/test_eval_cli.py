@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rrt.cli.evaluate import format_results, load_target
-from rrt.evaluation.runner import run_evaluation, validate
+from rrt.cli.evaluate import format_results
+from rrt.evaluation.runner import check_eval_config, run_evaluation
+from rrt.factory.targets import load_target
 from rrt.records import RunRecord
 from tests.helpers import compose_config
 
@@ -75,7 +76,7 @@ def test_run_dir_results_go_into_its_record_and_reruns_replace_them(run_dir, cor
 )
 def test_bad_config_fails_before_loading_a_model(overrides, error, message):
     with pytest.raises(error, match=message):
-        validate(config(*overrides).eval)
+        check_eval_config(config(*overrides).eval)
 
 
 def test_bad_run_dir_says_what_is_expected(tmp_path):

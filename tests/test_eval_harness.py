@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rrt.evaluation import data
+from rrt.evaluation import benchmark_splits
 from rrt.evaluation.harness import doc_selection, evaluate
 from tests.test_eval_lm import model, tokenizer  # noqa: F401  (shared module fixtures)
 
@@ -45,7 +45,7 @@ def test_last_exit_loop_is_the_full_model(model, tokenizer):
 
 
 def test_spread_subset_is_evenly_spaced_over_the_split():
-    size = data.split_size("hellaswag")
+    size = benchmark_splits.split_size("hellaswag")
     assert size == 10042
     assert doc_selection("hellaswag", 4, "first") == {"limit": 4}
     assert doc_selection("hellaswag", None, "spread") == {"limit": None}
@@ -53,7 +53,7 @@ def test_spread_subset_is_evenly_spaced_over_the_split():
     assert len(doc_selection("openbookqa", 0.5, "spread")["samples"]["openbookqa"]) == 250  # a fraction, as lm-eval
     assert doc_selection("openbookqa", 5000, "spread")["samples"]["openbookqa"] == list(range(500))
     picked = doc_selection("hellaswag", 1000, "spread")["samples"]["hellaswag"]
-    path = data.materialize("hellaswag", "validation")
+    path = benchmark_splits.materialize("hellaswag", "validation")
     sources = [json.loads(line)["source_id"].split("~")[0] for line in path.read_text().splitlines()]
     assert {sources[i] for i in range(1000)} == {"activitynet"}  # why "first" is not representative here
     wikihow = sum(sources[i] == "wikihow" for i in picked) / len(picked)

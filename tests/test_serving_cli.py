@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rrt.cli.evaluate import load_target
+from rrt.factory.targets import load_target
 from rrt.records import RunRecord
 from rrt.serving.runner import check_serve_settings, serve
 from tests.helpers import compose_config

@@ -161,9 +161,10 @@ def test_unknown_group_option_lists_the_choices(tmp_path):
 def test_teacher_with_another_vocabulary_is_rejected(tmp_path):
     from transformers import AutoModelForCausalLM
 
+    from rrt.factory.plan import plan_run
+    from rrt.factory.student import build_student, build_teacher
     from rrt.recursive.counting import model_config
     from rrt.recursive.io import save_converted
-    from rrt.training.build import build_student, build_teacher
 
     config = model_config("tiny_llama")
     config.vocab_size = 1000
@@ -171,5 +172,6 @@ def test_teacher_with_another_vocabulary_is_rejected(tmp_path):
     cfg = compose_train(
         *TINY, "distill=forward_kl", f"distill.teacher={tmp_path / 'teacher'}", run_dir=tmp_path / "run"
     )
+    plan = plan_run(cfg)
     with pytest.raises(ValueError, match="teacher vocabulary"):
-        build_teacher(cfg, build_student(cfg))
+        build_teacher(plan, build_student(plan))

@@ -172,7 +172,8 @@ def test_reduced_variant_keeps_no_weight_of_a_reloaded_checkpoint(tmp_path):
     """The reduced-size baseline is trained from scratch even when model.name is a pretrained checkpoint dir."""
     import torch
 
-    from rrt.training import build
+    from rrt.factory.plan import plan_run
+    from rrt.factory.student import build_student
     from tests.tiny import tiny_model
 
     tiny_model("llama", 4, seed=3).save_pretrained(tmp_path / "hf")
@@ -180,7 +181,7 @@ def test_reduced_variant_keeps_no_weight_of_a_reloaded_checkpoint(tmp_path):
     cfg = compose_train(
         *TINY, f"model.name={tmp_path / 'hf'}", "model.source=pretrained", "variant=reduced", run_dir=tmp_path / "run"
     )
-    student = build.build_student(cfg)
+    student = build_student(plan_run(cfg))
     assert student.config.num_hidden_layers == 2 and student.config.rrt_pretrained is False
     assert not torch.equal(student.get_input_embeddings().weight, checkpoint["model.embed_tokens.weight"])
     for name, value in student.state_dict().items():

@@ -8,8 +8,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from rrt.cli.config_dir import CONF_DIR
 from rrt.cli.errors import one_line_errors
-from rrt.cli.train import CONF_DIR
 
 
 def mapping_lines(spec, num_layers: int) -> list[str]:
@@ -27,13 +27,15 @@ def mapping_lines(spec, num_layers: int) -> list[str]:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="convert")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    from rrt.factory.models import ModelChoice, architecture, num_layers, original_model
+    from rrt.factory.plan import recursion_spec
     from rrt.recursive import convert_to_recursive, count_params
     from rrt.recursive.io import save_converted
-    from rrt.training import build
 
-    spec = build.recursion_spec(cfg)
-    spec.validate(build.num_layers(build.architecture(cfg)))
-    model = build.original_model(cfg)
+    choice = ModelChoice.of(cfg.model)
+    spec = recursion_spec(cfg)
+    spec.validate(num_layers(architecture(choice)))
+    model = original_model(choice, int(cfg.seed))
     before = count_params(model)
     num_layers = int(model.config.num_hidden_layers)
     start = time.perf_counter()

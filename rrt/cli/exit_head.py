@@ -13,9 +13,10 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from rrt.cli.config_dir import CONF_DIR
 from rrt.cli.errors import one_line_errors
-from rrt.cli.evaluate import CONF_DIR, load_target, model_dir_of
 from rrt.errors import UserError
+from rrt.factory.targets import load_target, model_dir_of
 from rrt.serving.exit_head import ExitHeadFit, evaluate_exit_head, fit_exit_head, token_windows
 from rrt.validation import check_device
 

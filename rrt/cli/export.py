@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     from rrt.errors import UserError
+    from rrt.factory.models import saved_model_dir
     from rrt.recursive.export import export
     from rrt.recursive.io import load_converted
-    from rrt.training.build import saved_model_dir
 
     source = saved_model_dir(args.model)
     if source is None:

@@ -12,8 +12,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from rrt.cli.config_dir import CONF_DIR
 from rrt.cli.errors import one_line_errors
-from rrt.cli.evaluate import CONF_DIR, load_target, model_dir_of
+from rrt.factory.targets import load_target, model_dir_of
 from rrt.serving.exit_head import ExitHead
 from rrt.serving.runner import check_serve_settings, serve
 from rrt.validation import check_device, check_output_file

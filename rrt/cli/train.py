@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from rrt.cli.config_dir import CONF_DIR
 from rrt.cli.errors import one_line_errors
 from rrt.run_names import run_name
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 # hydra.run.dir / hydra.sweep.subdir: the run dir name of the job's overrides (also in SLURM workers, which import this)
 OmegaConf.register_new_resolver("rrt.run_name", lambda overrides: run_name(list(overrides)), replace=True)
 

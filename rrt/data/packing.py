@@ -9,8 +9,6 @@ the concatenated stream; only the final partial row is dropped.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import numpy as np
 from rrt.assets import load_tokenizer
 from rrt.cache import cache_root, file_lock
 from rrt.errors import UserError
-from rrt.utils.atomic import share_like_open
+from rrt.utils.atomic import atomic_open
 
 
 def special_ids(tokenizer) -> tuple[int, int]:
@@ -105,13 +103,6 @@ def cached_rows(texts: Callable[[], Iterable[str]], text_sha256: str, tokenizer:
         with file_lock(path.with_suffix(".lock")):
             if not path.is_file():
                 rows = pack_documents(texts(), load_tokenizer(tokenizer), seq_len)
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-                try:
-                    with os.fdopen(fd, "wb") as handle:
-                        np.save(handle, rows)
-                    share_like_open(tmp)  # mkstemp made it 0600
-                    os.replace(tmp, path)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+                with atomic_open(path, "wb") as handle:
+                    np.save(handle, rows)
     return np.load(path, mmap_mode="r")

@@ -16,7 +16,7 @@ from lm_eval.tasks import TaskManager
 from torch import nn
 
 from rrt.errors import UserError
-from rrt.evaluation import data
+from rrt.evaluation import benchmark_splits
 from rrt.evaluation.lm import RecursiveLM
 from rrt.evaluation.tasks import PAPER_TASKS, resolve_tasks, task_dir
 from rrt.recursive.model import RecursiveModel
@@ -34,7 +34,7 @@ def check_fewshot(tasks: Sequence[str], num_fewshot: int | None) -> None:
     """Few-shot examples must come from the split the harness samples them from; refuse where it is not local."""
     if not num_fewshot:
         return
-    missing = [t for t in tasks if "train" not in data.SPLITS[t] and t not in ("lambada_openai",)]
+    missing = [t for t in tasks if "train" not in benchmark_splits.TASK_SPLITS[t] and t not in ("lambada_openai",)]
     if missing:
         raise UserError(
             f"num_fewshot={num_fewshot}: no local train split (few-shot pool) for {missing}; "
@@ -55,7 +55,7 @@ def doc_selection(task: str, limit: int | float | None, subset: str = "first") -
     check_subset(subset)
     if limit is None or subset == "first":
         return {"limit": limit}
-    size = data.split_size(task)
+    size = benchmark_splits.split_size(task)
     count = min(size, math.ceil(size * limit) if limit < 1 else int(limit))  # a fraction as lm-eval reads it
     return {"limit": None, "samples": {task: [i * size // count for i in range(count)]}}
 
@@ -126,7 +126,7 @@ def evaluate(
     """
     names = resolve_tasks(tasks if isinstance(tasks, str) else list(tasks))
     check_fewshot(names, num_fewshot)
-    data.check_packages(names, need_train=bool(num_fewshot))
+    benchmark_splits.check_packages(names, need_train=bool(num_fewshot))
     selections = {task: doc_selection(task, limit, subset) for task in names}  # validates subset; once per task
     lms = {
         b: RecursiveLM(model, tokenizer, exit_loop=b, batch_size=batch_size, progress=progress)

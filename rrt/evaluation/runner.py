@@ -1,24 +1,23 @@
 """Evaluate an in-memory model from an ``eval`` config group: lm-eval accuracy and perplexity rows.
 
 eval.py (``rrt.cli.evaluate``) and train.py (after training) both call :func:`run_evaluation`;
-:func:`validate` lets either fail on a bad eval config before any model is loaded.
+`check_eval_config` lets either fail on a bad eval config before any model is loaded.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
 
 from rrt.errors import UserError
-from rrt.evaluation import data
+from rrt.evaluation import benchmark_splits
 from rrt.evaluation.harness import check_fewshot, check_subset, evaluate, exit_loop_list
 from rrt.evaluation.perplexity import check_window, perplexity, read_jsonl_texts
 from rrt.evaluation.tasks import resolve_tasks
 from rrt.records import RunRecord
-from rrt.utils.atomic import atomic_write_text
+from rrt.utils.atomic import atomic_write_json
 
 EVAL_KEY = ("task", "metric", "exit_loop", "num_fewshot", "limit", "subset")
 PPL_KEY = ("dataset", "exit_loop", "context", "stride")
@@ -63,7 +62,7 @@ def check_exit_loops(exit_loops, loops: int | None) -> None:
             )
 
 
-def validate(cfg_eval: DictConfig, loops: int | None = None) -> None:
+def check_eval_config(cfg_eval: DictConfig, loops: int | None = None) -> None:
     """Every configuration error, before a model is loaded (``loops``: the model's loop count, when known)."""
     limit = cfg_eval.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
@@ -72,7 +71,7 @@ def validate(cfg_eval: DictConfig, loops: int | None = None) -> None:
     tasks = _tasks(cfg_eval)
     check_fewshot(tasks, cfg_eval.get("num_fewshot"))
     check_subset(cfg_eval.get("subset", "first"))
-    data.check_packages(tasks, need_train=bool(cfg_eval.get("num_fewshot")))
+    benchmark_splits.check_packages(tasks, need_train=bool(cfg_eval.get("num_fewshot")))
     if _ppl_sources(cfg_eval):
         ppl = cfg_eval.perplexity
         check_window(int(ppl.get("context_len", 1024)), int(ppl.get("stride", 512)))
@@ -91,7 +90,7 @@ def run_evaluation(
     cfg_eval: DictConfig, model, tokenizer, record: RunRecord | None = None, output: str | Path | None = None
 ) -> dict[str, list[dict]]:
     """Accuracy rows and perplexity rows for ``model``; saved into ``record`` / ``output`` as they come."""
-    validate(cfg_eval)
+    check_eval_config(cfg_eval)
     results: dict[str, list[dict]] = {"evals": [], "perplexity": []}
     exit_loops = cfg_eval.get("exit_loops")
     # fails on a loop the model does not have, before any compute
@@ -103,7 +102,7 @@ def run_evaluation(
         if record is not None:
             record.replace_rows(section, rows, key=key)
         if output is not None:
-            atomic_write_text(Path(output), json.dumps(results, indent=1))
+            atomic_write_json(Path(output), results)
 
     tasks = _tasks(cfg_eval)
     if tasks:

@@ -15,7 +15,7 @@ import lm_eval
 import yaml
 
 from rrt.errors import UserError
-from rrt.evaluation import data
+from rrt.evaluation import benchmark_splits
 from rrt.utils.atomic import atomic_write_text
 
 GROUP = "paper7"
@@ -60,20 +60,20 @@ def resolve_tasks(tasks: str | list[str]) -> list[str]:
 
 def task_config(task: str) -> dict:
     """The override config of one task: include the built-in file, read our local jsonl splits."""
-    splits = data.SPLITS[task]
+    splits = benchmark_splits.TASK_SPLITS[task]
     return {
         "include": str(builtin_yaml(task)),
         "task": task,
         "dataset_path": "json",
         "dataset_name": None,
-        "dataset_kwargs": {"data_files": {split: str(data.materialize(task, split)) for split in splits}},
+        "dataset_kwargs": {"data_files": {split: str(benchmark_splits.materialize(task, split)) for split in splits}},
         **{key: (split if split in splits else None) for split, key in SPLIT_KEYS.items()},
     }
 
 
 def task_dir(tasks: list[str]) -> Path:
     """Write the task YAMLs (and the ``paper7`` group) for ``tasks``; return the dir for ``include_path``."""
-    directory = data.data_dir().parent.parent / "tasks" / f"lm-eval-{lm_eval.__version__}"
+    directory = benchmark_splits.data_dir().parent.parent / "tasks" / f"lm-eval-{lm_eval.__version__}"
     for task in tasks:
         atomic_write_text(directory / f"{task}.yaml", yaml.safe_dump(task_config(task), sort_keys=False))
     if set(tasks) == set(PAPER_TASKS):

@@ -26,7 +26,7 @@ from transformers.initialization import no_init_weights
 from rrt.errors import UserError
 from rrt.recursive.convert import convert_to_recursive, recursion_spec_of
 from rrt.recursive.spec import RecursionSpec
-from rrt.utils.atomic import atomic_write_text, share_like_open
+from rrt.utils.atomic import atomic_path, atomic_write_json
 
 WEIGHTS = "model.safetensors"
 SPEC = "recursion.json"
@@ -56,11 +56,9 @@ def save_converted(model: nn.Module, directory: str | Path, tokenizer=None) -> P
     spec = recursion_spec_of(model)
     if spec is not None:
         refuse_stock_loaders(directory)
-    atomic_write_text(directory / SPEC, json.dumps({"recursion": spec.to_dict() if spec else None}, indent=2))
-    tmp = directory / (WEIGHTS + ".tmp")
-    save_file({k: v.cpu() for k, v in unique_state(model).items()}, str(tmp), metadata={"format": "pt"})
-    share_like_open(tmp)  # safetensors creates it 0600
-    tmp.replace(directory / WEIGHTS)
+    atomic_write_json(directory / SPEC, {"recursion": spec.to_dict() if spec else None}, indent=2)
+    with atomic_path(directory / WEIGHTS) as tmp:  # safetensors creates it 0600; atomic_path shares it
+        save_file({k: v.cpu() for k, v in unique_state(model).items()}, str(tmp), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory
@@ -69,7 +67,7 @@ def save_converted(model: nn.Module, directory: str | Path, tokenizer=None) -> P
 def refuse_stock_loaders(directory: Path) -> None:
     """Make transformers' ``from_pretrained`` (and so ``lm_eval --model hf``) raise :data:`HF_REFUSAL` on this dir."""
     config = json.loads((directory / CONFIG).read_text())
-    atomic_write_text(directory / CONFIG, json.dumps({**config, "transformers_weights": HF_REFUSAL}, indent=2) + "\n")
+    atomic_write_json(directory / CONFIG, {**config, "transformers_weights": HF_REFUSAL}, indent=2, newline=True)
 
 
 def is_saved_model_dir(directory: str | Path) -> bool:

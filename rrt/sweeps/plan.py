@@ -84,7 +84,7 @@ def job_run_dir(sweep_config: DictConfig) -> Path:
         return Path(str(sweep_config.hydra.sweep.dir), str(sweep_config.hydra.sweep.subdir)).absolute()
 
 
-def validate(sweep_config: DictConfig, run_dir: Path) -> None:
+def preflight_job(sweep_config: DictConfig, run_dir: Path) -> None:
     """The training preflight (budget divisibility over nodes x devices, variant, writable run dir) for one job."""
     from rrt.training.preflight import preflight
 
@@ -110,7 +110,7 @@ def plan_jobs(
         sweep_config = config_loader.load_sweep_config(master_config, list(overrides))
         run_dir = job_run_dir(sweep_config)
         try:
-            validate(sweep_config, run_dir)
+            preflight_job(sweep_config, run_dir)
         except (ValueError, FileNotFoundError, PermissionError) as error:
             if not keep_going:
                 raise UserError(

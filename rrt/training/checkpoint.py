@@ -6,12 +6,13 @@ shards are written first, so renaming the file into place commits both, and dirs
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from rrt.utils.atomic import atomic_path
 
 SHARDS_DIR = "shards"
 SHARDS_KEY = "rrt_shards"  # in a sharded checkpoint's file: the name of its dir under shards/
@@ -21,10 +22,9 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that writes to ``<file>.tmp`` and renames it into place (rank 0)."""
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
-        tmp = f"{filepath}.tmp"
-        super()._save_checkpoint(trainer, tmp)
+        with atomic_path(filepath, owner=trainer.is_global_zero) as tmp:
+            super()._save_checkpoint(trainer, str(tmp))
         if trainer.is_global_zero:
-            os.replace(tmp, filepath)
             prune_shards(Path(filepath).parent)
         trainer.strategy.barrier("atomic_checkpoint")
         self._last_checkpoint_saved = filepath
@@ -47,10 +47,9 @@ class StepBoundary:
 def save_last_checkpoint(trainer) -> Path:
     """Save ``<run dir>/checkpoints/last.ckpt`` (what ``train(resume=auto)`` reads) on every rank, atomically."""
     path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
-    tmp = path.with_name(path.name + ".tmp")
-    trainer.save_checkpoint(tmp)
+    with atomic_path(path, owner=trainer.is_global_zero) as tmp:
+        trainer.save_checkpoint(tmp)
     if trainer.is_global_zero:
-        os.replace(tmp, path)
         prune_shards(path.parent)
     trainer.strategy.barrier("save_last_checkpoint")
     return path
@@ -89,9 +88,8 @@ def drop_optimizer_state(run_dir: str | Path) -> None:
     state = torch.load(last, map_location="cpu", weights_only=True)
     for key in ("optimizer_states", "lr_schedulers"):
         state.pop(key, None)
-    tmp = last.with_name(last.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, last)
+    with atomic_path(last) as tmp:
+        torch.save(state, tmp)
     for path in directory.glob("*.ckpt"):
         if path.name != last.name:
             path.unlink()

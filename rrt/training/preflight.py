@@ -1,8 +1,8 @@
 """Every check of a training config that needs no compute, run before any model is built.
 
-The order is the order a user would fix things in: where the run goes, the keys' types and ranges, the model and
-its recursion, the budget, the data files, the teacher and start run, the devices, the evaluation. Each failure is
-a ``UserError`` naming the key or file and what to change.
+The order is the order a user would fix things in: where the run goes, the keys' types and ranges, the model, its
+start run and teacher (resolved once into the run's ``RunPlan``, rrt.factory.plan), its recursion, the budget, the
+data files, the devices, the evaluation. Each failure is a ``UserError`` naming the key or file and what to change.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from omegaconf import DictConfig
 
 from rrt.data.jsonl import check_jsonl, expand_files
 from rrt.errors import UserError
-from rrt.training import build
-from rrt.training.budget import Budget
+from rrt.factory.models import VARIANTS, check_model_name, check_model_source, num_layers
+from rrt.factory.plan import RunPlan, plan_run
+from rrt.recursive import RecursionSpec
 from rrt.validation import (
     ANY_INT,
     COUNT,
@@ -106,75 +107,96 @@ def check_data_files(cfg: DictConfig) -> None:
             check_jsonl(path, cfg.data.get("text_field", "text"))
 
 
-def check_seq_len(cfg: DictConfig, arch) -> None:
-    limit = getattr(arch, "max_position_embeddings", None)
-    if limit and int(cfg.budget.seq_len) > limit:
+def check_seq_len(plan: RunPlan) -> None:
+    limit = getattr(plan.architecture, "max_position_embeddings", None)
+    if limit and plan.budget.seq_len > limit:
         raise UserError(
-            f"budget.seq_len={cfg.budget.seq_len} exceeds the model's {limit} positions "
+            f"budget.seq_len={plan.budget.seq_len} exceeds the model's {limit} positions "
             f"(max_position_embeddings): use budget.seq_len<={limit}"
         )
 
 
-def check_loss_config(cfg: DictConfig) -> None:
+def check_loss_config(plan: RunPlan) -> None:
     """Settings that would give a meaningless objective."""
-    if cfg.early_exit.loss != "none" and cfg.variant.name != "recursive":
+    if plan.early_exit.enabled and plan.variant != "recursive":
         raise UserError("early_exit needs a looped model: use variant=recursive")
-    if cfg.early_exit.loss != "none" and int(cfg.recursion.loops) == 1:
+    if plan.early_exit.enabled and plan.spec.loops == 1:
         raise UserError("early_exit needs at least two loops to exit from: use recursion.loops>=2")
 
 
-def make_budget(cfg: DictConfig, world_size: int) -> Budget:
-    budget = Budget(
-        tokens=int(cfg.budget.tokens),
-        seq_len=int(cfg.budget.seq_len),
-        global_batch=int(cfg.budget.global_batch),
-        micro_batch_size=int(cfg.budget.micro_batch_size),
-        world_size=world_size,
-        warmup_steps=int(cfg.budget.warmup_steps),
-    )
-    budget.validate()
-    return budget
-
-
-def world_size(trainer_cfg: DictConfig) -> int:
-    """devices x num_nodes, resolving 'auto' / -1 the way Lightning does for the chosen accelerator."""
-    devices = trainer_cfg.get("devices", 1)
-    if devices in ("auto", -1, "-1"):
-        accelerator = trainer_cfg.get("accelerator", "cpu")
-        devices = (
-            torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else 1
+def check_variant(plan: RunPlan) -> None:
+    """Reject meaningless combinations before any weight is loaded."""
+    variant, spec = plan.variant, plan.spec
+    if variant not in VARIANTS:
+        raise UserError(f"unknown variant {variant!r}; supported: {list(VARIANTS)}")
+    spec.validate(num_layers(plan.architecture))
+    if variant in ("full", "reduced") and spec.lora.enabled:
+        raise UserError(f"variant={variant} has no shared layers to relax: set lora.rank=0 (got {spec.lora.rank})")
+    if variant == "reduced" and spec.init != "random":
+        raise UserError(
+            "variant=reduced is trained from scratch (the paper's reduced-size baseline) and selects init=random "
+            f"itself: drop init={spec.init}"
         )
-    elif isinstance(devices, (list, tuple)) or hasattr(devices, "__len__") and not isinstance(devices, str):
-        devices = len(devices)
-    return int(devices) * int(trainer_cfg.get("num_nodes", 1))
 
 
-def preflight(cfg: DictConfig) -> tuple[Budget, Path]:
-    """Every check that can fail without compute, in the order a user would fix them."""
+def check_start_model(plan: RunPlan, explicit: list[str]) -> None:
+    """A converted start model is post-trained as it was built: an explicit override that contradicts its
+    recursion (e.g. ``lora.rank=8`` on an r=64 model) would be silently ignored, so it is an error."""
+    if plan.start_spec is None:
+        return
+    requested = _spec_keys(plan.spec)
+    built = _spec_keys(plan.start_spec)
+    touched = [
+        key
+        for key in built
+        if requested[key] != built[key] and any(key == o or key.startswith(o + ".") for o in explicit)
+    ]
+    if touched:
+        said = ", ".join(f"{key}={requested[key]}" for key in touched)
+        was = ", ".join(f"{key}={built[key]}" for key in touched)
+        raise UserError(
+            f"model.name={plan.model.name} is a converted model ({was}); {said} contradicts it: drop the "
+            "override (a loaded model is trained as it was built) or convert the original model again"
+        )
+
+
+def _spec_keys(spec: RecursionSpec) -> dict[str, object]:
+    """A spec as the config keys that set it (``init`` is the group, ``init.norm_init`` a key in it)."""
+    lora = spec.lora
+    return {
+        "recursion.loops": spec.loops,
+        "recursion.looping": spec.looping,
+        "init": spec.init,
+        "init.norm_init": spec.norm_init,
+        "lora.rank": lora.rank,
+        "lora.init": lora.init,
+        "lora.adapter": lora.adapter,
+        **{f"lora.ranks.{g}": (lora.ranks or {}).get(g) for g in ("q", "kv", "o", "ffn")},
+        "lora.svd": lora.svd,
+        "lora.freeze_shared": lora.freeze_shared,
+    }
+
+
+def preflight(cfg: DictConfig) -> RunPlan:
+    """Every check that can fail without compute, in the order a user would fix them; the run's plan."""
     run_dir = Path(cfg.paths.run_dir)
     check_writable(run_dir)
     if cfg.resume not in ("auto", "never"):
         raise UserError(f"resume={cfg.resume!r}; supported: ['auto', 'never']")
     check_required(cfg)
     check_numbers(cfg)
-    build.check_model_source(str(cfg.model.source))
-    build.check_model_name(str(cfg.model.name))
-    arch = build.architecture(cfg)
-    build.check_variant(cfg, build.num_layers(arch))
-    build.check_start_model(cfg, explicit_overrides())
-    check_seq_len(cfg, arch)
-    budget = make_budget(cfg, world_size(cfg.trainer))
-    check_loss_config(cfg)
+    check_model_source(str(cfg.model.source))
+    check_model_name(str(cfg.model.name))
+    plan = plan_run(cfg)  # resolves the architecture, the start model and the teacher (a bad one fails here)
+    check_variant(plan)
+    check_start_model(plan, explicit_overrides())
+    check_seq_len(plan)
+    plan.budget.validate()
+    check_loss_config(plan)
     check_data_files(cfg)
-    build.teacher_dir(cfg)
     check_devices(cfg)
-    if evaluates(cfg):
-        from rrt.evaluation.runner import validate
+    if plan.evaluates:
+        from rrt.evaluation.runner import check_eval_config
 
-        validate(cfg.eval, loops=build.loops_of(cfg))
-    return budget, run_dir
-
-
-def evaluates(cfg: DictConfig) -> bool:
-    """Whether the run evaluates after training (eval tasks or perplexity configured; eval=none has neither)."""
-    return bool(cfg.eval.get("tasks") or cfg.eval.get("perplexity"))
+        check_eval_config(cfg.eval, loops=plan.loops)
+    return plan

