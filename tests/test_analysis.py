@@ -273,34 +273,6 @@ def test_runs_are_keyed_by_their_path_below_the_root(tmp_path):
     assert sorted(runs["run"]) == ["sweep_a/0", "sweep_b/0"] and runs["run_id"].tolist() == ["0", "0"]
 
 
-def test_wandb_offline_run_is_read(tmp_path, monkeypatch):
-    wandb = pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    run = wandb.init(project="rrt", dir=tmp_path / "run", config={"setting": {"init": "average", "lora_rank": 64}})
-    for step in range(3):
-        run.log({"step": step, "loss": 3.0 - step})
-    run.summary["ppl"] = 12.5
-    run.finish()
-    wandb.teardown()  # the wandb service writes the run's last records (exit) asynchronously; wait for it
-    runs = load_runs(tmp_path)
-    assert not runs.problems
-    row = runs.runs.iloc[0]
-    assert row["status"] == "complete" and row["setting.init"] == "average" and row["setting.lora_rank"] == 64
-    assert row["summary.ppl"] == 12.5
-    assert runs.metrics.sort_values("step")["loss"].tolist() == [3.0, 2.0, 1.0]
-
-
-def test_run_with_a_record_is_not_read_twice_from_wandb(tmp_path, monkeypatch):
-    wandb = pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    wandb.init(project="rrt", dir=tmp_path / "run").finish()
-    wandb.teardown()
-    RunRecord.create(tmp_path / "run", setting=dict(BASE_SETTING), status="complete")
-    assert load_runs(tmp_path).runs["run"].tolist() == ["run"]
-
-
 # --- tables --------------------------------------------------------------------------------------------------------
 
 EXPECTED_CHECKS = {  # ours, on the synthetic sweep

@@ -12,8 +12,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from rrt.assets import MODELS, check_hub_model, is_hub_id
 from rrt.data.jsonl import check_jsonl, expand_files
 from rrt.errors import UserError
+from rrt.recursive.io import dtype_named
 from rrt.training import build
 from rrt.training.budget import Budget
 from rrt.validation import (
@@ -60,6 +62,20 @@ def check_numbers(cfg: DictConfig) -> None:
             cfg.distill.temperature,
             Rule(float, lambda v: v > 0, "> 0 (the paper's KD uses 1.0)"),
         )
+
+
+def check_hub_id(cfg: DictConfig) -> None:
+    """``model.name=<org/name>``: a hub model, downloaded by transformers where the network is allowed. Its tokenizer
+    must come with it (a model group's embedded tokenizer has another vocabulary), and offline it must be cached."""
+    name, tokenizer = str(cfg.model.name), str(cfg.model.tokenizer)
+    if not is_hub_id(name):
+        return
+    if tokenizer in MODELS:
+        raise UserError(
+            f"model.name={name} is a hub model, but model.tokenizer={tokenizer} is the model group's embedded "
+            f"tokenizer (another vocabulary): pass model.tokenizer={name} too"
+        )
+    check_hub_model(name, key="model.name")
 
 
 def check_writable(run_dir: Path) -> None:
@@ -157,7 +173,9 @@ def preflight(cfg: DictConfig) -> tuple[Budget, Path]:
         raise UserError(f"resume={cfg.resume!r}; supported: ['auto', 'never']")
     check_required(cfg)
     check_numbers(cfg)
+    dtype_named(str(cfg.get("save_dtype", "float32")))
     build.check_model_source(str(cfg.model.source))
+    check_hub_id(cfg)
     build.check_model_name(str(cfg.model.name))
     arch = build.architecture(cfg)
     build.check_variant(cfg, build.num_layers(arch))
