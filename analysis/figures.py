@@ -1,9 +1,12 @@
-"""The paper's figures in its style, paper points beside ours: Fig. 4/5 (accuracy vs N-emb), loss curves per
-init (our ``metrics``; the paper prints no loss numbers), Fig. 8 (throughput vs accuracy).
+"""The paper's figures in its style: Fig. 4/5 (score vs N-emb), loss curves per init (our ``metrics``; the paper
+prints no loss numbers), Fig. 8 (throughput vs score).
 
-Our points carry their standard errors as error bars where the runs give one, and our panel's title states the
-token budget behind them and whether it meets the minimum a conclusion needs (``analysis.checks.MIN_TOKENS``): a
-figure must not suggest a ranking the checks would call inconclusive.
+One metric per figure: the paper's points (accuracy) and ours (accuracy where the runs have it, else held-out
+perplexity or loss: see ``analysis.columns.BASES``) are separate figures, never two panels that look comparable.
+Perplexity is drawn on a log axis. Our points carry 95% error bars (1.96 SE) where seeds or the evaluation give a
+standard error, and each title of ours states the token budget behind the points and whether it meets the minimum a
+conclusion needs (``analysis.checks.MIN_TOKENS``): a figure must not suggest a ranking the checks would call
+inconclusive. A figure without data is not drawn: :func:`all_figures` lists it in ``omitted`` with the reason.
 
 Figures are plain ``matplotlib.figure.Figure`` objects (no pyplot state): ``savefig`` renders them with Agg,
 headless, and a notebook shows them with ``display(figure)``.
@@ -42,7 +45,7 @@ BASELINE_STYLE = {
 }
 BASIS_LABEL = {
     AVG: "Few-shot accuracy, Avg of 7 tasks (%)",
-    "ppl": "Held-out perplexity (lower is better)",
+    "ppl": "Held-out perplexity, log scale (lower is better)",
     "val_loss": "Final validation CE (lower is better)",
     "loss": "Final training CE (lower is better)",
 }
@@ -61,8 +64,33 @@ def kind(row: pd.Series) -> str:
     return f"recursive ({row.get('init')})"
 
 
+class Figures(dict):
+    """Figure name -> Figure, in display order; ``omitted``: figure name -> why it was not drawn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.omitted: dict[str, str] = {}
+
+    def add(self, name: str, figure: Figure | str) -> None:
+        """A figure, or (a string) the reason there is none."""
+        if isinstance(figure, str):
+            self.omitted[name] = figure
+        else:
+            self[name] = figure
+
+
+METRIC_SLUG = {AVG: "accuracy", "ppl": "perplexity", "val_loss": "val_loss", "loss": "train_loss"}
+
+
+def _error_bars(se: pd.Series, y: pd.Series, log: bool):
+    """95% intervals; on a log axis the lower bar stops short of zero."""
+    half = Z * se
+    return [half.clip(upper=y * 0.999), half] if log else half
+
+
 def _scatter(ax: Axes, frame: pd.DataFrame, x: str, y: str, label_ranks: bool = False) -> None:
-    """One series per kind; a ``<y>_se`` column draws 95% error bars (1.96 SE)."""
+    """One series per kind; a ``<y>_se`` column draws 95% error bars (1.96 SE); perplexity on a log axis."""
+    log = y == "ppl"
     for label, group in frame.groupby(frame.apply(kind, axis=1), sort=True):
         group = group.sort_values(x)
         if label in BASELINE_STYLE:
@@ -75,7 +103,8 @@ def _scatter(ax: Axes, frame: pd.DataFrame, x: str, y: str, label_ranks: bool = 
             line = "-" if label.startswith("relaxed") and len(group) > 1 else ""
             ax.plot(group[x], group[y], line, label=label, markersize=7, color=color, marker=marker)
         if f"{y}_se" in group and group[f"{y}_se"].notna().any():
-            ax.errorbar(group[x], group[y], yerr=Z * group[f"{y}_se"], fmt="none", ecolor=color, capsize=3)
+            yerr = _error_bars(group[f"{y}_se"].fillna(0.0), group[y], log)
+            ax.errorbar(group[x], group[y], yerr=yerr, fmt="none", ecolor=color, capsize=3)
         if label_ranks and "lora_rank" in group:
             for _, point in group.dropna(subset=["lora_rank"]).iterrows():
                 if point["lora_rank"] > 0:
@@ -86,6 +115,8 @@ def _scatter(ax: Axes, frame: pd.DataFrame, x: str, y: str, label_ranks: bool = 
                         xytext=(4, 4),
                         fontsize=7,
                     )
+    if log:
+        ax.set_yscale("log")
 
 
 def _paper_points(model: str) -> pd.DataFrame:
@@ -114,13 +145,8 @@ def _ours_basis(summary: pd.DataFrame) -> str | None:
     return next((b for b in BASES if b in summary and summary[b].notna().any()), None)
 
 
-def _finish_ours(ax: Axes, basis: str | None) -> None:
-    if basis is None:
-        ax.text(0.5, 0.5, "no complete runs with scores", ha="center", va="center", transform=ax.transAxes)
-        return
+def _finish_ours(ax: Axes, basis: str) -> None:
     ax.set_ylabel(BASIS_LABEL[basis])
-    if not BASES[basis]:
-        ax.invert_yaxis()  # better is up, as in the paper's panels
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
 
@@ -155,45 +181,59 @@ def _ours_points(summary: pd.DataFrame, basis: str) -> pd.DataFrame:
     return points.reset_index()
 
 
-def accuracy_vs_params(runs: Runs, model: str = PAPER_MODEL, min_tokens: int = MIN_TOKENS) -> Figure:
-    """Fig. 4/5 style: score vs non-embedding parameters, recursive / relaxed vs full-size and reduced-size."""
-    fig = Figure(figsize=(12, 4.5))
-    left, right = fig.subplots(1, 2)
-    _scatter(left, _paper_points(model), "n_emb", AVG, label_ranks=True)
-    left.set(
+def paper_accuracy_vs_params(model: str = PAPER_MODEL) -> Figure:
+    """Fig. 4/5: the paper's few-shot accuracy vs non-embedding parameters, recursive / relaxed vs the baselines."""
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    _scatter(ax, _paper_points(model), "n_emb", AVG, label_ranks=True)
+    ax.set(
         title=f"Paper: {model}, B=2, 15B tokens (Tables F.1, G.2)",
         xlabel="Non-embedding parameters (B)",
         ylabel=BASIS_LABEL[AVG],
     )
-    left.legend(fontsize=7)
-    summary = runs.summary()
-    basis = _ours_basis(summary)
-    if basis is not None:
-        # as in the paper's panel: no KD, no early exit, the smallest uptraining budget (or the runs' only one)
-        summary = matching(summary.assign(**{TIER: budget_tiers(summary)}), {"distill": "none", "early_exit": "none"})
-        summary = summary[summary[TIER].isin([0, ORIGINAL]) | summary[TIER].isna()]
-        summary = summary[~((summary["variant"] == "full") & (summary[TIER] == ORIGINAL))]
-        ours = _ours_points(summary, basis)
-        scale, unit = _unit(ours["n_emb"].max() if len(ours) else 1.0)
-        _scatter(right, ours.assign(n_emb=ours["n_emb"] * scale), "n_emb", basis, label_ranks=True)
-    models = ", ".join(sorted(summary["model"].dropna().unique())) if "model" in summary else ""
-    title = f"Ours: {models}\n{budget_caption(summary, min_tokens)}" if models else "Ours: no runs"
-    right.set(title=title, xlabel=f"Non-embedding parameters ({unit if basis else 'B'})")
-    _finish_ours(right, basis)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def loss_curves(runs: Runs, min_tokens: int = MIN_TOKENS) -> Figure:
-    """Training CE per step of every complete run, coloured by init (the paper's Fig. F.1 shows only curves)."""
-    fig = Figure(figsize=(7, 4.5))
+def _comparable(summary: pd.DataFrame) -> pd.DataFrame:
+    """As in the paper's Fig. 4/5: no KD, no early exit, the smallest uptraining budget (or the runs' only one)."""
+    summary = matching(summary.assign(**{TIER: budget_tiers(summary)}), {"distill": "none", "early_exit": "none"})
+    summary = summary[summary[TIER].isin([0, ORIGINAL]) | summary[TIER].isna()]
+    return summary[~((summary["variant"] == "full") & (summary[TIER] == ORIGINAL))]
+
+
+def ours_vs_params(runs: Runs, min_tokens: int = MIN_TOKENS) -> Figure | str:
+    """Fig. 4/5 for our runs: their score (one metric: the first of ``BASES`` they have) vs non-embedding
+    parameters; a string saying why when no complete run has a score."""
+    summary = runs.summary()
+    basis = _ours_basis(summary)
+    if basis is None:
+        return "no complete run has a score (accuracy, perplexity or loss)"
+    summary = _comparable(summary)
+    ours = _ours_points(summary, basis)
+    if ours.empty:
+        return f"no complete run without KD or early exit has {basis} and a parameter count"
+    scale, unit = _unit(ours["n_emb"].max())
+    fig = Figure(figsize=(6.5, 4.5))
     ax = fig.subplots()
+    _scatter(ax, ours.assign(n_emb=ours["n_emb"] * scale), "n_emb", basis, label_ranks=True)
+    models = ", ".join(sorted(summary["model"].dropna().unique())) if "model" in summary else "?"
+    ax.set(title=f"Ours: {models}\n{budget_caption(summary, min_tokens)}", xlabel=f"Non-embedding parameters ({unit})")
+    _finish_ours(ax, basis)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(runs: Runs, min_tokens: int = MIN_TOKENS) -> Figure | str:
+    """Training CE per step of every complete run, coloured by init (the paper's Fig. F.1 shows only curves)."""
     summary = runs.summary().set_index("run")
     metrics = runs.metrics
     column = "ce" if "ce" in metrics else ("loss" if "loss" in metrics else None)
-    if column is None or summary.empty:
-        ax.text(0.5, 0.5, "no training metrics in the runs", ha="center", va="center", transform=ax.transAxes)
-        return fig
+    if column is None or summary.empty or metrics.dropna(subset=[column]).empty:
+        return "no complete run has training metrics"
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for run, curve in metrics.dropna(subset=[column]).groupby("run"):
         if run not in summary.index:
             continue
@@ -204,62 +244,72 @@ def loss_curves(runs: Runs, min_tokens: int = MIN_TOKENS) -> Figure:
         style = "--" if pd.notna(setting.get("lora_rank")) and setting.get("lora_rank", 0) > 0 else "-"
         ax.plot(curve["step"], curve[column], style, color=color, label=kind(setting), linewidth=1.2)
     title = f"Ours: training loss per init (dashed: relaxed)\n{budget_caption(summary, min_tokens)}"
-    ax.set(title=title, xlabel="Step", ylabel=f"Training {column}")
+    ax.set(title=title, xlabel="Step", ylabel=f"Training {'CE' if column == 'ce' else column}")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     return fig
 
 
-def throughput_vs_accuracy(table_k2: PaperTable) -> Figure:
-    """Fig. 8 style: throughput vs final accuracy; paper from Fig. 8's rows, ours from the K.2 table's ours rows."""
-    fig = Figure(figsize=(12, 4.5))
-    left, right = fig.subplots(1, 2)
-    paper = paper_table("Fig. 8")
-    for _, row in paper.iterrows():
+def paper_throughput_vs_accuracy() -> Figure:
+    """Fig. 8: the paper's simulated throughput vs few-shot accuracy, with each engine's speed-up over vanilla."""
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    for _, row in paper_table("Fig. 8").iterrows():
         label = (
             ("vanilla" if row["batching"] == "static" else "vanilla + CSB")
             if pd.isna(row["loops"])
             else ("recursive + CDB" if pd.isna(row["lora_rank"]) else f"relaxed r{int(row['lora_rank'])} + CDB")
         )
-        left.scatter(row["throughput"], row["acc"], s=60, marker="*" if pd.isna(row["loops"]) else "o")
-        left.annotate(
+        ax.scatter(row["throughput"], row["acc"], s=60, marker="*" if pd.isna(row["loops"]) else "o")
+        ax.annotate(
             f"{label} (x{row['speedup_vanilla']:.2f})",
             (row["throughput"], row["acc"]),
             textcoords="offset points",
             xytext=(4, 4),
             fontsize=7,
         )
-    left.set(
+    ax.set(
         title="Paper Fig. 8: Gemma, simulated A100 throughput", xlabel="Throughput (tokens/s)", ylabel=BASIS_LABEL[AVG]
     )
-    frame = table_k2.frame
-    ours = frame[(frame["source"] == "ours")].dropna(subset=["throughput"])
-    basis = table_k2.basis
-    if not ours.empty and basis is not None and ours[basis].notna().any():
-        for _, row in (
-            ours.dropna(subset=[basis]).drop_duplicates(["model", "variant", "lora_rank", "engine"]).iterrows()
-        ):
-            right.scatter(row["throughput"], row[basis], s=60)
-            right.annotate(
-                f"{kind(row)} + {row['engine']} (x{row['speedup_vanilla']:.2f})",
-                (row["throughput"], row[basis]),
-                textcoords="offset points",
-                xytext=(4, 4),
-                fontsize=7,
-            )
-        right.set_ylabel(BASIS_LABEL[basis])
-        if not BASES[basis]:
-            right.invert_yaxis()
-    else:
-        right.text(0.5, 0.5, "no runs with throughput and scores", ha="center", va="center", transform=right.transAxes)
-    right.set(title="Ours: measured throughput", xlabel="Throughput (tokens/s)")
+    ax.margins(x=0.2)  # room for the rightmost point's label
     fig.tight_layout()
     return fig
 
 
-def all_figures(runs: Runs, tables: dict[str, PaperTable], min_tokens: int = MIN_TOKENS) -> dict[str, Figure]:
-    return {
-        "accuracy_vs_params": accuracy_vs_params(runs, min_tokens=min_tokens),
-        "loss_curves": loss_curves(runs, min_tokens),
-        "throughput_vs_accuracy": throughput_vs_accuracy(tables["K.2"]),
-    }
+def ours_throughput(table_k2: PaperTable) -> Figure | str:
+    """Fig. 8 for our runs: measured throughput vs their score (the K.2 table's ours rows, one metric)."""
+    frame, basis = table_k2.frame, table_k2.basis
+    ours = frame[(frame["source"] == "ours")].dropna(subset=["throughput"])
+    if ours.empty or basis is None or not ours[basis].notna().any():
+        return "no complete run has both a measured throughput and a score"
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    for _, row in ours.dropna(subset=[basis]).drop_duplicates(["model", "variant", "lora_rank", "engine"]).iterrows():
+        ax.scatter(row["throughput"], row[basis], s=60)
+        ax.annotate(
+            f"{kind(row)} + {row['engine']} (x{row['speedup_vanilla']:.2f})",
+            (row["throughput"], row[basis]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=7,
+        )
+    if basis == "ppl":
+        ax.set_yscale("log")
+    ax.set(title="Ours: measured throughput", xlabel="Throughput (tokens/s)", ylabel=BASIS_LABEL[basis])
+    ax.margins(x=0.2)
+    fig.tight_layout()
+    return fig
+
+
+def all_figures(runs: Runs, tables: dict[str, PaperTable], min_tokens: int = MIN_TOKENS) -> Figures:
+    """Every figure, paper and ours apart; those without data are in ``.omitted`` with the reason."""
+    figures = Figures()
+    basis = _ours_basis(runs.summary())
+    metric = METRIC_SLUG.get(basis, "score")
+    figures.add("paper_accuracy_vs_params", paper_accuracy_vs_params())
+    figures.add(f"ours_{metric}_vs_params", ours_vs_params(runs, min_tokens))
+    figures.add("loss_curves", loss_curves(runs, min_tokens))
+    figures.add("paper_throughput_vs_accuracy", paper_throughput_vs_accuracy())
+    k2_metric = METRIC_SLUG.get(tables["K.2"].basis or basis, "score")
+    figures.add(f"ours_throughput_vs_{k2_metric}", ours_throughput(tables["K.2"]))
+    return figures

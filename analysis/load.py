@@ -18,7 +18,7 @@ import pandas as pd
 
 from analysis.columns import AVG, TASK_COLUMNS, TASKS
 from analysis.uncertainty import avg_se, bootstrap_ppl_se
-from rrt.records import LIST_SECTIONS, RECORD_NAME, read_records
+from rrt.records import LIST_SECTIONS, read_records
 
 RUN_SECTIONS = ("setting", "params", "budget", "cluster", "timings", "summary")
 RUN_FIELDS = ("run", "run_id", "status", "record_path", "git_revision", "created", "updated")
@@ -69,9 +69,8 @@ class Runs:
         return out.reset_index()
 
 
-def load_runs(*roots: str | Path, wandb: bool = True) -> Runs:
-    """Load every ``record.json`` under ``roots`` (corrupt or partial ones land in ``problems``, by path);
-    with ``wandb``, also runs that only left a wandb offline directory (see ``analysis.wandb_offline``).
+def load_runs(*roots: str | Path) -> Runs:
+    """Load every ``record.json`` under ``roots`` (corrupt or partial ones land in ``problems``, by path).
     A root that does not exist raises :class:`MissingRoot`."""
     missing = [str(root) for root in roots if not Path(root).exists()]
     if missing:
@@ -79,7 +78,7 @@ def load_runs(*roots: str | Path, wandb: bool = True) -> Runs:
     found: list[tuple[Path, dict[str, Any]]] = []
     problems: list[tuple[Path, str]] = []
     for root in map(Path, roots):
-        records, root_problems = _read_root(root, wandb)
+        records, root_problems = read_records(root)
         found += [(root, record) for record in records]
         problems += root_problems
     found = _once_per_path(found)
@@ -94,18 +93,6 @@ def load_runs(*roots: str | Path, wandb: bool = True) -> Runs:
     )
 
 
-def _read_root(root: Path, wandb: bool) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
-    records, problems = read_records(root)
-    if wandb:
-        from analysis.wandb_offline import read_offline_runs  # imports wandb (slow): only when asked
-
-        known = {Path(r["record_path"]).parent.resolve() for r in records}
-        extra, wandb_problems = read_offline_runs(root, skip_run_dirs=known)
-        records += extra
-        problems += wandb_problems
-    return records, problems
-
-
 def _once_per_path(found: list[tuple[Path, dict[str, Any]]]) -> list[tuple[Path, dict[str, Any]]]:
     """The first sighting of each record file (two roots may overlap, e.g. ``runs/`` and ``runs/sweep``)."""
     seen: dict[Path, tuple[Path, dict[str, Any]]] = {}
@@ -115,9 +102,8 @@ def _once_per_path(found: list[tuple[Path, dict[str, Any]]]) -> list[tuple[Path,
 
 
 def run_dir_of(record_path: str | Path) -> Path:
-    """The run dir of a record file, or of a wandb offline file (``<run dir>/wandb/offline-run-*/run-*.wandb``)."""
-    path = Path(record_path)
-    return path.parent if path.name == RECORD_NAME else path.parents[2]
+    """The run dir of a record file."""
+    return Path(record_path).parent
 
 
 def _root_dir(root: str | Path) -> Path:

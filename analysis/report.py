@@ -1,9 +1,10 @@
 """``python -m analysis.report <run dirs...> --out <dir>``: the paper's tables and figures from run records.
 
 Writes ``report.md`` (every table as Markdown, with its directional checks and notes), one CSV per table and per
-check list, ``runs.csv`` (one row per run) and the figures as PNGs. Corrupt or partial records are listed in the
-report by path and skipped; they never stop it. Paths are shown relative to the roots given, never absolute. A root
-that does not exist is an error (exit code 2), not an empty report.
+check list, ``runs.csv`` (one row per run) and the figures as PNG and PDF (a figure without data is named, with
+the reason, not drawn). Corrupt or partial records are listed in the report by path and skipped; they never stop
+it. Paths are shown relative to the roots given, never absolute. A root that does not exist is an error (exit
+code 2), not an empty report.
 """
 
 from __future__ import annotations
@@ -120,9 +121,16 @@ def write_report(
         table.checks.to_csv(out / f"checks_{_slug(name)}.csv", index=False)
         sections.append(table_markdown(table, csv))
     sections += ["## Figures", ""]
-    for name, figure in all_figures(runs, tables, min_tokens).items():
+    figures = all_figures(runs, tables, min_tokens)
+    for name in figures.omitted:  # a figure omitted now must not linger from an earlier report in ``out``
+        for suffix in (".png", ".pdf"):
+            (out / f"{name}{suffix}").unlink(missing_ok=True)
+    for name, figure in figures.items():
         figure.savefig(out / f"{name}.png", dpi=120)
-        sections += [f"![{name}]({name}.png)", ""]
+        figure.savefig(out / f"{name}.pdf")  # vector, for a paper
+        sections += [f"![{name}]({name}.png) ([PDF]({name}.pdf))", ""]
+    for name, reason in figures.omitted.items():
+        sections += [f"Not drawn: `{name}`: {reason}.", ""]
     path = out / "report.md"
     path.write_text("\n".join(sections))
     return path

@@ -242,6 +242,13 @@ def _table(
     return _finish(name, title, frame, models, checks, rule, extra_note)
 
 
+def _paper_rows_table(
+    name: str, title: str, runs: Runs, model: str | None, checks: list[Check], rule: Rule
+) -> PaperTable:
+    """A table whose rows are the paper's own (one per paper row, settings read off it), scored on accuracy + ppl."""
+    return _table(name, title, runs, _rows(_paper(name, model)), PPL_VALUES, checks, rule)
+
+
 def _finish(
     name: str, title: str, frame: pd.DataFrame, models: list[str], checks: list[Check], rule: Rule, extra_note: str = ""
 ) -> PaperTable:
@@ -296,15 +303,7 @@ def table_2(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> P
             greater({"variant": "full", TIER: "original"}, {"variant": "full", TIER: 0}),
         )
     ]
-    return _table(
-        "2",
-        "Table 2: full-size models, original vs uptrained",
-        runs,
-        _rows(_paper("2", model)),
-        PPL_VALUES,
-        checks,
-        rule,
-    )
+    return _paper_rows_table("2", "Table 2: full-size models, original vs uptrained", runs, model, checks, rule)
 
 
 def table_d1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
@@ -335,15 +334,8 @@ def table_f1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> 
             "Full-size model beats every recursive one", greater({"variant": "full"}, {**RECURSIVE_B2, "init": STEP})
         ),
     ]
-    return _table(
-        "F.1",
-        "Table F.1: looped-layer initialization (strict recursion)",
-        runs,
-        _rows(_paper("F.1", model)),
-        PPL_VALUES,
-        checks,
-        rule,
-    )
+    title = "Table F.1: looped-layer initialization (strict recursion)"
+    return _paper_rows_table("F.1", title, runs, model, checks, rule)
 
 
 def table_g2(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
@@ -365,15 +357,8 @@ def table_g2(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> 
             greater({**relaxed, "init": AVERAGE, "lora_rank": 512}, {**RECURSIVE_B2, "init": AVERAGE}),
         ),
     ]
-    return _table(
-        "G.2",
-        "Table G.2: relaxed models (init x rank x LoRA init)",
-        runs,
-        _rows(_paper("G.2", model)),
-        PPL_VALUES,
-        checks,
-        rule,
-    )
+    title = "Table G.2: relaxed models (init x rank x LoRA init)"
+    return _paper_rows_table("G.2", title, runs, model, checks, rule)
 
 
 def table_i1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:
@@ -395,9 +380,7 @@ def table_i1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> 
             greater({**step, TIER: 1, "distill": "none"}, {**step, "distill": "none"}),
         ),
     ]
-    return _table(
-        "I.1", "Table I.1: longer uptraining and KD loss", runs, _rows(_paper("I.1", model)), PPL_VALUES, checks, rule
-    )
+    return _paper_rows_table("I.1", "Table I.1: longer uptraining and KD loss", runs, model, checks, rule)
 
 
 def table_j1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> PaperTable:

@@ -1,7 +1,8 @@
 """Numbers in the docs come from the results files: ``python -m benchmarks.docs`` rewrites every marked table.
 
 A doc marks a generated table with ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``; everything between the
-markers is replaced by the table that ``TABLES[NAME]`` renders from ``benchmarks/results/<file>.json``. ``--check``
+markers is replaced by the table (or sentence) that ``TABLES[NAME]`` renders from ``benchmarks/results/<file>.json``
+or, for evaluation results saved by ``eval.py output=...``, ``docs/results/<file>.json``. ``--check``
 fails (exit 1) when a doc differs from what its results files give, which ``tests/test_docs.py`` runs in CI, so a
 re-run benchmark cannot leave a stale number in prose.
 """
@@ -20,7 +21,6 @@ import pandas as pd
 
 from benchmarks.common import RESULTS
 from benchmarks.lamda import table as lamda_table
-from benchmarks.serving import table as serving_table
 from benchmarks.simulate import table as simulate_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,11 +35,19 @@ TASK_NAMES = {
 }
 
 
+DOC_RESULTS = ROOT / "docs" / "results"
+
+
 @dataclass(frozen=True)
 class Table:
     doc: str  # path from the repo root
-    results: str  # file name in benchmarks/results
-    render: Callable[[dict], str]  # the results JSON -> a Markdown table
+    results: str  # file name in benchmarks/results (or in docs/results, with ``in_docs``)
+    render: Callable[[dict], str]  # the results JSON -> a Markdown table or sentence
+    in_docs: bool = False  # the results file is in docs/results (an eval.py output), not benchmarks/results
+    rows_key: str = "rows"  # the list of result rows in the JSON (tests perturb its first number)
+
+    def results_path(self) -> Path:
+        return (DOC_RESULTS if self.in_docs else RESULTS) / self.results
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -71,12 +79,81 @@ def ratio_rows(data: dict) -> str:
     return markdown(frame[["what", *[c for c in frame if c != "what"]]].astype(object).where(frame.notna(), ""))
 
 
+# The google/gemma-3-270m model card's pre-trained numbers (Google's own evaluation; metric variant not stated):
+# task -> (score, shots), or the reason there is none to compare with.
+PUBLISHED: dict[str, tuple[float, str] | str] = {
+    "lambada_openai": "not on the card",
+    "hellaswag": (0.409, "10-shot"),
+    "piqa": (0.677, "0-shot"),
+    "winogrande": "no 0-shot PT number found",
+    "arc_easy": (0.577, "0-shot"),
+    "arc_challenge": "no 0-shot PT number found",
+    "openbookqa": "not on the card",
+}
+ANCHOR_NAMES = {**TASK_NAMES, "lambada_openai": "LAMBADA (openai)"}
+
+
+def anchor_evals(data: dict) -> list[dict]:
+    """One row per task, in the paper's order; HellaSwag from the subset the Avg uses."""
+    subset = data["avg"].get("hellaswag_subset", "first")
+    rows = {e["task"]: e for e in data["evals"] if e["task"] != "hellaswag" or e.get("subset") == subset}
+    return [rows[task] for task in data["avg"]["tasks"]]
+
+
+def anchor(data: dict) -> str:
+    """The original model's scores (an ``eval.py output=`` file) against the model card's published numbers."""
+    lines = [
+        "| task | metric | ours (n docs) | ± stderr | published (shots) | gap vs 2 stderr |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in anchor_evals(data):
+        docs = f"{row['n']}" + (" = all" if row.get("limit") and row["n"] < row["limit"] else "")
+        docs += ", spread" if row.get("subset") == "spread" else ""
+        published = PUBLISHED[row["task"]]
+        if isinstance(published, str):
+            shown, gap = published, "–"
+        else:
+            value, shots = published
+            shown = f"{value:.3f} ({shots})"
+            gap = f"{abs(row['value'] - value):.3f} {'<' if abs(row['value'] - value) < 2 * row['stderr'] else '>='} "
+            gap += f"{2 * row['stderr']:.3f}"
+            if shots != f"{row['num_fewshot']}-shot":
+                gap = f"shots differ; {gap} anyway"
+        lines.append(
+            f"| {ANCHOR_NAMES[row['task']]} | {row['metric']} | {row['value']:.3f} ({docs}) | {row['stderr']:.3f} | "
+            f"{shown} | {gap} |"
+        )
+    lines.append(f"| Avg | mean | {data['avg']['value']:.3f} | {data['avg']['stderr']:.3f} | | |")
+    return "\n".join(lines)
+
+
+def anchor_perplexity(data: dict) -> str:
+    row = data["perplexity"][0]
+    return (
+        f"Perplexity (`{data['perplexity_command']}`): **{row['ppl']:.1f}** on the local held-out corpus "
+        f"({row['documents']} documents, {row['tokens']:,} scored tokens, windows of {row['context']} tokens advancing "
+        f"{row['stride']})."
+    )
+
+
+def anchor_hellaswag_first(data: dict) -> str:
+    (row,) = [e for e in data["evals"] if e["task"] == "hellaswag" and e.get("subset") == "first"]
+    return f"HellaSwag's first {row['n']} docs give {row['value']:.3f} ± {row['stderr']:.3f}."
+
+
 TABLES: dict[str, Table] = {
     "eval_speed": Table("docs/evaluation.md", "eval_speed.json", eval_speed),
     "conversion": Table("docs/conversion.md", "conversion.json", ratio_rows),
     "training": Table("docs/conversion.md", "training.json", ratio_rows),
     "lamda": Table("docs/conversion.md", "lamda.json", lamda_table),
     "simulate": Table("docs/serving.md", "simulate.json", simulate_table),
+    "anchor": Table("docs/evaluation.md", "gemma3_270m_paper7.json", anchor, in_docs=True, rows_key="evals"),
+    "anchor_ppl": Table(
+        "docs/evaluation.md", "gemma3_270m_paper7.json", anchor_perplexity, in_docs=True, rows_key="perplexity"
+    ),
+    "anchor_hellaswag_first": Table(
+        "docs/evaluation.md", "gemma3_270m_paper7.json", anchor_hellaswag_first, in_docs=True, rows_key="evals"
+    ),
 }
 
 
@@ -89,7 +166,7 @@ def rendered(text: str, name: str, table: Table) -> str:
     pattern = marker(name)
     if not pattern.search(text):
         raise ValueError(f"{table.doc} has no <!-- results:{name} --> block")
-    body = table.render(json.loads((RESULTS / table.results).read_text()))
+    body = table.render(json.loads(table.results_path().read_text()))
     return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
 
 

@@ -112,9 +112,10 @@ def _hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def _offline_message(repo_id: str) -> str:
+def _offline_message(repo_id: str, key: str | None = None) -> str:
+    named = f"{key}={repo_id}" if key else f"model {repo_id}"
     return (
-        f"model {repo_id}: no such local dir or embedded model ({', '.join(MODELS)}); as a Hugging Face hub id it "
+        f"{named}: no such local dir or embedded model ({', '.join(MODELS)}); as a Hugging Face hub id it "
         f"is not in the local HF cache and the hub is offline (rrt sets HF_HUB_OFFLINE=1 unless you set it): "
         f"set HF_HUB_OFFLINE=0 where the network is available to download it"
     )
@@ -126,14 +127,15 @@ def _hub_snapshot(repo_id: str, local_only: bool) -> Path:
     return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=local_only))
 
 
-def check_hub_model(repo_id: str) -> None:
-    """Fail before any compute when hub model ``repo_id`` cannot be had: offline and not in the HF cache."""
+def check_hub_model(repo_id: str, key: str | None = None) -> None:
+    """Fail before any compute when hub model ``repo_id`` (the value of config key ``key``, named in the message)
+    cannot be had: offline and not in the HF cache."""
     if not _hub_offline():
         return  # downloaded on first use
     try:
         _hub_snapshot(repo_id, local_only=True)
     except OSError as error:  # huggingface_hub's LocalEntryNotFoundError (a FileNotFoundError) when not cached
-        raise UserError(_offline_message(repo_id)) from error
+        raise UserError(_offline_message(repo_id, key)) from error
 
 
 def hub_model(repo_id: str) -> Path:

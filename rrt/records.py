@@ -30,6 +30,7 @@ A record is the only thing analysis reads. Layout of ``<run_dir>/record.json``::
       "perplexity": [{"dataset": "local_heldout", "exit_loop": 2, "ppl": 13.5, "tokens": ..,
                       "context": 1024, "stride": 512}],
       "throughput": [{"engine": "cdb" | "vanilla" | "csb", "tokens_per_s": .., "batch": .., ...}],
+      "saved_model": {"dir": "model", "dtype": "float32" | "bfloat16", "bytes": ..},   # save_dtype
       "timings": {"convert_s": .., "train_s": .., "eval_s": ..}
     }
 """

@@ -20,6 +20,8 @@ NOT_IDENTITY = (
     "run_name",
     "task_name",
     "keep_optimizer_state",
+    "save_dtype",  # how the final weights are stored (the record says: saved_model.dtype); a new key must not
+    # change the hash of runs recorded before it existed
     "trainer.devices",
     "trainer.num_nodes",
     "trainer.accelerator",

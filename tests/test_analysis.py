@@ -273,34 +273,6 @@ def test_runs_are_keyed_by_their_path_below_the_root(tmp_path):
     assert sorted(runs["run"]) == ["sweep_a/0", "sweep_b/0"] and runs["run_id"].tolist() == ["0", "0"]
 
 
-def test_wandb_offline_run_is_read(tmp_path, monkeypatch):
-    wandb = pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    run = wandb.init(project="rrt", dir=tmp_path / "run", config={"setting": {"init": "average", "lora_rank": 64}})
-    for step in range(3):
-        run.log({"step": step, "loss": 3.0 - step})
-    run.summary["ppl"] = 12.5
-    run.finish()
-    wandb.teardown()  # the wandb service writes the run's last records (exit) asynchronously; wait for it
-    runs = load_runs(tmp_path)
-    assert not runs.problems
-    row = runs.runs.iloc[0]
-    assert row["status"] == "complete" and row["setting.init"] == "average" and row["setting.lora_rank"] == 64
-    assert row["summary.ppl"] == 12.5
-    assert runs.metrics.sort_values("step")["loss"].tolist() == [3.0, 2.0, 1.0]
-
-
-def test_run_with_a_record_is_not_read_twice_from_wandb(tmp_path, monkeypatch):
-    wandb = pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    wandb.init(project="rrt", dir=tmp_path / "run").finish()
-    wandb.teardown()
-    RunRecord.create(tmp_path / "run", setting=dict(BASE_SETTING), status="complete")
-    assert load_runs(tmp_path).runs["run"].tolist() == ["run"]
-
-
 # --- tables --------------------------------------------------------------------------------------------------------
 
 EXPECTED_CHECKS = {  # ours, on the synthetic sweep
@@ -369,14 +341,42 @@ def test_k2_speedup_is_relative_to_our_vanilla(tables):
 # --- figures and report --------------------------------------------------------------------------------------------
 
 
-def test_figures_show_paper_and_ours(runs, tables):
+def test_figures_show_one_metric_each_paper_and_ours_apart(runs, tables):
     figures = all_figures(runs, tables)
-    assert set(figures) == {"accuracy_vs_params", "loss_curves", "throughput_vs_accuracy"}
-    paper, ours = figures["accuracy_vs_params"].axes
+    assert list(figures) == [
+        "paper_accuracy_vs_params",
+        "ours_accuracy_vs_params",
+        "loss_curves",
+        "paper_throughput_vs_accuracy",
+        "ours_throughput_vs_accuracy",
+    ]
+    assert not figures.omitted
+    assert all(len(figure.axes) == 1 for figure in figures.values())  # one metric per figure: no side-by-side panels
+    (paper,) = figures["paper_accuracy_vs_params"].axes
+    (ours,) = figures["ours_accuracy_vs_params"].axes
     assert paper.get_title().startswith("Paper") and ours.get_title().startswith("Ours: gemma3_270m")
     labels = {t.get_text() for t in ours.get_legend().get_texts()}
     assert {"full-size", "reduced-size", "recursive (stepwise)", "relaxed (average, svd)"} <= labels
+    assert ours.collections and any(c.get_segments() for c in ours.collections if hasattr(c, "get_segments"))
     assert len(figures["loss_curves"].axes[0].lines) == len(runs.summary())
+
+
+def test_perplexity_is_drawn_on_a_log_axis_with_error_bars_and_empty_figures_are_omitted(tmp_path):
+    for init, ppl, lora_rank in (("stepwise", 40.0, 0), ("average", 900.0, 0), ("average", 55000.0, 64)):
+        setting = {**BASE_SETTING, "init": init, "lora_rank": lora_rank}
+        record = RunRecord.create(tmp_path / f"{init}-{lora_rank}", setting=setting, status="complete")
+        record.update(
+            params={"non_embedding": 50_000_000 + lora_rank, "total": 10**8},
+            perplexity=[perplexity(ppl, 2, spread=0.5)],  # a wide spread: bars visible on the log axis
+        )
+    runs = load_runs(tmp_path)
+    figures = all_figures(runs, build_all(runs))
+    (ax,) = figures["ours_perplexity_vs_params"].axes
+    assert ax.get_yscale() == "log" and not ax.yaxis_inverted() and "log scale" in ax.get_ylabel()
+    bars = [c for c in ax.collections if c.get_segments()]
+    assert bars and all(min(y for seg in c.get_segments() for _, y in seg) > 0 for c in bars)  # log: above zero
+    assert set(figures.omitted) == {"loss_curves", "ours_throughput_vs_perplexity"}
+    assert figures.omitted["loss_curves"] == "no complete run has training metrics"
 
 
 def test_report_writes_tables_figures_and_lists_skipped_records(records_root, tmp_path):
@@ -387,8 +387,10 @@ def test_report_writes_tables_figures_and_lists_skipped_records(records_root, tm
         assert f"## {title}" in text
     assert "2 record(s) skipped" in text and f"`{records_root.name}/truncated/record.json`" in text
     assert "| check " in text and "| source " in text
-    for name in ("accuracy_vs_params", "loss_curves", "throughput_vs_accuracy"):
+    for name in ("paper_accuracy_vs_params", "ours_accuracy_vs_params", "loss_curves", "ours_throughput_vs_accuracy"):
         assert (out / f"{name}.png").stat().st_size > 10_000
+        assert (out / f"{name}.pdf").read_bytes().startswith(b"%PDF")  # vector, beside the PNG
+        assert f"![{name}]({name}.png) ([PDF]({name}.pdf))" in text
     f1 = pd.read_csv(out / "table_f1.csv")
     assert len(f1) == 33 and (out / "checks_g2.csv").exists() and (out / "runs.csv").exists()
 
@@ -397,6 +399,11 @@ def test_report_on_an_empty_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     text = write_report([tmp_path / "empty"], tmp_path / "out").read_text()
     assert "0 loaded" in text and "No corrupt or partial records." in text
+    assert "Not drawn: `loss_curves`: no complete run has training metrics." in text  # said, not an empty panel
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
+        "paper_accuracy_vs_params.png",
+        "paper_throughput_vs_accuracy.png",
+    ]
 
 
 def test_runs_without_budget_or_optional_keys_still_match(tmp_path):

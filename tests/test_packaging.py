@@ -209,14 +209,16 @@ def test_hub_id_offline_is_one_line_saying_how_to_allow_the_network():
 
 
 def test_train_with_a_hub_id_offline_stops_before_building_a_model(tmp_path):
-    result = run_train(
-        "model=tiny_llama",
-        "logger=none",
-        f"model.name={NO_SUCH_HUB_MODEL}",
-        "model.source=pretrained",
-        runs_root=tmp_path,
-        check=False,
-    )
+    hub = [f"model.name={NO_SUCH_HUB_MODEL}", "model.source=pretrained"]
+    result = run_train("logger=none", *hub, f"model.tokenizer={NO_SUCH_HUB_MODEL}", runs_root=tmp_path, check=False)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: model {NO_SUCH_HUB_MODEL}: no such local dir")
-    assert "HF_HUB_OFFLINE=0" in result.stderr and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # one line, naming the key and the fix
+    assert last.startswith(f"error: model.name={NO_SUCH_HUB_MODEL}: no such local dir") and "HF_HUB_OFFLINE=0" in last
+    assert "Traceback" not in result.stderr and not list(tmp_path.rglob("record.json"))
+
+    result = run_train("logger=none", *hub, runs_root=tmp_path, check=False)  # the group's tokenizer: gemma3_270m
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: model.name={NO_SUCH_HUB_MODEL} is a hub model, but model.tokenizer=gemma3_270m is the model "
+        f"group's embedded tokenizer (another vocabulary): pass model.tokenizer={NO_SUCH_HUB_MODEL} too"
+    )

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from analysis.wandb_offline import read_offline_runs
 from rrt.recursive import LoRASpec, RecursionSpec, count_params_from_config
 from rrt.training.budget import Budget
 from rrt.training.run import preflight
 from tests.helpers import ROOT, TINY, compose_train, losses_by_step, run_train, single_record
+from tests.wandb_offline import read_offline_runs
 
 
 @pytest.mark.integration

@@ -80,6 +80,7 @@ class RRTSlurmLauncher(SlurmLauncher):  # type: ignore[misc,valid-type]
         jobs, _ = plan_jobs(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
         skipped = [job for job in jobs if job.skip_reason]
         pending = [job for job in jobs if not job.skip_reason]
+        log_disk_estimate(self.config, pending)
         for job in skipped:
             log.info("skipping #%d %s: %s", job.index, " ".join(filter_overrides(job.overrides)), job.skip_reason)
         if not pending:
@@ -108,6 +109,16 @@ class RRTSlurmLauncher(SlurmLauncher):  # type: ignore[misc,valid-type]
         return super().__call__(*args, **kwargs)
 
 
+def log_disk_estimate(config, pending: Sequence) -> None:
+    """Before anything launches: the disk the runs to train will need (rrt.sweeps.disk)."""
+    from pathlib import Path
+
+    from rrt.sweeps.disk import sweep_disk_summary
+
+    for line in sweep_disk_summary([job.config for job in pending], Path(str(config.hydra.sweep.dir))).splitlines():
+        (log.warning if line.startswith("warning:") else log.info)("%s", line)
+
+
 def _failed(overrides: Sequence[str], config, working_dir: str, code: int) -> JobReturn:
     """A job that did not run to completion, as Hydra's sweeper expects it (it raises the stored exit at the end)."""
     failed = JobReturn(
@@ -129,6 +140,7 @@ class RRTLocalLauncher(BasicLauncher):
         jobs, invalid = plan_jobs(
             self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx, keep_going=True
         )
+        log_disk_estimate(self.config, [job for job in jobs if not job.skip_reason])
         returns: dict[int, JobReturn] = {}
         for job in invalid:
             print(

@@ -10,6 +10,10 @@ ignore the adapters and leave tied norms random, with only a load report. Its ``
 ``transformers_weights`` (the weights file transformers reads instead of ``model.safetensors``), a sentence that is
 no safetensors name: transformers refuses it before loading anything and quotes it, so the user reads the way out
 (:data:`HF_REFUSAL`). ``AutoConfig`` still reads the config, so rrt and tokenizers read it as before.
+
+``save_converted(..., dtype=torch.bfloat16)`` stores the floating-point weights in bf16 (half the disk of fp32);
+the dir's ``config.json`` says so (``dtype``). ``load_converted`` returns fp32 by default (bf16 compute is ~300x
+slower on CPUs without bf16 kernels; the upcast is exact), ``dtype=None`` the dtype the weights were saved in.
 """
 
 from __future__ import annotations
@@ -49,16 +53,37 @@ def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_converted(model: nn.Module, directory: str | Path, tokenizer=None) -> Path:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def dtype_named(name: str, key: str = "save_dtype") -> torch.dtype:
+    """A storage dtype by its config name (``float32`` | ``bfloat16``)."""
+    if name not in DTYPES:
+        raise UserError(f"{key}={name}: unknown dtype; supported: {list(DTYPES)}")
+    return DTYPES[name]
+
+
+def save_converted(model: nn.Module, directory: str | Path, tokenizer=None, dtype: torch.dtype | None = None) -> Path:
+    """Save ``model`` (converted or plain) to ``directory``; ``dtype``: store floating-point weights in this dtype
+    (None: as they are). Ties survive: each unique tensor is written once."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(directory)
+    state = {k: v.cpu() for k, v in unique_state(model).items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+    saved_as = model.config.dtype
+    model.config.dtype = stored  # config.json names the dtype the weights are stored in
+    try:
+        model.config.save_pretrained(directory)
+    finally:
+        model.config.dtype = saved_as
     spec = recursion_spec_of(model)
     if spec is not None:
         refuse_stock_loaders(directory)
     atomic_write_json(directory / SPEC, {"recursion": spec.to_dict() if spec else None}, indent=2)
     with atomic_path(directory / WEIGHTS) as tmp:  # safetensors creates it 0600; atomic_path shares it
-        save_file({k: v.cpu() for k, v in unique_state(model).items()}, str(tmp), metadata={"format": "pt"})
+        save_file(state, str(tmp), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory
@@ -90,10 +115,24 @@ def check_finite(model: nn.Module, directory: str | Path) -> None:
         )
 
 
+def saved_dtype(directory: str | Path) -> torch.dtype:
+    """The dtype a saved model's floating-point weights are stored in (read from the weights file's header)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(directory) / WEIGHTS), framework="pt") as weights:
+        for name in weights.keys():
+            dtype = weights.get_slice(name).get_dtype()
+            if dtype in ("F32", "BF16", "F16"):
+                return {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[dtype]
+    return torch.float32
+
+
 def load_converted(
-    directory: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    directory: str | Path, dtype: torch.dtype | None = torch.float32, device: str | torch.device = "cpu"
 ) -> nn.Module:
-    """Rebuild the saved (converted or plain) model with its ties and adapters; identical logits."""
+    """Rebuild the saved (converted or plain) model with its ties and adapters; identical logits.
+
+    ``dtype``: the dtype to return (fp32 by default, whatever the weights are stored in); None: the stored dtype."""
     directory = Path(directory)
     if not is_saved_model_dir(directory):
         raise FileNotFoundError(f"{directory} is not a saved rrt model (expected {SPEC} and {WEIGHTS})")
@@ -122,7 +161,17 @@ def load_converted(
         for name, tensor in state.items():
             _target(model, name).copy_(tensor)
     check_finite(model, directory)
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=device, dtype=dtype or saved_dtype(directory)).eval()
+
+
+def round_to(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Round ``model``'s floating-point weights to ``dtype``'s precision in place, keeping their own dtype (and every
+    tie): the in-memory model then equals the saved one loaded back, so evaluating it scores what was saved."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:  # each shared Parameter once
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(dtype))
+    return model
 
 
 def _target(model: nn.Module, name: str) -> torch.Tensor:

@@ -21,23 +21,15 @@ from rrt.records import RunRecord
 
 @dataclass(frozen=True)
 class PlannedJob:
-    """One job of a sweep: its overrides, its composed config and where its run lives."""
+    """One job of a sweep: its overrides, its composed config and where its run lives; an invalid job (its config
+    fails the preflight) carries the error and is reported, never run."""
 
     index: int
     overrides: tuple[str, ...]
     config: DictConfig
     run_dir: Path
-    skip_reason: str | None  # why it is not submitted again (complete, or still alive on SLURM); None: submit
-
-
-@dataclass(frozen=True)
-class InvalidJob:
-    """A job whose config fails the preflight: it is reported, never run."""
-
-    index: int
-    overrides: tuple[str, ...]
-    config: DictConfig
-    error: str
+    skip_reason: str | None = None  # why it is not submitted again (complete, or still alive on SLURM); None: submit
+    error: str | None = None  # why it cannot run (invalid jobs only)
 
 
 def skip_reason(run_dir: Path, resume: str) -> str | None:
@@ -101,7 +93,7 @@ def plan_jobs(
     job_overrides: Sequence[Sequence[str]],
     first_index: int,
     keep_going: bool = False,
-) -> tuple[list[PlannedJob], list[InvalidJob]]:
+) -> tuple[list[PlannedJob], list[PlannedJob]]:
     """Compose, validate and locate every job. A bad job raises a UserError naming it (nothing is submitted), or,
     with ``keep_going`` (a local sweep), is returned as invalid so that the valid jobs still run."""
     jobs, invalid = [], []
@@ -116,7 +108,7 @@ def plan_jobs(
                 raise UserError(
                     f"sweep job #{index} ({' '.join(overrides)}) would fail, nothing was submitted: {error}"
                 ) from error
-            invalid.append(InvalidJob(index, tuple(overrides), sweep_config, str(error)))
+            invalid.append(PlannedJob(index, tuple(overrides), sweep_config, run_dir, error=str(error)))
             continue
         jobs.append(
             PlannedJob(index, tuple(overrides), sweep_config, run_dir, skip_reason(run_dir, sweep_config.resume))

@@ -12,11 +12,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from rrt.assets import MODELS, check_hub_model, is_hub_id
 from rrt.data.jsonl import check_jsonl, expand_files
 from rrt.errors import UserError
 from rrt.factory.models import VARIANTS, check_model_name, check_model_source, num_layers
 from rrt.factory.plan import RunPlan, plan_run
 from rrt.recursive import RecursionSpec
+from rrt.recursive.io import dtype_named
 from rrt.validation import (
     ANY_INT,
     COUNT,
@@ -61,6 +63,20 @@ def check_numbers(cfg: DictConfig) -> None:
             cfg.distill.temperature,
             Rule(float, lambda v: v > 0, "> 0 (the paper's KD uses 1.0)"),
         )
+
+
+def check_hub_id(cfg: DictConfig) -> None:
+    """``model.name=<org/name>``: a hub model, downloaded by transformers where the network is allowed. Its tokenizer
+    must come with it (a model group's embedded tokenizer has another vocabulary), and offline it must be cached."""
+    name, tokenizer = str(cfg.model.name), str(cfg.model.tokenizer)
+    if not is_hub_id(name):
+        return
+    if tokenizer in MODELS:
+        raise UserError(
+            f"model.name={name} is a hub model, but model.tokenizer={tokenizer} is the model group's embedded "
+            f"tokenizer (another vocabulary): pass model.tokenizer={name} too"
+        )
+    check_hub_model(name, key="model.name")
 
 
 def check_writable(run_dir: Path) -> None:
@@ -185,7 +201,9 @@ def preflight(cfg: DictConfig) -> RunPlan:
         raise UserError(f"resume={cfg.resume!r}; supported: ['auto', 'never']")
     check_required(cfg)
     check_numbers(cfg)
+    dtype_named(str(cfg.get("save_dtype", "float32")))
     check_model_source(str(cfg.model.source))
+    check_hub_id(cfg)
     check_model_name(str(cfg.model.name))
     plan = plan_run(cfg)  # resolves the architecture, the start model and the teacher (a bad one fails here)
     check_variant(plan)

@@ -20,7 +20,7 @@ from rrt.factory.plan import RunPlan
 from rrt.factory.student import build_student, build_teacher, teacher_identity
 from rrt.records import RECORD_NAME, RunRecord, now
 from rrt.recursive import count_params, count_params_from_config
-from rrt.recursive.io import check_finite, save_converted
+from rrt.recursive.io import WEIGHTS, check_finite, dtype_named, round_to, save_converted
 from rrt.recursive.model import RecursiveModel
 from rrt.training.budget import Budget
 from rrt.training.checkpoint import drop_optimizer_state, last_checkpoint
@@ -198,7 +198,12 @@ def _train(
 
     check_finite(student, run_dir / "model")  # a diverged model is never saved as a result
     tokenizer = load_tokenizer(plan.model.tokenizer)
-    save_converted(student, run_dir / "model", tokenizer=tokenizer)
+    save_dtype = str(cfg.get("save_dtype", "float32"))
+    save_converted(student, run_dir / "model", tokenizer=tokenizer, dtype=dtype_named(save_dtype))
+    if save_dtype != "float32":  # evaluate what was saved: the stored precision, computed in fp32
+        round_to(student, dtype_named(save_dtype))
+    weights = run_dir / "model" / WEIGHTS
+    record.update(saved_model={"dir": "model", "dtype": save_dtype, "bytes": weights.stat().st_size})
     timings = {**record.data.get("timings", {}), "train_s": train_s}
     if plan.evaluates:
         from rrt.evaluation.runner import run_evaluation

@@ -1,4 +1,7 @@
-"""Runs that left only a wandb offline directory (``wandb/offline-run-*/run-<id>.wandb``), as record-like dicts.
+"""Test helper: read back what rrt's loggers gave wandb (``wandb/offline-run-*/run-<id>.wandb``), as dicts.
+
+Analysis reads run records only (every run writes one); this reader only checks, in tests, that an offline wandb run
+carries the config, the setting and a stable id.
 
 wandb (0.31) has no public reader for offline runs, so this reads the ``.wandb`` file directly: a LevelDB-style log
 (7-byte ``:W&B`` header, 32 KiB blocks of CRC/length/type-framed chunks) of ``wandb_internal_pb2.Record`` messages.
