@@ -42,9 +42,9 @@ def optimizer_bytes_per_param(cfg: DictConfig) -> int:
 
 def run_params(cfg: DictConfig) -> int:
     """Unique parameters of the model the run trains (ties count once; adapters included)."""
-    from rrt.recursive.counting import count_params_from_config
     from rrt.factory.models import ModelChoice, architecture, saved_model_dir
     from rrt.factory.plan import recursion_spec
+    from rrt.recursive.counting import count_params_from_config
     from rrt.recursive.io import saved_spec
 
     arch = architecture(ModelChoice.of(cfg.model))
