@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from rrt.cli.evaluate import format_results, load_target
 from rrt.evaluation.runner import run_evaluation, validate
 from rrt.records import RunRecord
-from tests.helpers import compose_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, compose_config
 
 
 def config(*overrides: str):

@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from rrt.cli.errors import one_line_errors
-from rrt.cli.train import CONF_DIR
+from rrt.conf import CONFIG_PATH
 
 
 def mapping_lines(spec, num_layers: int) -> list[str]:
@@ -24,7 +24,7 @@ def mapping_lines(spec, num_layers: int) -> list[str]:
     return lines
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="convert")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="convert")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     from rrt.recursive import convert_to_recursive, count_params

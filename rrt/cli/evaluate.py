@@ -13,12 +13,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from rrt.cli.errors import one_line_errors
+from rrt.conf import CONFIG_PATH
 from rrt.errors import UserError
 from rrt.evaluation.runner import run_evaluation, validate
 from rrt.records import RECORD_NAME, RunRecord
 from rrt.validation import check_device, check_output_file
-
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def format_results(results: dict[str, list[dict]]) -> str:
@@ -96,7 +95,7 @@ def load_target(cfg: DictConfig) -> tuple[Any, Any, RunRecord | None]:
     return model, AutoTokenizer.from_pretrained(model_dir), record
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     validate(cfg.eval)

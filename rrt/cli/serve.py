@@ -14,7 +14,8 @@ import torch
 from omegaconf import DictConfig
 
 from rrt.cli.errors import one_line_errors
-from rrt.cli.evaluate import CONF_DIR, load_target
+from rrt.cli.evaluate import load_target
+from rrt.conf import CONFIG_PATH
 from rrt.errors import UserError
 from rrt.records import RunRecord
 from rrt.serving import ConfidenceExit, Engine, ExitPolicy, FullDepth, OracleExit, exit_trajectories
@@ -102,7 +103,7 @@ def serve(cfg: DictConfig, model, tokenizer, record: RunRecord | None = None) ->
     return row
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="serve")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="serve")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     validate(cfg.serve)

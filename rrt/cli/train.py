@@ -1,21 +1,19 @@
-"""`python train.py <overrides>` / `rrt-train`: compose conf/config.yaml and run one training run."""
+"""`python train.py <overrides>` / `rrt-train`: compose rrt/conf/config.yaml and run one training run."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from rrt.cli.errors import one_line_errors
+from rrt.conf import CONFIG_PATH
 from rrt.run_names import run_name
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 # hydra.run.dir / hydra.sweep.subdir: the run dir name of the job's overrides (also in SLURM workers, which import this)
 OmegaConf.register_new_resolver("rrt.run_name", lambda overrides: run_name(list(overrides)), replace=True)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 @one_line_errors
 def main(cfg: DictConfig) -> float | None:
     from rrt.training.run import train
