@@ -8,7 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from rrt.cli.errors import one_line_errors
+from rrt.cli.errors import compose_errors, one_line_errors
 from rrt.conf import CONFIG_PATH
 
 
@@ -24,6 +24,7 @@ def mapping_lines(spec, num_layers: int) -> list[str]:
     return lines
 
 
+@compose_errors
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="convert")
 @one_line_errors
 def main(cfg: DictConfig) -> None:

@@ -12,7 +12,7 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from rrt.cli.errors import one_line_errors
+from rrt.cli.errors import compose_errors, one_line_errors
 from rrt.conf import CONFIG_PATH
 from rrt.errors import UserError
 from rrt.evaluation.runner import run_evaluation, validate
@@ -95,6 +95,7 @@ def load_target(cfg: DictConfig) -> tuple[Any, Any, RunRecord | None]:
     return model, AutoTokenizer.from_pretrained(model_dir), record
 
 
+@compose_errors
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 @one_line_errors
 def main(cfg: DictConfig) -> None:

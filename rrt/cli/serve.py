@@ -13,7 +13,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from rrt.cli.errors import one_line_errors
+from rrt.cli.errors import compose_errors, one_line_errors
 from rrt.cli.evaluate import load_target
 from rrt.conf import CONFIG_PATH
 from rrt.errors import UserError
@@ -103,6 +103,7 @@ def serve(cfg: DictConfig, model, tokenizer, record: RunRecord | None = None) ->
     return row
 
 
+@compose_errors
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="serve")
 @one_line_errors
 def main(cfg: DictConfig) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from rrt.cli.errors import one_line_errors
+from rrt.cli.errors import compose_errors, one_line_errors
 from rrt.conf import CONFIG_PATH
 from rrt.run_names import run_name
 
@@ -13,6 +13,7 @@ from rrt.run_names import run_name
 OmegaConf.register_new_resolver("rrt.run_name", lambda overrides: run_name(list(overrides)), replace=True)
 
 
+@compose_errors
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 @one_line_errors
 def main(cfg: DictConfig) -> float | None:

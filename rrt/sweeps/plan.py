@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
 
+from rrt.conf.schema import check_keys, compose_error_line
 from rrt.errors import UserError
 from rrt.records import RunRecord
 
@@ -88,6 +91,7 @@ def validate(sweep_config: DictConfig, run_dir: Path) -> None:
     """The training preflight (budget divisibility over nodes x devices, variant, writable run dir) for one job."""
     from rrt.training.preflight import preflight
 
+    check_keys(sweep_config)
     config = copy.deepcopy(sweep_config)
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.runtime.output_dir = str(run_dir)
@@ -107,9 +111,13 @@ def plan_jobs(
     jobs, invalid = [], []
     for offset, overrides in enumerate(job_overrides):
         index = first_index + offset
-        sweep_config = config_loader.load_sweep_config(master_config, list(overrides))
-        run_dir = job_run_dir(sweep_config)
         try:
+            try:
+                sweep_config = config_loader.load_sweep_config(master_config, list(overrides))
+            except (HydraException, OmegaConfBaseException) as error:  # a wrong type or unknown key in this job
+                sweep_config = master_config
+                raise UserError(compose_error_line(error)) from error
+            run_dir = job_run_dir(sweep_config)
             validate(sweep_config, run_dir)
         except (ValueError, FileNotFoundError, PermissionError) as error:
             if not keep_going:
