@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from omegaconf import DictConfig, open_dict, read_write
-from omegaconf.errors import OmegaConfBaseException
 
-from rrt.conf.schema import check_keys, compose_error_line
+from rrt.conf.schema import check_keys
 from rrt.errors import UserError
 from rrt.records import RunRecord
 
@@ -88,7 +86,9 @@ def job_run_dir(sweep_config: DictConfig) -> Path:
 
 
 def validate(sweep_config: DictConfig, run_dir: Path) -> None:
-    """The training preflight (budget divisibility over nodes x devices, variant, writable run dir) for one job."""
+    """The training preflight (budget divisibility over nodes x devices, variant, writable run dir) for one job,
+    after the keys no schema has (``+lora.rnak=8``). A job that does not compose at all (``lora.rank=abc``) never
+    gets here: Hydra's sweeper composes every job first, and the sweep stops with one line (``compose_errors``)."""
     from rrt.training.preflight import preflight
 
     check_keys(sweep_config)
@@ -111,13 +111,9 @@ def plan_jobs(
     jobs, invalid = [], []
     for offset, overrides in enumerate(job_overrides):
         index = first_index + offset
+        sweep_config = config_loader.load_sweep_config(master_config, list(overrides))
+        run_dir = job_run_dir(sweep_config)
         try:
-            try:
-                sweep_config = config_loader.load_sweep_config(master_config, list(overrides))
-            except (HydraException, OmegaConfBaseException) as error:  # a wrong type or unknown key in this job
-                sweep_config = master_config
-                raise UserError(compose_error_line(error)) from error
-            run_dir = job_run_dir(sweep_config)
             validate(sweep_config, run_dir)
         except (ValueError, FileNotFoundError, PermissionError) as error:
             if not keep_going:
