@@ -110,7 +110,7 @@ def run_variant(name: str, directory: Path) -> dict:
         freeze_shared(model)
     train_rows, val_rows = data()
     batches = train_batches(train_rows, BATCH, seed=0)
-    factory = partial(torch.optim.AdamW, lr=2e-4, betas=(0.9, 0.95), weight_decay=0.1)  # conf/optim/adamw.yaml
+    factory = partial(torch.optim.AdamW, lr=2e-4, betas=(0.9, 0.95), weight_decay=0.1)  # rrt/conf/optim/adamw.yaml
     optimizer, freezer = build_optimizer(model, factory, STEPS)
     recursive = RecursiveModel(model)
     start_ce = held_out_ce(recursive, val_rows)

@@ -1,4 +1,8 @@
-"""Helpers for tests that drive the real entry points (train.py, eval.py) and read run records."""
+"""Helpers for tests that drive the real entry points (train.py, eval.py) and read run records.
+
+The one definition of the checkout's paths (``ROOT``, ``CONF``) and of the tiny training settings (``TINY``);
+fixtures shared by test modules are in ``conftest.py``.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+import zstandard
+from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "rrt" / "conf"  # the package's configs (rrt.conf.CONF_DIR in a checkout)
 TINY = ["model=tiny_llama", "budget=tiny", "logger=none", "trainer=cpu"]
 
 
@@ -42,11 +47,12 @@ def losses_by_step(record: dict) -> dict[int, float]:
     return {m["step"]: m["loss"] for m in record["metrics"] if "loss" in m}
 
 
-def compose_config(name: str, *overrides: str):
-    """A composed config of ``conf/<name>.yaml`` (config, eval, serve, convert), as its entry point sees it."""
+def compose_config(name: str, *overrides: str, hydra_config: bool = False):
+    """A composed config of ``rrt/conf/<name>.yaml`` (config, eval, serve, convert), as its entry point sees it
+    (the same ``pkg://rrt.conf`` source and search path); ``hydra_config``: with the ``hydra`` node."""
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
+    with initialize_config_module(config_module="rrt.conf", version_base="1.3"):
+        return compose(name, overrides=list(overrides), return_hydra_config=hydra_config)
 
 
 def compose_train(*overrides: str, run_dir: Path):
@@ -74,3 +80,22 @@ def wait_for_steps(runs_root: Path, steps: int, process: subprocess.Popen, timeo
             return
         time.sleep(0.05)
     raise AssertionError(f"the run did not reach step {steps} (exit code {process.poll()})")
+
+
+# ---------------------------------------------------------------- text data (the word-level tokenizer in conftest)
+
+BOS, EOS = 1, 2
+WORDS = [f"w{i}" for i in range(200)]
+
+
+def doc(number: int, length: int) -> str:
+    """Document ``number`` (< 150): its first word identifies it, the rest are filler words 150..199."""
+    return " ".join([WORDS[number]] + [WORDS[150 + (number + k) % 50] for k in range(1, length)])
+
+
+def write_jsonl(path: Path, texts: list[str], field: str = "text", zstd: bool = False) -> Path:
+    lines = "".join(
+        json.dumps({field: text, "meta": {"redpajama_set_name": "RedPajamaBook"}}) + "\n" for text in texts
+    ).encode()
+    path.write_bytes(zstandard.ZstdCompressor().compress(lines) if zstd else lines)
+    return path

@@ -24,6 +24,7 @@ from analysis.figures import all_figures
 from analysis.paper import TABLES, provenance
 from analysis.report import main, write_report
 from rrt.records import RunRecord
+from tests.helpers import ROOT
 
 OFFSETS = [-3, -2, -1, 0, 1, 2, 3]  # per-task spread around a run's Avg (sums to zero, so Avg is exact)
 
@@ -134,7 +135,6 @@ def synthetic_root(tmp_path_factory) -> Path:
     return write_sweep(tmp_path_factory.mktemp("sweep"))
 
 
-REPO = Path(__file__).parents[1]
 TRAIN = [sys.executable, "train.py", "-m", "model=tiny_llama", "budget=tiny", "trainer=cpu", "logger=csv"]
 REAL_SWEEPS = {  # one `train.py -m` per group: 8 tiny runs covering F.1's rows and a relaxed pair
     "init": ["init=stepwise,average,lower,random"],
@@ -151,7 +151,7 @@ def real_runs_root(tmp_path_factory) -> Path:
     for name, overrides in REAL_SWEEPS.items():
         done = subprocess.run(
             [*TRAIN, *overrides, f"hydra.sweep.dir={root / name}"],
-            cwd=REPO,
+            cwd=ROOT,
             capture_output=True,
             text=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"},

@@ -17,6 +17,7 @@ from analysis.figures import ours_vs_params
 from analysis.report import main
 from analysis.uncertainty import bootstrap_ppl_se
 from rrt.records import RunRecord
+from tests.helpers import ROOT
 from tests.test_analysis import BASE_SETTING, evals, perplexity
 
 ENOUGH, TINY = 200_000_000, 6_144  # above / below analysis.checks.MIN_TOKENS
@@ -247,14 +248,13 @@ def test_report_shows_no_absolute_path(tmp_path):
         assert str(tmp_path) not in text and not ABSOLUTE.search(text), name
 
 
-REPO = Path(__file__).parents[1]
-SHIPPED = REPO / "docs" / "report"
+SHIPPED = ROOT / "docs" / "report"
 
 
 def test_shipped_report_is_generated_from_its_records_and_claims_no_direction(tmp_path, monkeypatch):
     """docs/report is what `python -m analysis.report docs/report/records --out docs/report` writes (tables and
     checks; PNGs depend on the matplotlib build), and its 6,144-token runs answer no check yes or no."""
-    monkeypatch.chdir(REPO)
+    monkeypatch.chdir(ROOT)
     main(["docs/report/records", "--out", str(tmp_path)])
     for generated in sorted(tmp_path.glob("*.csv")) + [tmp_path / "report.md"]:
         assert generated.read_text() == (SHIPPED / generated.name).read_text(), f"docs/report/{generated.name} is stale"

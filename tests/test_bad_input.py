@@ -120,6 +120,15 @@ TRAIN_CASES = [
     (["data=jsonl", "data.train_files=[/nonexistent/shard.jsonl]"], "/nonexistent/shard.jsonl"),
     (["distill=forward_kl", "distill.teacher=/nonexistent/full-run"], "distill.teacher"),
     (["model.name=/nonexistent/typo-run"], "model.name=/nonexistent/typo-run"),
+    # typed groups (rrt/conf/schema.py): Hydra refuses these while composing
+    (["recursion.loops=two"], "recursion.loops"),
+    (["lora.rnak=8"], "lora.rnak"),
+    (["+lora.rnak=8"], "lora.rnak"),
+    (["distill=forward_kl", "distill.loss=kl"], "distill.loss"),
+    (["early_exit.self_kd=maybe"], "early_exit.self_kd"),
+    (["budget.tokens=lots"], "budget.tokens"),
+    (["variant.name=tiny"], "variant.name"),
+    (["lora=nosuch"], "lora/nosuch"),
 ]
 
 
@@ -247,6 +256,8 @@ CONVERT_CASES = [
     (["recursion.loops=5"], "recursion.loops=5"),
     (["model.source=hub"], "model.source"),
     (["init=stepwise", "recursion.looping=spiral"], "looping"),
+    (["recursion.loops=two"], "recursion.loops"),
+    (["+lora.rnak=8"], "lora.rnak"),
 ]
 
 

@@ -228,7 +228,7 @@ def test_cached_generation_equals_uncached(family):
 
 
 def test_gemma3_depths_keep_their_own_attention_type():
-    # Decision (conf/recursion/default.yaml): attention type follows the effective depth, as in the
+    # Decision (rrt/conf/recursion/default.yaml): attention type follows the effective depth, as in the
     # original model; the shared weights serve a sliding depth in one loop and a full one in another.
     model = convert_to_recursive(tiny_model("gemma3", 6), RecursionSpec(loops=2))
     layers = family_for(model.config).layer_list(model)

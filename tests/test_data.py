@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-import zstandard
-from tokenizers import Tokenizer, models, pre_tokenizers
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerFast
 
@@ -19,46 +16,12 @@ from rrt.data.datamodule import TextDataModule
 from rrt.data.jsonl import expand_files, read_texts
 from rrt.data.packing import RowPacker, cached_rows, pack_documents
 from rrt.data.streaming import StreamingBatches
-
-BOS, EOS = 1, 2
-WORDS = [f"w{i}" for i in range(200)]
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("RRT_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture
-def tokenizer_dir(tmp_path) -> str:
-    """A real (word-level) fast tokenizer saved like a checkpoint: token id = 3 + word number."""
-    vocab = {"<unk>": 0, "<bos>": BOS, "<eos>": EOS, **{word: 3 + i for i, word in enumerate(WORDS)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
-    )
-    tokenizer.save_pretrained(tmp_path / "tok")
-    return str(tmp_path / "tok")
-
-
-def doc(number: int, length: int) -> str:
-    """Document ``number`` (< 150): its first word identifies it, the rest are filler words 150..199."""
-    return " ".join([WORDS[number]] + [WORDS[150 + (number + k) % 50] for k in range(1, length)])
+from tests.helpers import BOS, CONF, EOS, doc, write_jsonl
 
 
 def doc_numbers(rows) -> set[int]:
     """Numbers of the documents whose first word occurs in ``rows``."""
     return {t - 3 for t in np.asarray(rows).flatten().tolist() if 3 <= t < 153}
-
-
-def write_jsonl(path: Path, texts: list[str], field: str = "text", zstd: bool = False) -> Path:
-    lines = "".join(
-        json.dumps({field: text, "meta": {"redpajama_set_name": "RedPajamaBook"}}) + "\n" for text in texts
-    ).encode()
-    path.write_bytes(zstandard.ZstdCompressor().compress(lines) if zstd else lines)
-    return path
 
 
 # ---------------------------------------------------------------- packing
@@ -320,7 +283,7 @@ def test_hydra_data_configs_instantiate_with_the_shared_keys(name, tokenizer_dir
             "budget": {"seq_len": 16, "micro_batch_size": 2, "val_batches": 5},
             "seed": 3,
             "model": {"tokenizer": tokenizer_dir},
-            "data": OmegaConf.load(Path(__file__).parents[1] / "conf" / "data" / f"{name}.yaml"),
+            "data": OmegaConf.load(CONF / "data" / f"{name}.yaml"),
         }
     )
     if name != "local_corpus":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,9 +12,7 @@ from rrt.cli.evaluate import format_results
 from rrt.evaluation.runner import check_eval_config, run_evaluation
 from rrt.factory.targets import load_target
 from rrt.records import RunRecord
-from tests.helpers import compose_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, compose_config
 
 
 def config(*overrides: str):

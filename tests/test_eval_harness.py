@@ -8,7 +8,6 @@ import pytest
 
 from rrt.evaluation import benchmark_splits
 from rrt.evaluation.harness import doc_selection, evaluate
-from tests.test_eval_lm import model, tokenizer  # noqa: F401  (shared module fixtures)
 
 KEYS = ["task", "metric", "value", "stderr", "n", "num_fewshot", "exit_loop", "limit", "subset"]
 

@@ -7,30 +7,12 @@ import torch
 from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 from lm_eval.models.huggingface import HFLM
-from transformers import AutoModelForCausalLM
 
-from rrt.assets import load_tokenizer
 from rrt.evaluation.harness import task_manager
 from rrt.evaluation.lm import RecursiveLM
-from rrt.recursive import RecursionSpec, convert_to_recursive
 from rrt.recursive.model import RecursiveModel
-from tests.tiny import tiny_config
 
 TASKS = ["lambada_openai", "hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("gemma3_270m")
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    """Tiny random Gemma 3 with the real 262k vocabulary, converted to 3 shared layers x 2 loops."""
-    torch.manual_seed(0)
-    config = tiny_config("gemma3", num_layers=6)
-    config.vocab_size = len(tokenizer)
-    return convert_to_recursive(AutoModelForCausalLM.from_config(config).eval(), RecursionSpec(loops=2))
 
 
 @pytest.fixture(scope="module")

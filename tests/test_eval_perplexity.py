@@ -10,7 +10,6 @@ import torch
 import zstandard
 
 from rrt.evaluation.perplexity import perplexity, read_jsonl_texts, windows
-from tests.test_eval_lm import model, tokenizer  # noqa: F401  (shared module fixtures)
 
 BOS = 2
 

@@ -20,7 +20,6 @@ from rrt.cli.lm_eval_cli import requested_tasks, with_local_tasks
 from rrt.evaluation.tasks import task_dir
 from rrt.recursive import LoRASpec, RecursionSpec, convert_to_recursive
 from rrt.recursive.io import HF_REFUSAL
-from tests.test_eval_lm import tokenizer  # noqa: F401  (module fixture: the real gemma-3 tokenizer)
 from tests.tiny import tiny_config, tiny_model, tokens
 
 BIN = Path(sys.executable).parent
@@ -42,7 +41,7 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, tokenizer):  # noqa: F811
+def saved(tmp_path_factory, tokenizer):
     """A relaxed tiny Gemma 3 with the real vocabulary, saved with its tokenizer (what a run leaves in model/)."""
     torch.manual_seed(0)
     config = tiny_config("gemma3")

@@ -18,7 +18,7 @@ from rrt.records import RunRecord
 from rrt.recursive import RecursionSpec
 from rrt.recursive.convert import convert_to_recursive
 from rrt.recursive.io import save_converted
-from tests.test_data import cache, doc, tokenizer_dir  # noqa: F401  (fixtures: a tmp RRT_CACHE_DIR, a tokenizer)
+from tests.helpers import doc
 from tests.tiny import tiny_model
 
 MODES = {0o022: 0o644, 0o027: 0o640}  # the usual umask, and a group-only one (a fixed 0644 would get it wrong)
@@ -51,7 +51,7 @@ def test_saved_model_files_are_readable_by_the_group(tmp_path, umask):
     assert modes == {"config.json": umask, "recursion.json": umask, "model.safetensors": umask}
 
 
-def test_packed_rows_are_readable_by_the_group(cache, tokenizer_dir, umask):  # noqa: F811
+def test_packed_rows_are_readable_by_the_group(cache, tokenizer_dir, umask):
     cached_rows(lambda: [doc(i, 7) for i in range(4)], "cd" * 32, tokenizer_dir, 8)
     (packed,) = (cache / "packed").rglob("*.npy")
     assert mode(packed) == umask

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 SCRIPT = ROOT / "slurm" / "local_cluster.sh"
 # Two CPU ranks per run (DDP over gloo); the node has 2 cores, so the array's runs take turns.
 TINY_DDP = [

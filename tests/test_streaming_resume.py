@@ -17,7 +17,7 @@ from rrt.data import streaming
 from rrt.data.datamodule import TextDataModule
 from rrt.data.streaming import CHUNK_DOCS, StreamingBatches
 from rrt.errors import UserError
-from tests.test_data import doc, tokenizer_dir, write_jsonl  # noqa: F401  (tokenizer_dir is a fixture)
+from tests.helpers import doc, write_jsonl
 
 
 class Counter:
@@ -92,7 +92,7 @@ def trained_prefix(data: TextDataModule, dataset, n: int) -> list[torch.Tensor]:
     return batches
 
 
-def test_resume_reads_o1_text_and_gives_the_uninterrupted_batches(tokenizer_dir, big_shards, monkeypatch):  # noqa: F811
+def test_resume_reads_o1_text_and_gives_the_uninterrupted_batches(tokenizer_dir, big_shards, monkeypatch):
     counter = Counter(monkeypatch)
     uninterrupted = datamodule(tokenizer_dir, big_shards)
     batches = trained_prefix(uninterrupted, uninterrupted.train_dataset(), 2600)  # into the 3rd file of the order
@@ -117,7 +117,7 @@ def test_resume_reads_o1_text_and_gives_the_uninterrupted_batches(tokenizer_dir,
 
 
 @pytest.mark.parametrize("zstd", [False, True])
-def test_resume_with_workers_and_ranks_continues_exactly(tokenizer_dir, tmp_path, zstd):  # noqa: F811
+def test_resume_with_workers_and_ranks_continues_exactly(tokenizer_dir, tmp_path, zstd):
     suffix = ".jsonl.zst" if zstd else ".jsonl"
     files = [
         write_jsonl(tmp_path / f"c{s}{suffix}", [doc(s * 40 + i, 5 + i % 7) for i in range(40)], zstd=zstd)
@@ -159,7 +159,7 @@ class _Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def test_lightning_checkpoint_carries_the_positions(tokenizer_dir, big_shards, tmp_path, monkeypatch):  # noqa: F811
+def test_lightning_checkpoint_carries_the_positions(tokenizer_dir, big_shards, tmp_path, monkeypatch):
     counter = Counter(monkeypatch)
 
     def fit(max_steps: int, ckpt_path: str | None = None) -> tuple[_Recorder, L.Trainer]:
@@ -189,7 +189,7 @@ def test_lightning_checkpoint_carries_the_positions(tokenizer_dir, big_shards, t
     assert counter.docs <= 10 * 2 + 2 * CHUNK_DOCS  # the new rows' documents (each makes >= 1 row) and one chunk
 
 
-def test_resume_with_another_layout_is_refused(tokenizer_dir, big_shards):  # noqa: F811
+def test_resume_with_another_layout_is_refused(tokenizer_dir, big_shards):
     data = datamodule(tokenizer_dir, big_shards)
     trained_prefix(data, data.train_dataset(), 3)
     other = datamodule(tokenizer_dir, big_shards, workers=2)

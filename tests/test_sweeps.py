@@ -7,16 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from rrt.records import RunRecord
 from rrt.sweeps.status import sweep_status
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+from tests.helpers import CONF, ROOT, compose_config
 
 # Runs per sweep = the rows of the paper table that the sweep trains (rrt-paper.md section 1.8; Gemma rows).
 PAPER_ROWS = {
@@ -36,8 +33,7 @@ PRESETS = sorted(PAPER_ROWS) + sorted(f"{name}_cpu" for name in PAPER_ROWS)
 
 
 def compose_sweep(name: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=[f"experiment={name}", *overrides], return_hydra_config=True)
+    return compose_config("config", f"experiment={name}", *overrides, hydra_config=True)
 
 
 def sweep_jobs(cfg) -> list[list[str]]:

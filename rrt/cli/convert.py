@@ -8,8 +8,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from rrt.cli.config_dir import CONF_DIR
-from rrt.cli.errors import one_line_errors
+from rrt.cli.errors import compose_errors, one_line_errors
+from rrt.conf import CONFIG_PATH
 
 
 def mapping_lines(spec, num_layers: int) -> list[str]:
@@ -24,7 +24,8 @@ def mapping_lines(spec, num_layers: int) -> list[str]:
     return lines
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="convert")
+@compose_errors
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="convert")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     from rrt.factory.models import ModelChoice, architecture, num_layers, original_model

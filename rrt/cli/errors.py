@@ -2,6 +2,13 @@
 
 ``RRT_DEBUG=1`` shows the traceback of a user error too. A run that diverged is reported the same way with exit
 code 1 (its record already says ``failed`` and why).
+
+Two layers, because Hydra composes the config before it calls the task function::
+
+    @compose_errors                      # Hydra's own errors while composing (a wrong type, an unknown key or
+    @hydra.main(...)                     #   option, an override that does not parse): one line, exit 2
+    @one_line_errors                     # everything the task raises (and keys no schema has: +lora.rnak=8)
+    def main(cfg): ...
 """
 
 from __future__ import annotations
@@ -13,7 +20,10 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from omegaconf.errors import OmegaConfBaseException
+
 from rrt.cache import MissingAssetError
+from rrt.conf.schema import compose_error_line
 from rrt.errors import UserError
 
 F = TypeVar("F", bound=Callable)
@@ -21,6 +31,7 @@ F = TypeVar("F", bound=Callable)
 # UserError, so that a ValueError from a bug keeps its traceback.
 USER_ERRORS = (UserError, FileNotFoundError, PermissionError, MissingAssetError)
 log = logging.getLogger("rrt")
+_task = {"started": False}  # set when Hydra has composed the config and called the task function
 
 
 def exit_code(error: BaseException) -> int | None:
@@ -41,7 +52,12 @@ def one_line_errors(main: F) -> F:
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        _task["started"] = True
         try:
+            from rrt.conf.schema import check_keys
+
+            if args and hasattr(args[0], "keys"):
+                check_keys(args[0])
             return main(*args, **kwargs)
         except KeyboardInterrupt as error:  # before or after the training loop (inside it: RunInterrupted)
             print(f"interrupted ({error or 'SIGINT'})", file=sys.stderr)
@@ -53,5 +69,34 @@ def one_line_errors(main: F) -> F:
             log.error("%s", error)
             print(f"error: {error}", file=sys.stderr)
             sys.exit(code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def compose_errors(main: F) -> F:
+    """Wrap a ``@hydra.main`` entry point: an error while Hydra composes the config is one line, exit code 2.
+
+    Hydra prints such an error over several lines and exits 1 unless ``HYDRA_FULL_ERROR`` is set, in which case it
+    raises it; it is set for the call so that the error reaches this wrapper (a bug in the task keeps its traceback).
+    """
+    from hydra.errors import HydraException
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        _task["started"] = False
+        previous = os.environ.get("HYDRA_FULL_ERROR")
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            return main(*args, **kwargs)
+        except (HydraException, OmegaConfBaseException) as error:
+            if _task["started"] or os.environ.get("RRT_DEBUG"):
+                raise
+            print(f"error: {compose_error_line(error)}", file=sys.stderr)
+            sys.exit(2)
+        finally:
+            if previous is None:
+                os.environ.pop("HYDRA_FULL_ERROR", None)
+            else:
+                os.environ["HYDRA_FULL_ERROR"] = previous
 
     return wrapper  # type: ignore[return-value]

@@ -10,8 +10,8 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
-from rrt.cli.config_dir import CONF_DIR
-from rrt.cli.errors import one_line_errors
+from rrt.cli.errors import compose_errors, one_line_errors
+from rrt.conf import CONFIG_PATH
 from rrt.evaluation.runner import check_eval_config, run_evaluation
 from rrt.factory.targets import load_target
 from rrt.validation import check_device, check_output_file
@@ -34,7 +34,8 @@ def format_results(results: dict[str, list[dict]]) -> str:
     return "\n\n".join(parts)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+@compose_errors
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     check_eval_config(cfg.eval)

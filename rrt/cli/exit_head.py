@@ -13,15 +13,16 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rrt.cli.config_dir import CONF_DIR
-from rrt.cli.errors import one_line_errors
+from rrt.cli.errors import compose_errors, one_line_errors
+from rrt.conf import CONFIG_PATH
 from rrt.errors import UserError
 from rrt.factory.targets import load_target, model_dir_of
 from rrt.serving.exit_head import ExitHeadFit, evaluate_exit_head, fit_exit_head, token_windows
 from rrt.validation import check_device
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="exit_head")
+@compose_errors
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="exit_head")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     from rrt.data import load_documents

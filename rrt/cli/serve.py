@@ -12,15 +12,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from rrt.cli.config_dir import CONF_DIR
-from rrt.cli.errors import one_line_errors
+from rrt.cli.errors import compose_errors, one_line_errors
+from rrt.conf import CONFIG_PATH
 from rrt.factory.targets import load_target, model_dir_of
 from rrt.serving.exit_head import ExitHead
 from rrt.serving.runner import check_serve_settings, serve
 from rrt.validation import check_device, check_output_file
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="serve")
+@compose_errors
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="serve")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     check_serve_settings(cfg.serve)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from rrt.cli.config_dir import CONF_DIR
-from rrt.cli.errors import one_line_errors
+from rrt.cli.errors import compose_errors, one_line_errors
+from rrt.conf import CONFIG_PATH
 from rrt.run_names import run_name
 
 # hydra.run.dir / hydra.sweep.subdir: the run dir name of the job's overrides (also in SLURM workers, which import this)
 OmegaConf.register_new_resolver("rrt.run_name", lambda overrides: run_name(list(overrides)), replace=True)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@compose_errors
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 @one_line_errors
 def main(cfg: DictConfig) -> float | None:
     from rrt.training.run import train

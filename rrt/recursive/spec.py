@@ -1,8 +1,9 @@
 """What a conversion does, as plain data: loops, looping order, init strategy, relaxation.
 
 These dataclasses are what Hydra's ``recursion``/``init``/``lora`` groups fill in and what a saved model
-stores in ``recursion.json``. ``validate`` runs before any weight is touched, so a bad combination fails
-with a message that says what to change.
+stores in ``recursion.json``; the groups' keys, types and defaults are defined once, in their schemas
+(``rrt.conf.schema``: ``RecursionConfig``, ``InitConfig``, ``LoRAConfig``, which ``LoRASpec`` extends).
+``validate`` runs before any weight is touched, so a bad combination fails with a message that says what to change.
 """
 
 from __future__ import annotations
@@ -10,32 +11,37 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from rrt.conf.schema import (
+    ADAPTERS,
+    Init,
+    InitConfig,
+    Looping,
+    LoRAConfig,
+    LoRAInit,
+    NormInit,
+    RecursionConfig,
+    SVDMethod,
+    values,
+)
 from rrt.errors import UserError
 
-INITS = ("stepwise", "average", "lower", "upper", "random")
-NORM_INITS = ("source", "average", "choice", "zero")
-LOOPINGS = ("cycle", "sequence")
-LORA_INITS = ("svd", "zero")
-ADAPTERS = ("lora", "lamda", "lamda++")
-SVD_METHODS = ("full", "lowrank")
+INITS = values(Init)
+NORM_INITS = values(NormInit)
+LOOPINGS = values(Looping)
+LORA_INITS = values(LoRAInit)
+SVD_METHODS = values(SVDMethod)
 
 
 @dataclass
-class LoRASpec:
-    """Depth-wise relaxation: one adapter per effective depth on every shared linear.
+class LoRASpec(LoRAConfig):
+    """Depth-wise relaxation: one adapter per effective depth on every shared linear (the ``lora`` group's keys,
+    ``LoRAConfig``, plus the LaMDA++ allocation that conversion adds).
 
     ``rank`` 0 means strict recursion (no adapters). ``ranks`` overrides the rank per component group
     (q, kv, o, ffn) as in the paper's Table G.1. The adapter scale is always exactly 1, so the SVD init
     reproduces ``W_depth`` (PEFT's ``lora_alpha / r`` would silently rescale it).
     """
 
-    rank: int = 0
-    init: str = "svd"  # svd: truncated SVD of (W_depth - W_shared); zero: A random, B = 0
-    adapter: str = "lora"  # lora: B A; lamda: B S A, A frozen, B frozen column by column; lamda++: + spectrum ranks
-    ranks: dict[str, int | None] = field(default_factory=lambda: {"q": None, "kv": None, "o": None, "ffn": None})
-    svd: str = "full"  # full: torch.linalg.svd; lowrank: torch.svd_lowrank (see benchmarks/conversion.py)
-    freeze_shared: bool = False  # train only adapters (the paper trains everything)
-    lamda_freeze_b_at: float = 0.25  # lamda: t_i = floor(this x optimizer steps); B is wholly frozen after t_i
     # lamda++: rank per linear path, one per depth, allocated from the residual spectra at conversion and saved
     # with the model, so a load or a count on the meta device rebuilds the same adapters without the spectra
     allocation: dict[str, list[int]] | None = None
@@ -53,10 +59,10 @@ class LoRASpec:
 class RecursionSpec:
     """L layers -> K = L / loops shared layers executed ``loops`` times."""
 
-    loops: int = 2
-    looping: str = "cycle"  # cycle: 1..K,1..K (the paper); sequence: 1,1,2,2,...
-    init: str = "stepwise"
-    norm_init: str = "source"  # source: like the linears; average / choice (first of group) / zero (App. F)
+    loops: int = RecursionConfig.loops
+    looping: str = RecursionConfig.looping  # cycle: 1..K,1..K (the paper); sequence: 1,1,2,2,...
+    init: str = InitConfig.name
+    norm_init: str = InitConfig.norm_init  # source: like the linears; average / choice (first of group) / zero (App. F)
     lora: LoRASpec = field(default_factory=LoRASpec)
     seed: int = 0  # for random init and standard (zero-residual) adapter init
 

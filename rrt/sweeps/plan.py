@@ -15,6 +15,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 
+from rrt.conf.schema import check_keys
 from rrt.errors import UserError
 from rrt.records import RunRecord
 
@@ -77,9 +78,12 @@ def job_run_dir(sweep_config: DictConfig) -> Path:
 
 
 def preflight_job(sweep_config: DictConfig, run_dir: Path) -> None:
-    """The training preflight (budget divisibility over nodes x devices, variant, writable run dir) for one job."""
+    """The training preflight (budget divisibility over nodes x devices, variant, writable run dir) for one job,
+    after the keys no schema has (``+lora.rnak=8``). A job that does not compose at all (``lora.rank=abc``) never
+    gets here: Hydra's sweeper composes every job first, and the sweep stops with one line (``compose_errors``)."""
     from rrt.training.preflight import preflight
 
+    check_keys(sweep_config)
     config = copy.deepcopy(sweep_config)
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.runtime.output_dir = str(run_dir)
