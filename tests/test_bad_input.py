@@ -104,6 +104,7 @@ TRAIN_CASES = [
     (["eval=smoke", "eval.subset=middle"], "eval.subset"),
     (["eval=paper7", "eval.tasks=[piqa,squad]"], "squad"),
     (["budget.seq_len=100000"], "budget.seq_len"),
+    (["model=smollm2_135m", "model.tokenizer=gemma3_270m"], "model.tokenizer=gemma3_270m"),
     (["early_exit=aggressive", "recursion.loops=1"], "recursion.loops>=2"),
     (["recursion.loops=3"], "recursion.loops=3"),
     (["recursion.looping=spiral"], "looping"),

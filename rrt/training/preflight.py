@@ -123,6 +123,22 @@ def check_data_files(cfg: DictConfig) -> None:
             check_jsonl(path, cfg.data.get("text_field", "text"))
 
 
+def check_tokenizer_fits(plan: RunPlan) -> None:
+    """Every token id the tokenizer can produce must have an embedding row. The model group's default tokenizer is
+    gemma-3-270m's, so post-training a saved run of another model without naming its tokenizer would otherwise fail
+    on the first batch, with an index error deep in the embedding. (A smaller tokenizer cannot be told from a
+    padded embedding, e.g. Pythia's, so only this direction is checked.)"""
+    from rrt.assets import load_tokenizer
+
+    tokenizer = load_tokenizer(plan.model.tokenizer)
+    largest, vocab = max(tokenizer.get_vocab().values()), plan.architecture.vocab_size
+    if largest >= vocab:
+        raise UserError(
+            f"model.tokenizer={plan.model.tokenizer} has {len(tokenizer):,} tokens but model.name={plan.model.name} "
+            f"embeds {vocab:,}: pass the model's own tokenizer (model.tokenizer=<embedded name or dir>)"
+        )
+
+
 def check_seq_len(plan: RunPlan) -> None:
     limit = getattr(plan.architecture, "max_position_embeddings", None)
     if limit and plan.budget.seq_len > limit:
@@ -209,6 +225,7 @@ def preflight(cfg: DictConfig) -> RunPlan:
     check_variant(plan)
     check_start_model(plan, explicit_overrides())
     check_seq_len(plan)
+    check_tokenizer_fits(plan)
     plan.budget.validate()
     check_loss_config(plan)
     check_data_files(cfg)
