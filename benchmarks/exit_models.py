@@ -1,0 +1,102 @@
+"""The early-exit-trained models behind the serving benchmark: their records (not weights) and exit-head reports.
+
+``benchmarks/exit_models.sh`` trains them; this copies each post-trained run's ``record.json`` (and its start run's)
+and ``model/exit_head.json`` into ``benchmarks/results/exit_models/<name>/`` and writes
+``benchmarks/results/exit_models.json``, which ``python -m benchmarks.docs`` renders into docs/serving.md: per model,
+the training that made it, loop-by-loop held-out perplexity, and the exits the oracle and the learned head give on
+held-out text (teacher-forced).
+
+    python -m benchmarks.exit_models <post-trained run dir> [...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from benchmarks.common import RESULTS
+from rrt.records import RunRecord
+
+OUT = RESULTS / "exit_models"
+
+
+def name_of(setting: dict) -> str:
+    return f"{setting['model']}_{setting['init']}_b{setting['loops']}"
+
+
+def collect(run: Path) -> dict:
+    """One post-trained run: what made it and what it gives; copies the files it rests on into ``OUT``."""
+    record = RunRecord.load(run).data
+    setting = record["setting"]
+    name = name_of(setting)
+    target = OUT / name
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "record.json", target / "record.json")
+    head = json.loads((run / "model" / "exit_head.json").read_text())
+    shutil.copyfile(run / "model" / "exit_head.json", target / "exit_head.json")
+    start = Path(setting["start_from"])
+    uptrain = RunRecord.load(start).data if (start / "record.json").is_file() else None
+    if uptrain is not None:
+        shutil.copyfile(start / "record.json", target / "uptrain_record.json")
+    heldout = head["heldout"]
+    return {
+        "name": name,
+        "status": record["status"],
+        "model": setting["model"],
+        "init": setting["init"],
+        "loops": setting["loops"],
+        "early_exit": setting["early_exit"],
+        "uptrain_tokens": uptrain["setting"]["token_budget"] if uptrain else None,
+        "post_tokens": setting["token_budget"],
+        "oracle_exit_frac_loop1": heldout["oracle"]["exit_frac_loop1"],
+        "oracle_mean_exit_loop": heldout["oracle"]["mean_exit_loop"],
+        "threshold": head["threshold"],
+        "learned_exit_frac_loop1": heldout["learned"]["exit_frac_loop1"],
+        "learned_mean_exit_loop": heldout["learned"]["mean_exit_loop"],
+        "learned_agreement": heldout["learned"]["agreement"],
+        "target_agreement": head["fit"]["target_agreement"],
+        "auc": heldout["auc"],
+        "heldout_tokens": heldout["tokens"],
+        "ppl": {str(r["exit_loop"]): r["ppl"] for r in record.get("perplexity", [])},
+    }
+
+
+def table(data: dict) -> str:
+    import pandas as pd
+
+    from benchmarks.docs import markdown  # the docs renderer imports this module
+
+    rows = [
+        {
+            "model": f"{m['model']} {m['init']} B={m['loops']}",
+            "uptrain / exit post-train tokens": f"{m['uptrain_tokens']:,} / {m['post_tokens']:,} ({m['early_exit']})",
+            "held-out ppl per exit loop": " / ".join(f"{m['ppl'][str(b)]:.1f}" for b in range(1, m["loops"] + 1)),
+            "oracle: exit at loop 1": f"{m['oracle_exit_frac_loop1']:.3f}",
+            "oracle: mean exit loop": f"{m['oracle_mean_exit_loop']:.2f}",
+            "head AUC per loop": " / ".join(f"{a:.3f}" for a in m["auc"]),
+            "head threshold": f"{m['threshold']:.3f}",
+            "learned: exit at loop 1": f"{m['learned_exit_frac_loop1']:.3f}",
+            "learned: mean exit loop": f"{m['learned_mean_exit_loop']:.2f}",
+            "learned: agreement (target)": f"{m['learned_agreement']:.3f} ({m['target_agreement']:g})",
+            "held-out tokens": m["heldout_tokens"],
+        }
+        for m in data["rows"]
+    ]
+    return markdown(pd.DataFrame(rows))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="post-trained run dirs (with model/exit_head.json)")
+    args = parser.parse_args(argv)
+    models = [collect(run) for run in args.runs]
+    out = RESULTS / "exit_models.json"
+    out.write_text(json.dumps({"benchmark": "exit_models", "rows": models}, indent=1))
+    print(table({"rows": models}))
+    print(f"saved {out}")
+
+
+if __name__ == "__main__":
+    main()

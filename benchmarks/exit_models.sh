@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The early-exit-trained models of the serving benchmark (docs/serving.md), as they were trained: smollm2-135m,
+# Stepwise, B=2 and B=3, uptrained on 122,880 tokens of the local corpus, then early-exit post-trained with the
+# paper's recipe (early_exit=aggressive_kd) on the next 65,536 tokens, then their exit heads fitted
+# (rrt-exit-head). Weights stay in the runs root; `python -m benchmarks.exit_models <post-trained run dirs>` copies
+# their records and exit-head reports into benchmarks/results/ for the docs.
+#
+#   bash benchmarks/exit_models.sh [runs root]      # default runs/exit_models
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(realpath -m "${1:-runs/exit_models}")
+PY=${PY:-.venv/bin/python}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=PASSIVE
+COMMON="budget.val_check_interval=40 budget.checkpoint_every_n_steps=40 logger=csv paths.runs_root=$ROOT"
+for B in 2 3; do
+  $PY train.py model=smollm2_135m init=stepwise recursion.loops=$B budget.tokens=122880 $COMMON
+  UP=$(grep -l "\"loops\": $B," "$ROOT"/train/*init-stepwise*model-smol*/record.json | head -1 | xargs dirname)
+  $PY train.py model.name="$UP" model.tokenizer=smollm2_135m early_exit=aggressive_kd budget.tokens=65536 \
+    data.skip_tokens=122880 $COMMON eval=ppl eval.perplexity.max_documents=5 "eval.exit_loops=[$(seq -s, 1 $B)]"
+  POST=$(ls -td "$ROOT"/train/*/ | head -1)
+  $PY -m rrt.cli.exit_head run="$POST" hydra.run.dir="$ROOT/exit_head_b$B"
+  echo "B=$B: $POST"
+done
