@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from benchmarks.common import RESULTS
+from benchmarks.serving import FULL_RECORD
 from rrt.records import RunRecord
 
 OUT = RESULTS / "exit_models"
@@ -40,6 +41,9 @@ def collect(run: Path) -> dict:
     uptrain = RunRecord.load(start).data if (start / "record.json").is_file() else None
     if uptrain is not None:
         shutil.copyfile(start / "record.json", target / "uptrain_record.json")
+    full = run.parent / FULL_RECORD.format(model=setting["model"])
+    if (full / "record.json").is_file():  # the full model's serving rows (benchmarks/serving.py --record)
+        shutil.copyfile(full / "record.json", target / "full_model_record.json")
     heldout = head["heldout"]
     return {
         "name": name,

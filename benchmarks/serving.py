@@ -50,11 +50,12 @@ from rrt.serving import (
     exit_trajectories,
     learned_exits,
 )
-from rrt.serving.records import throughput_row
+from rrt.serving.records import throughput_row, write_throughput
 from rrt.serving.simulate import MODES, measure_costs, simulate
 from rrt.serving.workload import exit_schedule, text_requests
 
 ROOT = Path(__file__).resolve().parents[1]
+FULL_RECORD = "serving-{model}-full"  # beside the --run dir: the unconverted pretrained model's throughput rows
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (more than the free cores spin-wait)")
     parser.add_argument("--output", default="serving", help="results file name in benchmarks/results/")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="also add the rows to run records: CDB rows of the --run model to its record, the full model's rows "
+        f"to a serving record beside it ({FULL_RECORD.format(model='<model>')})",
+    )
     return parser.parse_args(argv)
 
 
@@ -246,6 +253,19 @@ def teacher_forced(setups: list[Setup]) -> dict:
     return out
 
 
+def write_records(args, rows: list[dict], full: Served, recursive: Served) -> None:
+    """The recursive model's rows into its run's record; the full model's into a serving record of the pretrained,
+    unconverted model (it was never trained: token budget 0), so analysis finds every engine's rows by setting."""
+    run = Path(args.run)
+    write_throughput(run, [r for r in rows if r["model"] == recursive.label])
+    full_dir = run.parent / FULL_RECORD.format(model=args.model)
+    if not (full_dir / "record.json").exists():
+        setting = {"model": args.model, "variant": "full", "pretrained": True, "loops": 1, "lora_rank": 0}
+        setting |= {"distill": "none", "early_exit": "none", "token_budget": 0}
+        RunRecord.create(full_dir, status="complete", setting=setting)
+    write_throughput(full_dir, [r for r in rows if r["model"] == full.label])
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -301,6 +321,10 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
     }
     head_report = None
+    if args.record:
+        if not args.run:
+            raise SystemExit("--record needs --run (the run whose record gets the CDB rows)")
+        write_records(args, printable, full, recursive)
     if args.run and recursive.exit_head is not None:
         head_report = json.loads((Path(args.run) / "model" / "exit_head.json").read_text())
     report(
