@@ -154,14 +154,90 @@ def best(where: dict[str, Any], by: str, expected: Any, largest: str | None = No
     return answer
 
 
-def largest_is_worse(where: dict[str, Any], along: str, column: str) -> Callable[[Rows, Rule], Finding]:
-    """``column`` at the largest ``along`` value is below its value at the smallest (e.g. throughput vs rank)."""
+def greater_at_same(
+    a: dict[str, Any], b: dict[str, Any], column: str, same: tuple[str, ...], each: tuple[str, ...] = ()
+) -> Callable[[Rows, Rule], Finding]:
+    """Like :func:`greater`, but like with like: each ``a`` group (one value of ``same`` + ``each``, e.g. a max
+    batch and an exit policy) against the ``b`` rows with the same ``same`` values (e.g. that batch's vanilla
+    rows); see :func:`_every` for the verdict."""
 
     def answer(rows: Rows, rule: Rule) -> Finding:
-        values = sorted(matching(rows, where).dropna(subset=[column])[along].unique())
-        if len(values) < 2:
-            return Finding(NA, f"needs two scored {along} values")
-        smallest, largest = (estimate(rows, {**where, along: v}, column) for v in (values[0], values[-1]))
-        return compare(smallest, largest, rule)
+        if column not in rows:
+            return Finding(NA, "no scored rows for either side")
+        first, second = (matching(rows, where).dropna(subset=[column]) for where in (a, b))
+        findings = []
+        for values, group in _groups(first, [*same, *each]):
+            at = second[_at(second, dict(zip(same, values)))]
+            if len(at):
+                label = _label(dict(zip([*same, *each], values)))
+                findings.append((label, compare(estimate(group, {}, column), estimate(at, {}, column), rule)))
+        if not findings:
+            side = "either side" if first.empty and second.empty else "one side"
+            return Finding(NA, f"no scored rows for {side}" + _at_same(same))
+        return _every(findings)
 
     return answer
+
+
+def largest_is_worse(
+    where: dict[str, Any], along: str, column: str, same: tuple[str, ...] = ()
+) -> Callable[[Rows, Rule], Finding]:
+    """``column`` at the largest ``along`` value is below its value at the smallest (e.g. throughput vs rank),
+    compared within each group of equal ``same`` values (e.g. max batch and exit policy)."""
+
+    def answer(rows: Rows, rule: Rule) -> Finding:
+        candidates = matching(rows, where).dropna(subset=[column]) if column in rows else rows.iloc[0:0]
+        findings = []
+        for values, group in _groups(candidates, list(same)):
+            found = sorted(group[along].unique())
+            if len(found) >= 2:
+                smallest, largest = (estimate(group, {along: v}, column) for v in (found[0], found[-1]))
+                findings.append((_label(dict(zip(same, values))), compare(smallest, largest, rule)))
+        if not findings:
+            return Finding(NA, f"needs two scored {along} values" + _at_same(same))
+        return _every(findings)
+
+    return answer
+
+
+def _at_same(same: tuple[str, ...]) -> str:
+    return f" at the same {', '.join(column.lstrip('_') for column in same)}" if same else ""
+
+
+def _groups(rows: Rows, by: list[str]) -> list[tuple[tuple[Any, ...], Rows]]:
+    """``rows`` split by ``by`` (missing values a group of their own); no ``by``: one group."""
+    if not by:
+        return [((), rows)]
+    for column in by:
+        if column not in rows:
+            rows = rows.assign(**{column: math.nan})
+    return [(key if isinstance(key, tuple) else (key,), group) for key, group in rows.groupby(by, dropna=False)]
+
+
+def _at(rows: Rows, values: dict[str, Any]) -> pd.Series:
+    """Rows whose columns equal ``values`` (a missing value matches a missing value)."""
+    mask = pd.Series(True, index=rows.index)
+    for column, value in values.items():
+        mine = rows[column] if column in rows else pd.Series(math.nan, index=rows.index)
+        mask &= mine.isna() if pd.isna(value) else (mine == value)
+    return mask
+
+
+def _label(values: dict[str, Any]) -> str:
+    def shown(value: Any) -> str:
+        if pd.isna(value):
+            return "unknown"
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return ", ".join(f"{column.lstrip('_')} {shown(value)}" for column, value in values.items())
+
+
+def _every(findings: list[tuple[str, Finding]]) -> Finding:
+    """One verdict for several like-with-like comparisons: yes / no when every one answers it, else inconclusive
+    (some pending, or some yes and some no); the reason names each comparison."""
+    verdicts = {finding.verdict for _, finding in findings}
+    verdict = next(iter(verdicts)) if len(verdicts) == 1 and verdicts <= {YES, NO} else INCONCLUSIVE
+    if len(findings) == 1:
+        label, finding = findings[0]
+        return Finding(verdict, f"{label}: {finding.reason}" if label else finding.reason)
+    return Finding(verdict, "; ".join(f"{label}: {finding.verdict}, {finding.reason}" for label, finding in findings))

@@ -277,25 +277,30 @@ def paper_throughput_vs_accuracy() -> Figure:
 
 
 def ours_throughput(table_k2: PaperTable) -> Figure | str:
-    """Fig. 8 for our runs: measured throughput vs their score (the K.2 table's ours rows, one metric)."""
+    """Fig. 8 for our runs: measured throughput vs their score, one point per measured serving configuration (the
+    K.2 table's ours rows; simulated ones are not drawn)."""
     frame, basis = table_k2.frame, table_k2.basis
-    ours = frame[(frame["source"] == "ours")].dropna(subset=["throughput"])
+    ours = frame[(frame["source"] == "ours")].dropna(subset=["measured_tokens_per_s"])
     if ours.empty or basis is None or not ours[basis].notna().any():
         return "no complete run has both a measured throughput and a score"
     fig = Figure(figsize=(6.5, 4.5))
     ax = fig.subplots()
-    for _, row in ours.dropna(subset=[basis]).drop_duplicates(["model", "variant", "lora_rank", "engine"]).iterrows():
-        ax.scatter(row["throughput"], row[basis], s=60)
+    points = ["model", "variant", "lora_rank", "engine", "exit_policy", "max_batch"]
+    for _, row in ours.dropna(subset=[basis]).drop_duplicates([c for c in points if c in ours]).iterrows():
+        ax.scatter(row["measured_tokens_per_s"], row[basis], s=60)
+        policy = row.get("exit_policy")
+        policy = f" {policy}" if isinstance(policy, str) and policy != "none" else ""
+        batch = f", batch {row['max_batch']:g}" if pd.notna(row.get("max_batch")) else ""
         ax.annotate(
-            f"{kind(row)} + {row['engine']} (x{row['speedup_vanilla']:.2f})",
-            (row["throughput"], row[basis]),
+            f"{kind(row)} + {row['engine']}{policy}{batch} (x{row['measured_speedup_vs_vanilla']:.2f})",
+            (row["measured_tokens_per_s"], row[basis]),
             textcoords="offset points",
             xytext=(4, 4),
             fontsize=7,
         )
     if basis == "ppl":
         ax.set_yscale("log")
-    ax.set(title="Ours: measured throughput", xlabel="Throughput (tokens/s)", ylabel=BASIS_LABEL[basis])
+    ax.set(title="Ours: measured throughput", xlabel="Measured throughput (tokens/s)", ylabel=BASIS_LABEL[basis])
     ax.margins(x=0.2)
     fig.tight_layout()
     return fig

@@ -48,9 +48,9 @@ class Runs:
 
     def summary(self, exit_loop: int | None = None, complete_only: bool = True) -> pd.DataFrame:
         """One row per run: its setting (unprefixed), N-emb (billions), paper task scores (percent), Avg and its
-        standard error ``Avg_se``, perplexity (``ppl_se``: bootstrap over documents, when the record has them),
-        last validation / training CE and throughput per engine, at the final exit (``exit_loop=None``) or at a
-        given loop."""
+        standard error ``Avg_se``, perplexity (``ppl_se``: bootstrap over documents, when the record has them) and
+        last validation / training CE, at the final exit (``exit_loop=None``) or at a given loop. Throughput is not
+        one number per run: see :meth:`configurations`."""
         runs = self.runs[self.runs["status"] == "complete"] if complete_only else self.runs
         setting = runs.filter(like="setting.").rename(columns=lambda c: c.removeprefix("setting."))
         out = pd.concat([runs[["run", "status"]], setting], axis=1).set_index("run")
@@ -62,11 +62,16 @@ class Runs:
             _perplexities(self.perplexity, exit_loop, loops)
         )
         if exit_loop is None:
-            out = out.join(_last_loss(self.metrics)).join(_throughputs(self.throughput))
+            out = out.join(_last_loss(self.metrics))
         for column in [*TASK_COLUMNS, AVG, "Avg_se", "ppl", "ppl_se", "val_loss", "loss"]:
             if column not in out:
                 out[column] = np.nan
         return out.reset_index()
+
+    def configurations(self) -> pd.DataFrame:
+        """Serving throughput, one row per run and configuration, measured and simulated numbers in separate
+        columns (see :func:`throughput_configurations`)."""
+        return throughput_configurations(self.throughput)
 
 
 def load_runs(*roots: str | Path) -> Runs:
@@ -262,15 +267,67 @@ def _last_loss(metrics: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _throughputs(throughput: pd.DataFrame) -> pd.DataFrame:
-    """tokens/s per engine: the best configuration measured for that engine in the run.
+THROUGHPUT_KEY = ["run", "engine", "batching", "exit_policy", "max_batch", "simulated"]  # one serving configuration
+SIMULATION_MODES = ("paper", "full")  # rrt.serving.simulate.MODES: decode blocks only / everything counted
+SIMULATED = [f"sim_{mode}_{value}" for mode in SIMULATION_MODES for value in ("tokens_per_s", "vs_vanilla", "vs_csb")]
+MEASURED = ["measured_tokens_per_s", "measured_tokens_per_s_se", "measured_rounds"]
+CONFIGURATION_COLUMNS = [*THROUGHPUT_KEY, "setup", "served", *MEASURED, "measured_vs_vanilla_paired"]
+CONFIGURATION_COLUMNS += ["measured_vs_csb_paired", *SIMULATED, "mean_exit_loop", "teacher_forced_agreement"]
 
-    A serving benchmark writes several rows per engine (exit policies, head batching); averaging them would mix
-    a live policy with the ideal oracle one. The paper's CDB numbers use oracle exits, as does our best CDB row.
+
+def throughput_configurations(throughput: pd.DataFrame) -> pd.DataFrame:
+    """One row per serving configuration of a run: (engine, batching, exit policy, max batch, simulated or not).
+
+    Measured numbers and simulated ones never share a column: a measured row's ``tokens_per_s`` is
+    ``measured_tokens_per_s`` (``_se``: the standard error over its rounds, ``tokens_per_s_rounds``, when it has two
+    or more), its own ``sim_<mode>_*`` keys (the simulator run on the same workload) stay ``sim_<mode>_*``; a row
+    with ``simulated: true`` is simulated throughout, its ``tokens_per_s`` / ``vs_vanilla`` / ``vs_csb`` landing in
+    ``sim_<its mode>_*``, its measured columns empty. ``measured_vs_*_paired`` is the benchmark's own ratio (median
+    over rounds, each round against the same round's baseline). A row's ``model`` (the served model's label) is
+    ``served``, so it cannot shadow the run setting's ``model``.
     """
     if throughput.empty or not {"engine", "tokens_per_s"} <= set(throughput):
-        return pd.DataFrame()
-    wide = throughput.pivot_table(index="run", columns="engine", values="tokens_per_s", aggfunc="max")
-    wide = wide.add_prefix("thr:")
-    wide.columns.name = None
-    return wide
+        return pd.DataFrame(columns=CONFIGURATION_COLUMNS)
+    rows = [_configuration_row(row) for row in throughput.to_dict("records")]
+    frame = pd.DataFrame(rows).reindex(columns=CONFIGURATION_COLUMNS)
+    frame["simulated"] = frame["simulated"].astype(bool)
+    frame["max_batch"] = pd.to_numeric(frame["max_batch"], errors="coerce")
+    # the two simulation modes of one configuration are two rows of a record: one row here, first value per column
+    frame = frame.groupby(THROUGHPUT_KEY, sort=False, dropna=False).first().reset_index()
+    return frame.reindex(columns=CONFIGURATION_COLUMNS)
+
+
+def _configuration_row(row: dict[str, Any]) -> dict[str, Any]:
+    simulated = isinstance(row.get("simulated"), (bool, np.bool_)) and bool(row["simulated"])
+    out = {key: row.get(key) for key in ("run", "engine", "batching", "exit_policy", "max_batch", "setup")}
+    out |= {"simulated": simulated, "served": row.get("model")}
+    out |= {key: _number(row.get(key)) for key in ("mean_exit_loop", "teacher_forced_agreement")}
+    out |= {key: _number(row.get(key)) for key in SIMULATED if not simulated}
+    if simulated:
+        mode = row.get("mode")
+        if mode in SIMULATION_MODES:
+            out[f"sim_{mode}_tokens_per_s"] = _number(row.get("tokens_per_s"))
+            for base in ("vanilla", "csb"):
+                out[f"sim_{mode}_vs_{base}"] = _number(_median(row.get(f"vs_{base}")))
+        return out
+    listed = row.get("tokens_per_s_rounds")
+    rounds = pd.to_numeric(pd.Series(listed if isinstance(listed, list) else [], dtype=object), errors="coerce")
+    rounds = rounds.dropna()
+    out["measured_tokens_per_s"] = _number(row.get("tokens_per_s"))
+    out["measured_rounds"] = len(rounds) if len(rounds) else np.nan
+    out["measured_tokens_per_s_se"] = float(rounds.std(ddof=1)) / np.sqrt(len(rounds)) if len(rounds) > 1 else np.nan
+    for base in ("vanilla", "csb"):
+        out[f"measured_vs_{base}_paired"] = _number(_median(row.get(f"vs_{base}")))
+    return out
+
+
+def _median(value: Any) -> Any:
+    """A ratio as a row holds it: a number, or ``{"median", "min", "max"}`` over rounds."""
+    return value.get("median") if isinstance(value, dict) else value
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value) if value is not None else np.nan
+    except (TypeError, ValueError):
+        return np.nan
