@@ -267,7 +267,8 @@ def _last_loss(metrics: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-THROUGHPUT_KEY = ["run", "engine", "batching", "exit_policy", "max_batch", "simulated"]  # one serving configuration
+# one serving configuration (head_batch: how many exited tokens the engine gathers per head call)
+THROUGHPUT_KEY = ["run", "engine", "batching", "exit_policy", "max_batch", "head_batch", "simulated"]
 SIMULATION_MODES = ("paper", "full")  # rrt.serving.simulate.MODES: decode blocks only / everything counted
 SIMULATED = [f"sim_{mode}_{value}" for mode in SIMULATION_MODES for value in ("tokens_per_s", "vs_vanilla", "vs_csb")]
 MEASURED = ["measured_tokens_per_s", "measured_tokens_per_s_se", "measured_rounds"]
@@ -292,6 +293,7 @@ def throughput_configurations(throughput: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame(rows).reindex(columns=CONFIGURATION_COLUMNS)
     frame["simulated"] = frame["simulated"].astype(bool)
     frame["max_batch"] = pd.to_numeric(frame["max_batch"], errors="coerce")
+    frame["head_batch"] = pd.to_numeric(frame["head_batch"], errors="coerce")
     # the two simulation modes of one configuration are two rows of a record: one row here, first value per column
     frame = frame.groupby(THROUGHPUT_KEY, sort=False, dropna=False).first().reset_index()
     return frame.reindex(columns=CONFIGURATION_COLUMNS)
@@ -299,7 +301,9 @@ def throughput_configurations(throughput: pd.DataFrame) -> pd.DataFrame:
 
 def _configuration_row(row: dict[str, Any]) -> dict[str, Any]:
     simulated = isinstance(row.get("simulated"), (bool, np.bool_)) and bool(row["simulated"])
-    out = {key: row.get(key) for key in ("run", "engine", "batching", "exit_policy", "max_batch", "setup")}
+    out = {
+        key: row.get(key) for key in ("run", "engine", "batching", "exit_policy", "max_batch", "head_batch", "setup")
+    }
     out |= {"simulated": simulated, "served": row.get("model")}
     out |= {key: _number(row.get(key)) for key in ("mean_exit_loop", "teacher_forced_agreement")}
     out |= {key: _number(row.get(key)) for key in SIMULATED if not simulated}

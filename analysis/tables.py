@@ -443,7 +443,13 @@ def table_j1(runs: Runs, model: str | None = PAPER_MODEL, rule: Rule = OURS) -> 
 MID1, MID2 = "Avg@loop1", "Avg@loop2"
 
 
-CONFIGURATION = ["batching", "exit_policy", "max_batch", "simulated"]  # with engine: one serving configuration
+CONFIGURATION = [
+    "batching",
+    "exit_policy",
+    "max_batch",
+    "head_batch",
+    "simulated",
+]  # with engine: one serving configuration
 MEASURED_K2 = ["measured_tokens_per_s", "measured_speedup_vs_vanilla", "measured_speedup_vs_csb"]
 SIMULATED_K2 = {  # our column <- the configuration's simulated value (paper mode: the paper's method)
     "simulated_tokens_per_s": "sim_paper_tokens_per_s",
@@ -452,7 +458,18 @@ SIMULATED_K2 = {  # our column <- the configuration's simulated value (paper mod
     "simulated_full_speedup_vs_vanilla": "sim_full_vs_vanilla",
     "simulated_full_speedup_vs_csb": "sim_full_vs_csb",
 }
-K2_VALUES = ["batching", "exit_policy", "max_batch", "setup", "throughput_from", AVG, MID1, MID2, *MEASURED_K2]
+K2_VALUES = [
+    "batching",
+    "exit_policy",
+    "max_batch",
+    "head_batch",
+    "setup",
+    "throughput_from",
+    AVG,
+    MID1,
+    MID2,
+    *MEASURED_K2,
+]
 K2_VALUES += [*SIMULATED_K2, "mean_exit_loop", "teacher_forced_agreement"]
 PAPER_SIMULATED, OURS_MEASURED, OURS_SIMULATED = "simulated (paper: A100)", "measured", "simulated (ours)"
 MEASURED_RULE = "measured tokens/s at the same max_batch (paper: its simulated tokens/s as printed)"

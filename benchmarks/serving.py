@@ -102,8 +102,8 @@ class Setup:
     policy: ExitPolicy
     batching: str
     exits: list[torch.Tensor] | None  # the policy's teacher-forced exit loops per document (None: all loops)
-    batched_head: bool = True  # exited tokens wait for one head call over the batch (policies that read the head
-    # after every loop emit at once)
+    batched_head: bool = False  # exited tokens wait until every slot awaits one head call (head_batch = slots);
+    # False: the head runs in every step that has exits (head_batch = 1)
 
 
 def load_served(args, full: torch.nn.Module) -> tuple[Served, Served | None]:
@@ -143,15 +143,19 @@ def setups_for(args, full: Served, recursive: Served, relaxed: Served | None, re
         Setup("vanilla static", full, FullDepth(), "static", None),
         Setup("CSB", full, FullDepth(), "csb", None),
         Setup("CDB no exit", recursive, FullDepth(), "cdb", None),
-        Setup("CDB replay(oracle)", recursive, ReplayExit(exit_schedule(oracle, requests)), "cdb", oracle),
     ]
+    replay = ReplayExit(exit_schedule(oracle, requests))
+    out += [Setup("CDB replay(oracle)", recursive, replay, "cdb", oracle)]
+    out += [Setup("CDB replay(oracle), head batch = slots", recursive, replay, "cdb", oracle, batched_head=True)]
     if recursive.exit_head is not None:
         head = recursive.exit_head
         learned = [learned_exits(t, head.threshold) for t in recursive.trajectories]
         out.append(Setup("CDB learned (live)", recursive, LearnedExit(head), "cdb", learned))
+        name = "CDB learned (live), head batch = slots"
+        out.append(Setup(name, recursive, LearnedExit(head), "cdb", learned, batched_head=True))
     confident = [confidence_exits(t, args.confidence) for t in recursive.trajectories]
     name = f"CDB confidence>={args.confidence:g} (live)"
-    out.append(Setup(name, recursive, ConfidenceExit(args.confidence), "cdb", confident, batched_head=False))
+    out.append(Setup(name, recursive, ConfidenceExit(args.confidence), "cdb", confident))
     if relaxed is not None:
         relaxed_oracle = [t.oracle for t in relaxed.trajectories]
         policy = ReplayExit(exit_schedule(relaxed_oracle, requests))

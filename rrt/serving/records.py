@@ -9,7 +9,7 @@ from rrt.errors import UserError
 from rrt.records import ENGINE_OF_BATCHING, RECORD_NAME, RunRecord
 from rrt.serving.engine import EngineStats
 
-ROW_KEY = ("engine", "exit_policy", "max_batch")  # a new measurement of the same setting replaces the old row
+ROW_KEY = ("engine", "exit_policy", "max_batch", "head_batch")  # a new measurement of one setting replaces the old row
 
 
 def throughput_row(
