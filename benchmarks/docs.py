@@ -20,7 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import RESULTS
+from benchmarks.exit_models import table as exit_models_table
 from benchmarks.lamda import table as lamda_table
+from benchmarks.serving import table as serving_table
 from benchmarks.simulate import table as simulate_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +149,8 @@ TABLES: dict[str, Table] = {
     "training": Table("docs/conversion.md", "training.json", ratio_rows),
     "lamda": Table("docs/conversion.md", "lamda.json", lamda_table),
     "simulate": Table("docs/serving.md", "simulate.json", simulate_table),
+    "exit_models": Table("docs/serving.md", "exit_models.json", exit_models_table),
+    "serving": Table("docs/serving.md", "serving.json", serving_table),
     "anchor": Table("docs/evaluation.md", "gemma3_270m_paper7.json", anchor, in_docs=True, rows_key="evals"),
     "anchor_ppl": Table(
         "docs/evaluation.md", "gemma3_270m_paper7.json", anchor_perplexity, in_docs=True, rows_key="perplexity"

@@ -30,15 +30,17 @@ def name_of(setting: dict) -> str:
 def collect(run: Path) -> dict:
     """One post-trained run: what made it and what it gives; copies the files it rests on into ``OUT``."""
     record = RunRecord.load(run).data
-    setting = record["setting"]
-    name = name_of(setting)
-    target = OUT / name
+    setting = dict(record["setting"])
+    start = Path(setting["start_from"])
+    start = start.parent if start.name == "model" else start  # the start run's saved model dir -> its run dir
+    uptrain = RunRecord.load(start).data if (start / "record.json").is_file() else None
+    if uptrain is not None:  # records before the setting named the start run's model gave its path as the model
+        setting["model"] = uptrain["setting"]["model"]
+    target = OUT / name_of(setting)
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "record.json", target / "record.json")
     head = json.loads((run / "model" / "exit_head.json").read_text())
     shutil.copyfile(run / "model" / "exit_head.json", target / "exit_head.json")
-    start = Path(setting["start_from"])
-    uptrain = RunRecord.load(start).data if (start / "record.json").is_file() else None
     if uptrain is not None:
         shutil.copyfile(start / "record.json", target / "uptrain_record.json")
     full = run.parent / FULL_RECORD.format(model=setting["model"])
@@ -46,7 +48,7 @@ def collect(run: Path) -> dict:
         shutil.copyfile(full / "record.json", target / "full_model_record.json")
     heldout = head["heldout"]
     return {
-        "name": name,
+        "name": target.name,
         "status": record["status"],
         "model": setting["model"],
         "init": setting["init"],

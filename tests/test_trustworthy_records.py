@@ -31,6 +31,8 @@ def test_post_training_is_labelled_with_the_loaded_model(uptrained, tmp_path):
     assert (setting["init"], setting["lora_rank"], setting["rank_ffn"], setting["loops"]) == ("average", 4, 4, 2)
     assert setting["early_exit_phase"] == "post" and setting["early_exit_data"] == "overlap"
     assert setting["pretrained"] is False  # tiny_llama is built from its config; the flag travels with the model
+    assert setting["model"] == "tiny_llama"  # the start run's model, not its path (analysis groups by model)
+    assert setting["start_from"] == str(uptrained / "model")
 
 
 def test_post_training_on_new_data_skips_what_the_start_run_consumed(uptrained, tmp_path):

@@ -163,7 +163,8 @@ def setting_of(plan: RunPlan, student: nn.Module, teacher: dict[str, Any] | None
     start_record = _start_record(start)
     early_exit = plan.early_exit.loss
     return {
-        "model": plan.model.name,
+        # a run post-trained from another run is of that run's model (start_from says where it started)
+        "model": ((start_record or {}).get("setting") or {}).get("model") or plan.model.name,
         "variant": variant,
         "pretrained": getattr(student.config, "rrt_pretrained", None),
         "loops": spec.loops if recursive else (plan.spec.loops if variant == "reduced" else 1),
