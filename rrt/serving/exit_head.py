@@ -58,8 +58,9 @@ class ExitHeadFit:
             return value
 
         for key in ("tokens", "window", "width", "epochs", "batch_size", "seed"):
-            if not isinstance(getattr(self, key), int) or number(key) < (0 if key == "seed" else 1):
-                raise UserError(f"exit_head.{key}={getattr(self, key)!r} must be an integer >= 1")
+            least = 0 if key == "seed" else 1
+            if not isinstance(getattr(self, key), int) or number(key) < least:
+                raise UserError(f"exit_head.{key}={getattr(self, key)!r} must be an integer >= {least}")
         if not 0 < number("calibration") < 1:
             raise UserError(f"exit_head.calibration={self.calibration} must be a fraction in (0, 1)")
         if not 0 < number("target_agreement") <= 1:
