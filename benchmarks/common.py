@@ -14,6 +14,13 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def portable(text: str, runs_root: Path) -> str:
+    """``text`` (a record, a setting as JSON) with this machine's runs-root prefix dropped: paths relative to the
+    runs root the runs were trained under (``train/<run>``; the root itself is ``.``)."""
+    root = str(Path(runs_root).resolve())
+    return text.replace(f"{root}/", "").replace(root, ".")
+
+
 def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
     """Median seconds of ``repeats`` calls after ``warmup`` calls."""
     for _ in range(warmup):

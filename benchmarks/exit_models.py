@@ -1,10 +1,10 @@
 """The early-exit-trained models behind the serving benchmark: their records (not weights) and exit-head reports.
 
 ``benchmarks/exit_models.sh`` trains them; this copies each post-trained run's ``record.json`` (and its start run's)
-and ``model/exit_head.json`` into ``benchmarks/results/exit_models/<name>/`` and writes
-``benchmarks/results/exit_models.json``, which ``python -m benchmarks.docs`` renders into docs/serving.md: per model,
-the training that made it, loop-by-loop held-out perplexity, and the exits the oracle and the learned head give on
-held-out text (teacher-forced).
+and ``model/exit_head.json`` into ``benchmarks/results/exit_models/<name>/`` (paths relative to the runs root) and
+writes ``benchmarks/results/exit_models.json``, which ``python -m benchmarks.docs`` renders into docs/serving.md: per
+model, the training that made it, loop-by-loop held-out perplexity, and the exits the oracle and the learned head
+give on held-out text (teacher-forced).
 
     python -m benchmarks.exit_models <post-trained run dir> [...]
 """
@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
-from benchmarks.common import RESULTS
+from benchmarks.common import RESULTS, portable
 from benchmarks.serving import FULL_RECORD
 from rrt.records import RunRecord
 
@@ -25,6 +24,12 @@ OUT = RESULTS / "exit_models"
 
 def name_of(setting: dict) -> str:
     return f"{setting['model']}_{setting['init']}_b{setting['loops']}"
+
+
+def _copy_portable(source: Path, target: Path, runs_root: Path) -> None:
+    """Copy a record with its paths relative to the runs root it was trained under (``train/<run>``), not this
+    machine's absolute paths."""
+    target.write_text(portable(source.read_text(), runs_root))
 
 
 def collect(run: Path) -> dict:
@@ -38,14 +43,14 @@ def collect(run: Path) -> dict:
         setting["model"] = uptrain["setting"]["model"]
     target = OUT / name_of(setting)
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / "record.json", target / "record.json")
+    _copy_portable(run / "record.json", target / "record.json", run.parent.parent)
     head = json.loads((run / "model" / "exit_head.json").read_text())
-    shutil.copyfile(run / "model" / "exit_head.json", target / "exit_head.json")
+    _copy_portable(run / "model" / "exit_head.json", target / "exit_head.json", run.parent.parent)
     if uptrain is not None:
-        shutil.copyfile(start / "record.json", target / "uptrain_record.json")
+        _copy_portable(start / "record.json", target / "uptrain_record.json", run.parent.parent)
     full = run.parent / FULL_RECORD.format(model=setting["model"])
     if (full / "record.json").is_file():  # the full model's serving rows (benchmarks/serving.py --record)
-        shutil.copyfile(full / "record.json", target / "full_model_record.json")
+        _copy_portable(full / "record.json", target / "full_model_record.json", run.parent.parent)
     heldout = head["heldout"]
     return {
         "name": target.name,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import report
+from benchmarks.common import portable, report
 from rrt.assets import load_pretrained, load_tokenizer
 from rrt.data import load_documents
 from rrt.records import RunRecord
@@ -115,7 +115,11 @@ def load_served(args, full: torch.nn.Module) -> tuple[Served, Served | None]:
             f"{record['setting']['init']} B={record['setting']['loops']}, early-exit trained",
             load_converted(run / "model").eval(),
             exit_head=ExitHead.load(run / "model"),
-            source={"run": _relative(run), "setting": record["setting"], "config_hash": record.get("config_hash")},
+            source={
+                "run": _relative(run),
+                "setting": json.loads(portable(json.dumps(record["setting"]), run.parent.parent)),
+                "config_hash": record.get("config_hash"),
+            },
         )
     else:
         spec = RecursionSpec(loops=args.loops, init="stepwise")

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from rrt.errors import UserError
 from rrt.recursive.model import RecursiveModel
-from rrt.serving.trajectories import agreement_of, earliest_at
+from rrt.serving.trajectories import agreement_of, earliest_at, exit_summary
 from rrt.utils.atomic import atomic_write_bytes, atomic_write_text
 
 WEIGHTS, CONFIG = "exit_head.safetensors", "exit_head.json"
@@ -161,8 +161,9 @@ def outcome(scores: torch.Tensor, agrees: torch.Tensor, threshold: float) -> dic
     """What exiting at the earliest loop scoring >= ``threshold`` gives on teacher-forced tokens: exit fractions per
     loop, mean exit loop and agreement with the final loop (``scores``, ``agrees``: (B-1, N))."""
     exits = earliest_at(scores, threshold)
-    out = {f"exit_frac_loop{b}": float((exits == b).float().mean()) for b in range(1, scores.shape[0] + 2)}
-    return {**out, "mean_exit_loop": float(exits.float().mean()), "agreement": agreement_of(agrees, exits)}
+    summary = exit_summary([exits], loops=scores.shape[0] + 1)
+    del summary["tokens"]
+    return {**summary, "agreement": agreement_of(agrees, exits)}
 
 
 def calibrate(scores: torch.Tensor, agrees: torch.Tensor, target: float, candidates: int = 400) -> float:
