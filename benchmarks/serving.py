@@ -105,6 +105,9 @@ class Setup:
     batched_head: bool = False  # exited tokens wait until every slot awaits one head call (head_batch = slots);
     # False: the head runs in every step that has exits (head_batch = 1)
 
+    def head_batch(self, slots: int) -> int:
+        return slots if self.batched_head else 1
+
 
 def load_served(args, full: torch.nn.Module) -> tuple[Served, Served | None]:
     """The recursive model (a run's, with its exit head, or a fresh conversion) and the relaxed one."""
@@ -172,7 +175,7 @@ def measure(setups: list[Setup], requests: list[Request], batches: list[int], ro
     engines = {}
     for batch in batches:
         for s in setups:
-            head_batch = batch if s.batched_head else 1
+            head_batch = s.head_batch(batch)
             engine = Engine(s.served.model, s.policy, max_batch=batch, batching=s.batching, head_batch=head_batch)
             engine.generate([Request(-1, requests[0].prompt, 2)])  # warm-up
             engines[s.name, batch] = engine
@@ -217,7 +220,7 @@ def measured_rows(setups: list[Setup], runs: dict, requests: list[Request], batc
                     tokens_per_s_rounds=rates[s.name],
                     vs_vanilla=vs["vanilla"],
                     vs_csb=vs["csb"],
-                    head_batch=batch if s.batched_head else 1,
+                    head_batch=s.head_batch(batch),
                     head_calls=stats.head_calls,
                     profile={
                         part: getattr(stats, part)
@@ -241,7 +244,7 @@ def simulated(setups: list[Setup], requests: list[Request], batches: list[int], 
     for s in setups:
         policy = ReplayExit(exit_schedule(s.exits, requests)) if s.exits is not None else FullDepth()
         for batch in batches:
-            head_batch = batch if s.batched_head else 1
+            head_batch = s.head_batch(batch)
             for mode in MODES:
                 stats = simulate(
                     cost_of[id(s.served)], requests, policy, batch, s.batching, head_batch=head_batch, mode=mode
