@@ -47,8 +47,8 @@ from rrt.serving import (
     agreement,
     confidence_exits,
     exit_summary,
-    exit_trajectories,
     learned_exits,
+    window_trajectories,
 )
 from rrt.serving.records import throughput_row, write_throughput
 from rrt.serving.simulate import MODES, measure_costs, simulate
@@ -70,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new", type=int, default=48)
     parser.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16], help="max batch sizes (slots)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; median and spread reported")
+    parser.add_argument(
+        "--head-batch-slots",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the replay and learned setups with head batch = slots (the head waits for every slot)",
+    )
     parser.add_argument("--confidence", type=float, default=0.8, help="threshold of the confidence policy")
     parser.add_argument("--repeats", type=int, default=3, help="timings per point of the simulator's cost curves")
     parser.add_argument("--seed", type=int, default=0)
@@ -153,13 +159,16 @@ def setups_for(args, full: Served, recursive: Served, relaxed: Served | None, re
     ]
     replay = ReplayExit(exit_schedule(oracle, requests))
     out += [Setup("CDB replay(oracle)", recursive, replay, "cdb", oracle)]
-    out += [Setup("CDB replay(oracle), head batch = slots", recursive, replay, "cdb", oracle, batched_head=True)]
+    if args.head_batch_slots:
+        name = "CDB replay(oracle), head batch = slots"
+        out.append(Setup(name, recursive, replay, "cdb", oracle, batched_head=True))
     if recursive.exit_head is not None:
         head = recursive.exit_head
         learned = [learned_exits(t, head.threshold) for t in recursive.trajectories]
         out.append(Setup("CDB learned (live)", recursive, LearnedExit(head), "cdb", learned))
-        name = "CDB learned (live), head batch = slots"
-        out.append(Setup(name, recursive, LearnedExit(head), "cdb", learned, batched_head=True))
+        if args.head_batch_slots:
+            name = "CDB learned (live), head batch = slots"
+            out.append(Setup(name, recursive, LearnedExit(head), "cdb", learned, batched_head=True))
     confident = [confidence_exits(t, args.confidence) for t in recursive.trajectories]
     name = f"CDB confidence>={args.confidence:g} (live)"
     out.append(Setup(name, recursive, ConfidenceExit(args.confidence), "cdb", confident))
@@ -284,13 +293,13 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = load_tokenizer(args.model)
     full = Served(f"{args.model} (full)", load_pretrained(args.model).eval())
     recursive, relaxed = load_served(args, full.model)
-    requests, docs = text_requests(
+    requests, windows = text_requests(
         tokenizer, load_documents("heldout"), args.requests, args.prompt_tokens, args.min_new, args.max_new, args.seed
     )
     max_len = args.prompt_tokens + args.max_new
     print("exit trajectories (teacher-forced over the requests' documents)...", flush=True)
     for served in filter(None, (recursive, relaxed)):
-        served.trajectories = exit_trajectories(served.model, tokenizer, docs, max_len, served.exit_head)
+        served.trajectories = window_trajectories(served.model, windows, served.exit_head)
     setups = setups_for(args, full, recursive, relaxed, requests)
     exits = teacher_forced(setups)
     print("serving...", flush=True)

@@ -221,13 +221,30 @@ def test_batched_head_waits_for_exits_and_keeps_outputs():
 
 
 def test_workload_prompts_and_oracle_schedule_offsets():
-    docs = ["1 2 3", "4 5 6 7 8 9 10", "11 12 13 14 15 16 17 18"]
-    requests, used = text_requests(_Tokenizer(), docs, count=2, prompt_tokens=3, min_new=2, max_new=3, seed=0)
-    assert used == docs[1:] and [r.prompt for r in requests] == [[4, 5, 6], [11, 12, 13]]
+    docs = ["1 2 3", "4 5 6 7 8 9 10 20 21 22 23 24", "11 12 13 14 15 16 17 18"]
+    requests, windows = text_requests(_Tokenizer(), docs, count=3, prompt_tokens=3, min_new=2, max_new=3, seed=0)
+    # 6-token windows: the first of every document long enough, then the second ones
+    assert [w.tolist() for w in windows] == [[4, 5, 6, 7, 8, 9], [11, 12, 13, 14, 15, 16], [10, 20, 21, 22, 23, 24]]
+    assert [r.prompt for r in requests] == [[4, 5, 6], [11, 12, 13], [10, 20, 21]]
     assert all(2 <= r.max_new_tokens <= 3 for r in requests)
     oracle = torch.tensor([2, 2, 1, 2, 1, 1, 2, 2])  # exit loop of the prediction at each position
     trajectories = [Trajectory(oracle, torch.empty(1, 8), torch.empty(1, 8, dtype=torch.bool))] * 2
     schedule = oracle_schedule(trajectories, [Request(0, [4, 5, 6], 3), Request(1, [1], 2)])
     assert schedule == {0: [1, 2, 1], 1: [2, 2]}  # token k is predicted at position len(prompt) - 1 + k
-    with pytest.raises(ValueError, match="only 1 documents have more than 7 tokens"):
-        text_requests(_Tokenizer(), docs, count=2, prompt_tokens=3, min_new=2, max_new=4)
+    with pytest.raises(ValueError, match="the documents hold only 3 windows of 6 tokens"):
+        text_requests(_Tokenizer(), docs, count=4, prompt_tokens=3, min_new=2, max_new=3)
+
+
+class _BOSTokenizer(_Tokenizer):
+    bos_token_id = 99
+
+    def __call__(self, text, return_tensors=None):
+        return super().__call__(f"99 {text}", return_tensors)
+
+
+def test_workload_windows_of_a_bos_tokenizer_all_start_with_bos():
+    requests, windows = text_requests(
+        _BOSTokenizer(), ["1 2 3 4 5 6 7 8 9 10"], 3, prompt_tokens=2, min_new=2, max_new=2
+    )
+    assert [w.tolist() for w in windows] == [[99, 1, 2, 3], [99, 4, 5, 6], [99, 7, 8, 9]]
+    assert [r.prompt for r in requests] == [[99, 1], [99, 4], [99, 7]]

@@ -11,6 +11,7 @@ from rrt.serving.trajectories import (
     exit_summary,
     exit_trajectories,
     learned_exits,
+    window_trajectories,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "exit_trajectories",
     "fit_exit_head",
     "learned_exits",
+    "window_trajectories",
 ]

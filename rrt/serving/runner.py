@@ -17,7 +17,7 @@ from rrt.serving.engine import BATCHINGS, Engine
 from rrt.serving.exit_head import ExitHead
 from rrt.serving.policies import ConfidenceExit, ExitPolicy, FullDepth, LearnedExit, ReplayExit
 from rrt.serving.records import ROW_KEY, throughput_row
-from rrt.serving.trajectories import exit_trajectories
+from rrt.serving.trajectories import window_trajectories
 from rrt.serving.workload import oracle_schedule, text_requests
 from rrt.validation import ANY_INT, FRACTION, POSITIVE_INT, check_values
 
@@ -53,7 +53,7 @@ def check_serve_settings(cfg: DictConfig) -> None:
         raise UserError(f"unknown serve.batching {cfg.batching!r}; supported: {list(BATCHINGS)}")
 
 
-def make_policy(cfg: DictConfig, model, tokenizer, requests, documents, exit_head: ExitHead | None) -> ExitPolicy:
+def make_policy(cfg: DictConfig, model, requests, windows, exit_head: ExitHead | None) -> ExitPolicy:
     if cfg.policy == "confidence":
         return ConfidenceExit(cfg.threshold)
     if cfg.policy == "learned":
@@ -64,7 +64,7 @@ def make_policy(cfg: DictConfig, model, tokenizer, requests, documents, exit_hea
             )
         return LearnedExit(exit_head, cfg.get("learned_threshold"))
     if cfg.policy == "replay":
-        trajectories = exit_trajectories(model, tokenizer, documents, max_tokens=cfg.prompt_tokens + cfg.max_new_tokens)
+        trajectories = window_trajectories(model, windows)
         return ReplayExit(oracle_schedule(trajectories, requests))
     return FullDepth()
 
@@ -79,7 +79,7 @@ def serve(
 
     check_serve_settings(cfg)
     torch.set_num_threads(cfg.threads)
-    requests, documents = text_requests(
+    requests, windows = text_requests(
         tokenizer,
         load_documents("heldout"),
         cfg.requests,
@@ -88,7 +88,7 @@ def serve(
         cfg.max_new_tokens,
         cfg.seed,
     )
-    policy = make_policy(cfg, model, tokenizer, requests, documents, exit_head)
+    policy = make_policy(cfg, model, requests, windows, exit_head)
     engine = Engine(
         model,
         policy,

@@ -36,11 +36,20 @@ def exit_trajectories(
     max_tokens: int = 256,
     exit_head: nn.Module | None = None,  # an rrt.serving.exit_head.ExitHead
 ) -> list[Trajectory]:
+    """Trajectories over the first ``max_tokens`` tokens of each document."""
+    windows = [torch.tensor(tokenizer(document).input_ids[:max_tokens]) for document in documents]
+    return window_trajectories(model, windows, exit_head)
+
+
+def window_trajectories(
+    model: nn.Module, windows: Iterable[torch.Tensor], exit_head: nn.Module | None = None
+) -> list[Trajectory]:
+    """Trajectories over token windows (1-D id tensors), e.g. a serving workload's (``text_requests``)."""
     stack = DepthStack(model)
     trajectories = []
     with torch.inference_mode():
-        for document in documents:
-            ids = tokenizer(document, return_tensors="pt").input_ids[:, :max_tokens]
+        for window in windows:
+            ids = window[None]
             with RecursiveModel(model).loop_outputs() as captured:
                 final = model(input_ids=ids, use_cache=False).logits[0].argmax(-1)
             oracle = torch.full_like(final, stack.loops)

@@ -15,20 +15,35 @@ from rrt.serving.trajectories import Trajectory
 
 def text_requests(
     tokenizer, documents: list[str], count: int, prompt_tokens: int, min_new: int, max_new: int, seed: int = 0
-) -> tuple[list[Request], list[str]]:
-    """``count`` requests whose prompts are the first ``prompt_tokens`` tokens of documents long enough to
-    hold the longest continuation; each asks for a seeded number of new tokens in [min_new, max_new]."""
+) -> tuple[list[Request], list[torch.Tensor]]:
+    """``count`` requests cut from consecutive ``prompt_tokens + max_new``-token windows of the documents (the
+    first window of every document, then the second, ...; more requests than documents take later windows):
+    a request's prompt is its window's first ``prompt_tokens`` tokens and it asks for a seeded number of new
+    tokens in [min_new, max_new]. Returns the requests and their windows (the text the teacher-forced exit
+    trajectories run over)."""
     rng = random.Random(seed)
     need = prompt_tokens + max_new
-    docs = list(itertools.islice((d for d in documents if len(tokenizer(d).input_ids) > need), count))
-    if len(docs) < count:
+    encoded = [tokenizer(d).input_ids for d in documents]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    # a tokenizer that starts every text with BOS (Gemma) starts every window with it, not only the first
+    prefix = [bos] if bos is not None and encoded and all(e[:1] == [bos] for e in encoded) else []
+    bodies = [torch.tensor(e[len(prefix) :]) for e in encoded]
+    size = need - len(prefix)
+    rounds = max((len(b) for b in bodies), default=0) // size
+    windows = (
+        torch.cat([torch.tensor(prefix, dtype=torch.long), body[j * size : (j + 1) * size]])
+        for j in range(rounds)
+        for body in bodies
+        if len(body) >= (j + 1) * size
+    )
+    chosen = list(itertools.islice(windows, count))
+    if len(chosen) < count:
         raise UserError(
-            f"only {len(docs)} documents have more than {need} tokens; ask for fewer requests or new tokens"
+            f"the documents hold only {len(chosen)} windows of {need} tokens (prompt + max new tokens); "
+            "ask for fewer requests or new tokens"
         )
-    requests = [
-        Request(i, tokenizer(d).input_ids[:prompt_tokens], rng.randint(min_new, max_new)) for i, d in enumerate(docs)
-    ]
-    return requests, docs
+    requests = [Request(i, w[:prompt_tokens].tolist(), rng.randint(min_new, max_new)) for i, w in enumerate(chosen)]
+    return requests, chosen
 
 
 def exit_schedule(exit_loops: Sequence[torch.Tensor], requests: Sequence[Request]) -> dict[int, list[int]]:
