@@ -61,11 +61,58 @@ def test_full_depth_engine_equals_generate_with_refill(family, loops):
     assert stats.exit_loops == {loops or 1: stats.tokens - len(requests)}
 
 
-def test_relaxed_model_groups_rows_by_loop_and_equals_generate():
-    model, requests = model_for("gemma3", loops=2, rank=4), make_requests()
-    assert len({d.group for d in DepthStack(model).depths}) == 6  # every depth has its own adapters
-    outputs, _ = Engine(model, max_batch=3).generate(requests)
+def relaxed_model(variant: str = "lora", loops: int = 2):
+    """Tiny Gemma 3 (6 layers: at B=2 the depths of one layer position differ in attention type), Average init, so
+    every depth's SVD-initialised adapter differs."""
+    model = tiny_model("gemma3")
+    convert_to_recursive(model, RecursionSpec(loops=loops, init="average", lora=LoRASpec(rank=4, adapter=variant)))
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = None, 0
+    return model
+
+
+@pytest.mark.parametrize("adapters", ["stacked", "grouped"])
+def test_relaxed_model_equals_generate(adapters):
+    model, requests = relaxed_model(), make_requests()
+    stack = DepthStack(model, adapters)
+    assert len({d.group for d in stack.depths}) == 6  # every depth has its own adapters
+    assert sum(s is not None for s in stack.stacked) == (stack.shared if adapters == "stacked" else 0)
+    outputs, _ = Engine(model, max_batch=3, adapters=adapters).generate(requests)
     assert outputs == reference(model, requests)
+
+
+@pytest.mark.parametrize(("variant", "loops"), [("lora", 2), ("lora", 3), ("lamda", 2)])
+def test_stacked_adapters_serve_mixed_loop_steps_as_grouped_calls_do(variant, loops):
+    """With exits every step mixes rows at different loops: one stacked call per layer gives the tokens of one
+    call per loop."""
+    model, requests = relaxed_model(variant, loops), make_requests()
+    mixed = ReplayExit({r.rid: [1 + (r.rid + k) % loops for k in range(r.max_new_tokens)] for r in requests})
+    stacked_out, stacked = Engine(model, mixed, max_batch=3, adapters="stacked").generate(requests)
+    grouped_out, grouped = Engine(model, mixed, max_batch=3, adapters="grouped").generate(requests)
+    assert stacked_out == grouped_out
+    assert stacked.exit_loops == grouped.exit_loops and len(stacked.exit_loops) == loops
+
+
+def test_stacked_adapters_give_each_row_its_own_loops_layer():
+    """One stacked call over rows at every loop equals each row run through its own depth's layer."""
+    model = model_for("llama", loops=3, rank=4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    stacked, grouped = DepthStack(model, "stacked"), DepthStack(model, "grouped")
+    hidden = torch.randn(6, 1, 32)
+    slots, loops, positions = (
+        torch.arange(6),
+        torch.tensor([0, 1, 2, 2, 1, 0]),
+        torch.tensor([[3], [1], [4], [0], [2], [5]]),
+    )
+    with torch.inference_mode():
+        pools = stacked.new_pool(6, 8), grouped.new_pool(6, 8)
+        for i in range(stacked.shared):
+            one = stacked.run_shared_layer(i, hidden, slots, loops, positions, pools[0])
+            per_loop = grouped.run_shared_layer(i, hidden, slots, loops, positions, pools[1])
+            torch.testing.assert_close(one, per_loop, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pools[0].keys, pools[1].keys, rtol=1e-5, atol=1e-6)
 
 
 def test_static_batching_waits_for_the_longest_request():

@@ -41,6 +41,7 @@ def test_each_policy_adds_one_row_and_reruns_replace_it(run_dir):
     [
         ("serve.policy=sometimes", "supported: \\['none', 'confidence', 'learned', 'replay'\\]"),
         ("serve.batching=dynamic", "supported: \\['static', 'csb', 'cdb'\\]"),
+        ("serve.adapters=merged", "supported: \\['stacked', 'grouped'\\]"),
     ],
 )
 def test_bad_settings_fail_before_loading_anything(override, message):

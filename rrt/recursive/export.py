@@ -101,8 +101,8 @@ def peft_model(model: nn.Module, base: nn.Module):
     with torch.no_grad():
         for name, adapter in depth_adapters(model).items():
             target = wrapped.base_model.model.get_submodule(name)
-            up = adapter.lora_B @ adapter.lora_S if hasattr(adapter, "lora_S") else adapter.lora_B
-            target.lora_A["default"].weight.copy_(adapter.lora_A)
+            down, up = adapter.factors()
+            target.lora_A["default"].weight.copy_(down)
             target.lora_B["default"].weight.copy_(up)
     return wrapped.eval()
 

@@ -70,6 +70,11 @@ class DepthLoRALinear(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         return self.lora_B @ self.lora_A
 
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(down r x d_in, up d_out x r) with delta = up @ down: the plain LoRA pair a PEFT export or a stacked
+        serving call needs."""
+        return self.lora_A, self.lora_B
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + F.linear(F.linear(x, self.lora_A), self.lora_B)
 
@@ -109,6 +114,9 @@ class DepthLaMDALinear(DepthLoRALinear):
 
     def delta_weight(self) -> torch.Tensor:
         return self.lora_B @ self.lora_S @ self.lora_A
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lora_A, self.lora_B @ self.lora_S  # S folded into the up projection
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + F.linear(F.linear(F.linear(x, self.lora_A), self.lora_S), self.lora_B)

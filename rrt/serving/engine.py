@@ -105,6 +105,9 @@ class Engine:
 
     ``batching``: "static" (vanilla), "csb" (a plain model) or "cdb" (a recursive model); None = the model's
     continuous batching.
+
+    ``adapters``: a relaxed model's rows at different loops run in one call with every loop's adapter stacked
+    into one LoRA ("stacked", the paper's serving) or in one call per loop ("grouped"); see rrt.serving.adapters.
     """
 
     def __init__(
@@ -115,10 +118,12 @@ class Engine:
         batching: str | None = None,
         head_batch: int = 1,
         attention: str = "padded",
+        adapters: str = "stacked",
     ):
         if max_batch < 1:
             raise UserError(f"max_batch must be >= 1, got {max_batch}")
-        self.stack = DepthStack(model)
+        self.stack = DepthStack(model, adapters)
+        self.adapters = adapters
         self.batching = batching or continuous_batching(self.stack.loops)
         check_batching(self.batching, self.stack.loops)
         self.policy = policy or FullDepth()

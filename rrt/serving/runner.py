@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from rrt.errors import UserError
 from rrt.records import RunRecord
+from rrt.serving.adapters import ADAPTER_CALLS
 from rrt.serving.engine import BATCHINGS, Engine
 from rrt.serving.exit_head import ExitHead
 from rrt.serving.policies import ConfidenceExit, ExitPolicy, FullDepth, LearnedExit, ReplayExit
@@ -51,6 +52,8 @@ def check_serve_settings(cfg: DictConfig) -> None:
         raise UserError(f"unknown serve.policy {cfg.policy!r}; supported: {list(POLICIES)}")
     if cfg.batching is not None and cfg.batching not in BATCHINGS:
         raise UserError(f"unknown serve.batching {cfg.batching!r}; supported: {list(BATCHINGS)}")
+    if cfg.adapters not in ADAPTER_CALLS:
+        raise UserError(f"unknown serve.adapters {cfg.adapters!r}; supported: {list(ADAPTER_CALLS)}")
 
 
 def make_policy(cfg: DictConfig, model, requests, windows, exit_head: ExitHead | None) -> ExitPolicy:
@@ -96,6 +99,7 @@ def serve(
         batching=cfg.batching,
         head_batch=cfg.head_batch,
         attention=cfg.attention,
+        adapters=cfg.adapters,
     )
     engine.generate(requests[:1])  # warm-up
     _, stats = engine.generate(requests)
@@ -107,6 +111,7 @@ def serve(
         len(requests),
         head_batch=cfg.head_batch,
         attention=cfg.attention,
+        adapters=cfg.adapters,
         exit_hist={str(b): n for b, n in sorted(stats.exit_loops.items())},
     )
     if record is not None:

@@ -130,12 +130,12 @@ class ModelCosts:
 
 class _Probe:
     """The engine's own calls on one model, on synthetic rows: positions spread over ``start..max_len``, rows
-    round robin over the loops (a relaxed model then runs one call per loop, as in a mixed-loop step)."""
+    round robin over the loops (a relaxed model then runs its stacked or grouped call, as in a mixed-loop step)."""
 
     PARTS = ("block", "head", "embed", "propagate")
 
-    def __init__(self, model: nn.Module, rows: int, start: int, max_len: int):
-        self.model, self.stack = model, DepthStack(model)
+    def __init__(self, model: nn.Module, rows: int, start: int, max_len: int, adapters: str = "stacked"):
+        self.model, self.stack, self.adapters = model, DepthStack(model, adapters), adapters
         self.start, self.max_len = start, max_len
         self.pool = self.stack.new_pool(rows, max_len)
         weight = self.stack.embed.weight
@@ -172,7 +172,7 @@ class _Probe:
     def prefill(self, length: int) -> float:
         """The engine's own prefill time for one request of ``length`` prompt tokens."""
         prompt = torch.randint(0, self.stack.embed.weight.shape[0], (length,), generator=self.generator).tolist()
-        return Engine(self.model, max_batch=1).generate([Request(0, prompt, 1)])[1].prefill_s
+        return Engine(self.model, max_batch=1, adapters=self.adapters).generate([Request(0, prompt, 1)])[1].prefill_s
 
     def costs(self, curves: dict[str, Curve]) -> ModelCosts:
         return ModelCosts(self.stack.loops, self.stack.shared, memory=memory_of(self.model), **curves)
@@ -184,13 +184,15 @@ def measure_costs(
     prompt_lengths: Sequence[int],
     max_len: int,
     repeats: int = 3,
+    adapters: Sequence[str] | None = None,
 ) -> list[ModelCosts]:
     """Seconds of the engine's calls on each model: the shared layers, head, embedding and one depth's state
     propagation at each batch size, and prefills of each prompt length. Every point is timed ``repeats`` times
     after a warm-up, the models in turn (load from other processes hits them alike), and the fastest counts
     (other processes only add time)."""
     sizes, lengths = sorted(set(batch_sizes)), sorted(set(prompt_lengths))
-    probes = [_Probe(model, sizes[-1], lengths[0], max_len) for model in models]
+    adapters = adapters or ["stacked"] * len(models)  # per model: how its relaxed loops run (engine's adapters=)
+    probes = [_Probe(model, sizes[-1], lengths[0], max_len, kind) for model, kind in zip(models, adapters)]
     points: list[dict[str, list[tuple[int, float]]]] = [{} for _ in probes]
     jobs = [(part, n, lambda probe, part=part, n=n: probe.seconds(part, n)) for part in _Probe.PARTS for n in sizes]
     jobs += [("prefill", n, lambda probe, n=n: probe.prefill(n)) for n in lengths]

@@ -6,9 +6,10 @@ compute for a batch of *one* depth: per-row rotary embeddings and masks (rows ha
 in Gemma 3, depths ``i`` and ``i + K`` may differ in attention type), and a :class:`~rrt.serving.kv.RowCache`
 that routes each row's keys/values to its own (request, depth) cache.
 
-Rows at different loops share one call when their depths have the same parameter leaves (strict recursion);
-relaxed models give every depth its own adapters, so rows are grouped by depth (i.e. by loop) and each group
-runs its depth's module.
+Rows at different loops share one call when their depths have the same parameter leaves (strict recursion).
+Relaxed models give every depth its own adapters: rows still share one call, through a copy of the layer whose
+depth adapters are stacked into one LoRA applied per row (``rrt.serving.adapters``, the paper's serving), or
+(``adapters="grouped"``) are grouped by depth, i.e. by loop, and each group runs its depth's module.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from transformers.models.llama.modeling_llama import rotate_half
 from rrt.errors import UserError
 from rrt.recursive.convert import parameter_leaves
 from rrt.recursive.model import RecursiveModel, soft_cap
+from rrt.serving.adapters import ADAPTER_CALLS, RowLoops, shared_but_adapters, stacked_layer
 from rrt.serving.kv import KVPool, RowCache
 
 SUPPORTED_FAMILIES = ("gemma3", "gemma", "llama", "qwen2", "gpt_neox")
@@ -63,6 +65,11 @@ def check_attention(kind: str) -> None:
         raise UserError(f"unknown attention {kind!r}; supported: {list(ATTENTIONS)}")
 
 
+def check_adapters(kind: str) -> None:
+    if kind not in ADAPTER_CALLS:
+        raise UserError(f"unknown adapters {kind!r}; supported: {list(ADAPTER_CALLS)}")
+
+
 def attention_of(layer: nn.Module) -> nn.Module:
     """The layer's attention module (``self_attn``; GPT-NeoX: ``attention``)."""
     return layer.self_attn if hasattr(layer, "self_attn") else layer.attention
@@ -79,7 +86,10 @@ class Depth:
 class DepthStack:
     """Embedding, per-depth layers, state propagation and head of one (recursive) causal LM."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, adapters: str = "stacked"):
+        """``adapters``: how rows at different loops of a relaxed model run: "stacked" (one call, every loop's
+        adapter stacked into one LoRA, as the paper serves them) or "grouped" (one call per loop present)."""
+        check_adapters(adapters)
         recursive = RecursiveModel(model)
         family, spec = recursive.family, recursive.spec
         if family.name not in SUPPORTED_FAMILIES:
@@ -107,6 +117,12 @@ class DepthStack:
             key = tuple(id(m) for _, m in parameter_leaves(layer))
             window = getattr(config, "sliding_window", None) if types[d] == "sliding_attention" else None
             self.depths.append(Depth(layer, types[d], window, leaves.setdefault(key, len(leaves))))
+        self.stacked: list[tuple[nn.Module, RowLoops] | None] = [None] * self.shared
+        for i in range(self.shared):
+            at_i = [self.depths[b * self.shared + i] for b in range(self.loops)]
+            loops_differ = len({d.group for d in at_i}) > 1
+            if adapters == "stacked" and loops_differ and shared_but_adapters([d.layer for d in at_i]):
+                self.stacked[i] = stacked_layer([d.layer for d in at_i])
         attn = attention_of(layers[0])
         self.head_dim = getattr(attn, "head_dim", None) or attn.head_size  # GPT-NeoX: head_size
         self.kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
@@ -171,18 +187,23 @@ class DepthStack:
         for row, d in enumerate(depths):
             groups.setdefault(self.depths[d].group, []).append(row)
         if len(groups) == 1:
-            return self._call(depths[0], hidden, slots, depths, positions, pool)
+            return self._call(self.depths[depths[0]].layer, hidden, slots, depths, positions, pool)
+        if self.stacked[i] is not None:
+            layer, rows_of = self.stacked[i]
+            rows_of.loops = loops
+            return self._call(layer, hidden, slots, depths, positions, pool)
         out = torch.empty_like(hidden)
         for rows in groups.values():
             index = torch.tensor(rows, device=hidden.device)
+            layer = self.depths[depths[rows[0]]].layer
             out[index] = self._call(
-                depths[rows[0]], hidden[index], slots[index], [depths[r] for r in rows], positions[index], pool
+                layer, hidden[index], slots[index], [depths[r] for r in rows], positions[index], pool
             )
         return out
 
-    def _call(self, depth: int, hidden, slots, depths: list[int], positions, pool: KVPool) -> torch.Tensor:
+    def _call(self, layer: nn.Module, hidden, slots, depths: list[int], positions, pool: KVPool) -> torch.Tensor:
         depth_tensor = torch.tensor(depths, device=hidden.device)
-        return self.depths[depth].layer(
+        return layer(
             hidden,
             position_embeddings=self.rope(hidden, positions, depths),
             attention_mask=self.mask(positions, depths),
