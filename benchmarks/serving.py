@@ -50,6 +50,7 @@ from rrt.serving import (
     learned_exits,
     window_trajectories,
 )
+from rrt.serving.adapters import ADAPTER_CALLS
 from rrt.serving.records import throughput_row, write_throughput
 from rrt.serving.simulate import MODES, measure_costs, simulate
 from rrt.serving.workload import exit_schedule, text_requests
@@ -64,6 +65,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run", help="run dir of the recursive model (its model/ and exit head); default: convert")
     parser.add_argument("--loops", type=int, default=2, help="B of the fresh conversion when --run is not given")
     parser.add_argument("--relaxed-rank", type=int, default=64, help="a relaxed Stepwise conversion's rank; 0: none")
+    parser.add_argument(
+        "--relaxed-adapters",
+        nargs="+",
+        choices=ADAPTER_CALLS,
+        default=["stacked"],
+        help="how the relaxed model's loops run: stacked (one call, the paper's serving) and/or grouped (per loop)",
+    )
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--min-new", type=int, default=16)
@@ -110,6 +118,7 @@ class Setup:
     exits: list[torch.Tensor] | None  # the policy's teacher-forced exit loops per document (None: all loops)
     batched_head: bool = False  # exited tokens wait until every slot awaits one head call (head_batch = slots);
     # False: the head runs in every step that has exits (head_batch = 1)
+    adapters: str = "stacked"  # a relaxed model's loops: one stacked call or one call per loop (grouped)
 
     def head_batch(self, slots: int) -> int:
         return slots if self.batched_head else 1
@@ -175,7 +184,9 @@ def setups_for(args, full: Served, recursive: Served, relaxed: Served | None, re
     if relaxed is not None:
         relaxed_oracle = [t.oracle for t in relaxed.trajectories]
         policy = ReplayExit(exit_schedule(relaxed_oracle, requests))
-        out.append(Setup("CDB relaxed replay(oracle)", relaxed, policy, "cdb", relaxed_oracle))
+        for adapters in args.relaxed_adapters:
+            name = "CDB relaxed replay(oracle)" + ("" if adapters == "stacked" else f", {adapters} adapters")
+            out.append(Setup(name, relaxed, policy, "cdb", relaxed_oracle, adapters=adapters))
     return out
 
 
@@ -185,7 +196,14 @@ def measure(setups: list[Setup], requests: list[Request], batches: list[int], ro
     for batch in batches:
         for s in setups:
             head_batch = s.head_batch(batch)
-            engine = Engine(s.served.model, s.policy, max_batch=batch, batching=s.batching, head_batch=head_batch)
+            engine = Engine(
+                s.served.model,
+                s.policy,
+                max_batch=batch,
+                batching=s.batching,
+                head_batch=head_batch,
+                adapters=s.adapters,
+            )
             engine.generate([Request(-1, requests[0].prompt, 2)])  # warm-up
             engines[s.name, batch] = engine
     runs: dict[tuple[str, int], list] = {key: [] for key in engines}
@@ -230,6 +248,7 @@ def measured_rows(setups: list[Setup], runs: dict, requests: list[Request], batc
                     vs_vanilla=vs["vanilla"],
                     vs_csb=vs["csb"],
                     head_batch=s.head_batch(batch),
+                    adapters=s.adapters,
                     head_calls=stats.head_calls,
                     profile={
                         part: getattr(stats, part)
@@ -244,11 +263,12 @@ def measured_rows(setups: list[Setup], runs: dict, requests: list[Request], batc
 
 def simulated(setups: list[Setup], requests: list[Request], batches: list[int], args, max_len: int) -> dict:
     """{(setup, batch, mode): simulated tokens/s} for the same requests, batches and teacher-forced exit patterns."""
-    models = list({id(s.served): s.served for s in setups}.values())
+    served = {(id(s.served), s.adapters): s for s in setups}  # a model, and how its relaxed loops run
     print("measuring the simulator's cost curves...", flush=True)
     sizes = sorted({1, *batches})  # the tail of a run has fewer rows than slots
-    costs = measure_costs([m.model for m in models], sizes, [args.prompt_tokens], max_len, args.repeats)
-    cost_of = {id(m): c for m, c in zip(models, costs)}
+    models, adapters = [s.served.model for s in served.values()], [s.adapters for s in served.values()]
+    costs = measure_costs(models, sizes, [args.prompt_tokens], max_len, args.repeats, adapters)
+    cost_of = dict(zip(served, costs))
     out = {}
     for s in setups:
         policy = ReplayExit(exit_schedule(s.exits, requests)) if s.exits is not None else FullDepth()
@@ -256,7 +276,13 @@ def simulated(setups: list[Setup], requests: list[Request], batches: list[int], 
             head_batch = s.head_batch(batch)
             for mode in MODES:
                 stats = simulate(
-                    cost_of[id(s.served)], requests, policy, batch, s.batching, head_batch=head_batch, mode=mode
+                    cost_of[id(s.served), s.adapters],
+                    requests,
+                    policy,
+                    batch,
+                    s.batching,
+                    head_batch=head_batch,
+                    mode=mode,
                 )
                 out[s.name, batch, mode] = stats.tokens_per_s
     return out
