@@ -32,15 +32,28 @@ def _copy_portable(source: Path, target: Path, runs_root: Path) -> None:
     target.write_text(portable(source.read_text(), runs_root))
 
 
+def start_run(setting: dict) -> Path:
+    """The run a post-trained run started from (its saved model dir's run dir)."""
+    start = Path(setting["start_from"])
+    return start.parent if start.name == "model" else start
+
+
+def full_model_name(setting: dict) -> str:
+    """The embedded full-size model a run descends from: records written before the setting named the start run's
+    model gave the start run's path as the model, so follow it to the start run's record."""
+    record = start_run(setting) / "record.json" if setting.get("start_from") else None
+    if record is not None and record.is_file():
+        return full_model_name(RunRecord.load(record.parent).data["setting"])
+    return setting["model"]
+
+
 def collect(run: Path) -> dict:
     """One post-trained run: what made it and what it gives; copies the files it rests on into ``OUT``."""
     record = RunRecord.load(run).data
     setting = dict(record["setting"])
-    start = Path(setting["start_from"])
-    start = start.parent if start.name == "model" else start  # the start run's saved model dir -> its run dir
+    start = start_run(setting)
     uptrain = RunRecord.load(start).data if (start / "record.json").is_file() else None
-    if uptrain is not None:  # records before the setting named the start run's model gave its path as the model
-        setting["model"] = uptrain["setting"]["model"]
+    setting["model"] = full_model_name(setting)
     target = OUT / name_of(setting)
     target.mkdir(parents=True, exist_ok=True)
     _copy_portable(run / "record.json", target / "record.json", run.parent.parent)

@@ -16,16 +16,20 @@ docs/serving.md).
 from __future__ import annotations
 
 import argparse
-import copy
 from dataclasses import asdict
+from pathlib import Path
 
 import pandas as pd
 import torch
 
-from benchmarks.common import report
+from benchmarks.common import portable, report
+from benchmarks.exit_models import full_model_name
 from rrt.assets import load_pretrained, load_tokenizer
 from rrt.data import load_documents
+from rrt.records import RunRecord
 from rrt.recursive import RecursionSpec, convert_to_recursive
+from rrt.recursive.io import load_converted
+from rrt.recursive.model import RecursiveModel
 from rrt.serving import FullDepth, exit_summary, exit_trajectories
 from rrt.serving.records import throughput_row
 from rrt.serving.simulate import (
@@ -44,8 +48,12 @@ PAPER = {"vs_vanilla": 2.66, "vs_csb": 1.88, "source": "Fig. 8 / Table K.2, recu
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["gemma3_270m", "smollm2_135m"])
-    parser.add_argument("--loops", type=int, default=2)
+    parser.add_argument("--models", nargs="+", default=["gemma3_270m", "smollm2_135m"], help="fresh conversions")
+    parser.add_argument("--loops", type=int, default=2, help="B of the fresh conversions")
+    parser.add_argument(
+        "--runs", nargs="+", default=[], help="early-exit-trained run dirs to simulate instead of fresh conversions"
+    )
+    parser.add_argument("--output", default="simulate", help="results file name in benchmarks/results/")
     parser.add_argument("--documents", type=int, default=12, help="held-out documents for the exit trajectories")
     parser.add_argument(
         "--requests", type=int, default=512, help="simulated queue (request r replays document r mod D)"
@@ -66,20 +74,34 @@ def batch_sizes(*largest: int) -> list[int]:
     return sorted({2**i for i in range(top.bit_length()) if 2**i < top} | set(largest))
 
 
-def simulate_model(name: str, args: argparse.Namespace) -> tuple[list[dict], dict]:
+def recursive_models(args: argparse.Namespace) -> list[tuple[str, str, torch.nn.Module]]:
+    """(label, full model name, recursive model): the runs' early-exit-trained models, else fresh conversions."""
+    if not args.runs:
+        spec = RecursionSpec(loops=args.loops, init="stepwise")
+        return [(name, name, convert_to_recursive(load_pretrained(name), spec)) for name in args.models]
+    out = []
+    for run in map(Path, args.runs):
+        setting = RunRecord.load(run).data["setting"]
+        name = full_model_name(setting)
+        label = f"{name} {setting['init']} B={setting['loops']}, early-exit trained"
+        out.append((label, name, load_converted(run / "model").eval()))
+    return out
+
+
+def simulate_model(label: str, name: str, recursive: torch.nn.Module, args) -> tuple[list[dict], dict]:
     """The simulated rows of one model and what they rest on (batches, exits, cost curves)."""
     tokenizer, full = load_tokenizer(name), load_pretrained(name)
-    recursive = convert_to_recursive(copy.deepcopy(full), RecursionSpec(loops=args.loops, init="stepwise"))
+    loops = RecursiveModel(recursive).loops
     max_len = args.prompt_tokens + args.max_new
     documents = [d for d in load_documents("heldout") if len(tokenizer(d).input_ids) >= max_len][: args.documents]
-    print(f"{name}: exit trajectories over {len(documents)} documents...", flush=True)
+    print(f"{label}: exit trajectories over {len(documents)} documents...", flush=True)
     trajectories = exit_trajectories(recursive, tokenizer, documents, max_tokens=max_len)
     requests, oracle = trajectory_queue(
         trajectories, args.prompt_tokens, args.requests, args.min_new, args.max_new, args.seed
     )
     cap = int(args.memory_gib * 2**30)
     full_batch, recursive_batch = (memory_of(m).max_batch(cap, max_len) for m in (full, recursive))
-    print(f"{name}: measuring costs (batch {full_batch} full, {recursive_batch} recursive)...", flush=True)
+    print(f"{label}: measuring costs (batch {full_batch} full, {recursive_batch} recursive)...", flush=True)
     full_costs, recursive_costs = measure_costs(
         [full, recursive], batch_sizes(full_batch, recursive_batch), [args.prompt_tokens], max_len, args.repeats
     )
@@ -109,7 +131,7 @@ def simulate_model(name: str, args: argparse.Namespace) -> tuple[list[dict], dic
                     stats,
                     batch,
                     len(requests),
-                    model=name,
+                    model=label,
                     setup=setup,
                     mode=mode,
                     simulated=True,
@@ -127,7 +149,8 @@ def simulate_model(name: str, args: argparse.Namespace) -> tuple[list[dict], dic
     basis = {
         "memory_gib": args.memory_gib,
         "max_batch": {"full": full_batch, "recursive": recursive_batch},
-        "exits": exit_summary([t.oracle for t in trajectories], args.loops),
+        "loops": loops,
+        "exits": exit_summary([t.oracle for t in trajectories], loops),
         "documents": len(documents),
         "costs": {"full": asdict(full_costs), "recursive": asdict(recursive_costs)},
     }
@@ -195,9 +218,14 @@ def table(data: dict) -> str:
         "",
     ]
     setting = data["setting"]
+    models = (
+        "the early-exit-trained models of benchmarks/results/exit_models/"
+        if setting.get("runs")
+        else f"B={setting['loops']} Stepwise conversions (fresh)"
+    )
     sources = ", ".join(f"{b['documents']} documents ({name})" for name, b in data["basis"].items())
     line = (
-        f"Setting: B={setting['loops']} Stepwise conversions, {setting['requests']} requests with "
+        f"Setting: {models}, {setting['requests']} requests with "
         f"{setting['prompt_tokens']}-token prompts and {setting['min_new']}-{setting['max_new']} new tokens, "
         f"exits replayed from {sources}, "
         f"fastest of {setting['repeats']} timings per point, {setting['threads']} thread(s), "
@@ -211,8 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rows, basis = [], {}
-    for name in args.models:
-        model_rows, basis[name] = simulate_model(name, args)
+    for label, name, recursive in recursive_models(args):
+        model_rows, basis[label] = simulate_model(label, name, recursive, args)
         rows += model_rows
     setting = {
         key: getattr(args, key)
@@ -228,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
             "threads",
         )
     }
+    setting["runs"] = [portable(str(Path(run).resolve()), Path(run).resolve().parent.parent) for run in args.runs]
     columns = [
         "model",
         "setup",
@@ -240,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         "mean_batch",
         "steps",
     ]
-    report("simulate", rows, columns, extra={"setting": setting, "paper": PAPER, "basis": basis})
+    report(args.output, rows, columns, extra={"setting": setting, "paper": PAPER, "basis": basis})
     print(f"paper: x{PAPER['vs_vanilla']} vs vanilla, x{PAPER['vs_csb']} vs CSB ({PAPER['source']})")
 
 
