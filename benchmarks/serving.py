@@ -385,6 +385,40 @@ if __name__ == "__main__":
     main()
 
 
+# issue 18's targets for CDB with an early-exit-trained model, measured on this CPU
+TARGETS = {"replay": {"vs_vanilla": 2.0, "vs_csb": 1.6}, "learned": {"vs_csb": 1.5, "agreement": 0.95}}
+
+
+def verdict(spread: dict, target: float) -> str:
+    """met when every round reached the target, not met when none did, inconclusive in between."""
+    if spread["min"] >= target:
+        return "met"
+    return "not met" if spread["max"] < target else "inconclusive"
+
+
+def targets(rows) -> list[dict]:
+    """Each replay and learned row against the targets: the ratios' median (range over rounds) and a verdict."""
+    out = []
+    for row in rows.itertuples():
+        kind = "replay" if "replay(oracle)" in row.setup and "relaxed" not in row.setup else None
+        kind = "learned" if row.setup.startswith("CDB learned") else kind
+        if kind is None:
+            continue
+        checks = []
+        for key, target in TARGETS[kind].items():
+            if key == "agreement":
+                met = row.teacher_forced_agreement >= target
+                checks.append(
+                    f"agreement {row.teacher_forced_agreement:.3f} >= {target}: {'met' if met else 'not met'}"
+                )
+                continue
+            r = getattr(row, key)
+            name = "x vanilla" if key == "vs_vanilla" else "x CSB"
+            checks.append(f"{name} {r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f}) >= {target}: {verdict(r, target)}")
+        out.append({"setup": row.setup, "max batch": row.max_batch, "target checks": "; ".join(checks)})
+    return out
+
+
 def table(data: dict) -> str:
     """The docs tables: measured tokens/s and ratios (median and range over rounds) beside the simulated ratios
     for the same setting, then where the time went, then each policy's teacher-forced exits."""
@@ -437,4 +471,5 @@ def table(data: dict) -> str:
         f"exit head threshold {setting['exit_head_threshold'] or 'n/a'}; {setting['threads']} thread(s), "
         f"torch {data['machine']['torch']}."
     )
-    return "\n\n".join([line, markdown(measured), markdown(profile), markdown(exits.round(3))])
+    checks = markdown(pd.DataFrame(targets(rows)))
+    return "\n\n".join([line, markdown(measured), markdown(profile), markdown(exits.round(3)), checks])
