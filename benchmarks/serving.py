@@ -447,6 +447,9 @@ def table(data: dict) -> str:
             "simulated paper: x vanilla / x CSB": [
                 f"{a:.2f} / {b:.2f}" for a, b in zip(rows["sim_paper_vs_vanilla"], rows["sim_paper_vs_csb"])
             ],
+            "measured / simulated full (x vanilla)": [
+                f"{m['median'] / f:.2f}" for m, f in zip(rows["vs_vanilla"], rows["sim_full_vs_vanilla"])
+            ],
             "mean exit loop": rows["mean_exit_loop"].map("{:.2f}".format),
             "agreement (teacher-forced)": rows["teacher_forced_agreement"].map("{:.3f}".format),
             "same tokens as all loops": maybe("same_tokens_as_all_loops", "{:.2f}"),
