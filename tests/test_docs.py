@@ -25,3 +25,23 @@ def test_a_changed_result_makes_its_doc_stale(name, tmp_path, monkeypatch):
     monkeypatch.setattr("benchmarks.docs.DOC_RESULTS" if table.in_docs else "benchmarks.docs.RESULTS", tmp_path)
     text = (ROOT / table.doc).read_text()
     assert rendered(text, name, table) != text
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"), [(1.6, 1.7, "met"), (1.2, 1.59, "not met"), (1.5, 1.65, "inconclusive")]
+)
+def test_a_target_is_met_only_when_every_round_reached_it(low, high, expected):
+    from benchmarks.serving import verdict
+
+    assert verdict({"median": (low + high) / 2, "min": low, "max": high}, 1.6) == expected
+
+
+def test_full_model_name_follows_old_records_start_run(tmp_path):
+    """Older post-trained records named the start run's path as their model: the name is the start run's."""
+    from benchmarks.exit_models import full_model_name
+    from rrt.records import RunRecord
+
+    RunRecord.create(tmp_path / "up", status="complete", setting={"model": "smollm2_135m"})
+    old = {"model": str(tmp_path / "up"), "start_from": str(tmp_path / "up" / "model")}
+    assert full_model_name(old) == "smollm2_135m"
+    assert full_model_name({"model": "gemma3_270m", "start_from": None}) == "gemma3_270m"
