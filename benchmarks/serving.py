@@ -84,6 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="also run the replay and learned setups with head batch = slots (the head waits for every slot)",
     )
+    parser.add_argument(
+        "--exit-setups",
+        nargs="+",
+        choices=("replay", "learned", "confidence"),
+        default=["replay", "learned", "confidence"],
+        help="which CDB exit setups to run beside vanilla, CSB and CDB without exits",
+    )
     parser.add_argument("--confidence", type=float, default=0.8, help="threshold of the confidence policy")
     parser.add_argument("--repeats", type=int, default=3, help="timings per point of the simulator's cost curves")
     parser.add_argument("--seed", type=int, default=0)
@@ -167,20 +174,22 @@ def setups_for(args, full: Served, recursive: Served, relaxed: Served | None, re
         Setup("CDB no exit", recursive, FullDepth(), "cdb", None),
     ]
     replay = ReplayExit(exit_schedule(oracle, requests))
-    out += [Setup("CDB replay(oracle)", recursive, replay, "cdb", oracle)]
-    if args.head_batch_slots:
+    if "replay" in args.exit_setups:
+        out += [Setup("CDB replay(oracle)", recursive, replay, "cdb", oracle)]
+    if "replay" in args.exit_setups and args.head_batch_slots:
         name = "CDB replay(oracle), head batch = slots"
         out.append(Setup(name, recursive, replay, "cdb", oracle, batched_head=True))
-    if recursive.exit_head is not None:
+    if recursive.exit_head is not None and "learned" in args.exit_setups:
         head = recursive.exit_head
         learned = [learned_exits(t, head.threshold) for t in recursive.trajectories]
         out.append(Setup("CDB learned (live)", recursive, LearnedExit(head), "cdb", learned))
         if args.head_batch_slots:
             name = "CDB learned (live), head batch = slots"
             out.append(Setup(name, recursive, LearnedExit(head), "cdb", learned, batched_head=True))
-    confident = [confidence_exits(t, args.confidence) for t in recursive.trajectories]
-    name = f"CDB confidence>={args.confidence:g} (live)"
-    out.append(Setup(name, recursive, ConfidenceExit(args.confidence), "cdb", confident))
+    if "confidence" in args.exit_setups:
+        confident = [confidence_exits(t, args.confidence) for t in recursive.trajectories]
+        name = f"CDB confidence>={args.confidence:g} (live)"
+        out.append(Setup(name, recursive, ConfidenceExit(args.confidence), "cdb", confident))
     if relaxed is not None:
         relaxed_oracle = [t.oracle for t in relaxed.trajectories]
         policy = ReplayExit(exit_schedule(relaxed_oracle, requests))
@@ -363,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": args.rounds,
         "threads": args.threads,
         "confidence_threshold": args.confidence,
+        "exit_setups": args.exit_setups,
         "exit_head_threshold": recursive.exit_head.threshold if recursive.exit_head else None,
         "repeats": args.repeats,
     }
