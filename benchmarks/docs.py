@@ -152,6 +152,7 @@ TABLES: dict[str, Table] = {
     "exit_models": Table("docs/serving.md", "exit_models.json", exit_models_table),
     "serving": Table("docs/serving.md", "serving.json", serving_table),
     "serving_b3": Table("docs/serving.md", "serving_b3.json", serving_table),
+    "serving_b3_large": Table("docs/serving.md", "serving_b3_large.json", serving_table),
     "simulate_trained": Table("docs/serving.md", "simulate_trained.json", simulate_table),
     "anchor": Table("docs/evaluation.md", "gemma3_270m_paper7.json", anchor, in_docs=True, rows_key="evals"),
     "anchor_ppl": Table(

@@ -30,5 +30,9 @@ SERVE="--requests 64 --prompt-tokens 16 --min-new 16 --max-new 80 --batches 16 3
 OMP_NUM_THREADS=1 $PY -m benchmarks.serving --run "${POSTS[0]}" $SERVE --no-head-batch-slots \
   --relaxed-adapters stacked grouped --output serving
 OMP_NUM_THREADS=1 $PY -m benchmarks.serving --run "${POSTS[1]}" $SERVE --no-head-batch-slots --output serving_b3
+# B=3 at a larger batch (replay only: vanilla, CSB, CDB without exits and with the oracle pattern)
+OMP_NUM_THREADS=1 $PY -m benchmarks.serving --run "${POSTS[1]}" --requests 192 --prompt-tokens 16 --min-new 16 \
+  --max-new 80 --batches 64 --rounds 3 --record --no-head-batch-slots --exit-setups replay --relaxed-rank 0 \
+  --output serving_b3_large
 # The paper's simulation (App. K) of both models at the memory-capped batch
 OMP_NUM_THREADS=1 $PY -m benchmarks.simulate --runs "${POSTS[@]}" --output simulate_trained
