@@ -8,7 +8,8 @@ per call instead of once per loop present. The price is the redundant low-rank w
 which the paper notes hurts at short contexts; ``DepthStack(adapters="grouped")`` runs one call per loop
 instead (benchmarks/serving.py measures both).
 
-The stacked factors are copies taken when the stack is built: an engine serves the adapters its model had then.
+The stacked factors are copies taken at a stack's first mixed-loop step: an engine serves the adapters its
+model had then.
 """
 
 from __future__ import annotations

@@ -123,7 +123,6 @@ class Engine:
         if max_batch < 1:
             raise UserError(f"max_batch must be >= 1, got {max_batch}")
         self.stack = DepthStack(model, adapters)
-        self.adapters = adapters
         self.batching = batching or continuous_batching(self.stack.loops)
         check_batching(self.batching, self.stack.loops)
         self.policy = policy or FullDepth()

@@ -135,7 +135,7 @@ class _Probe:
     PARTS = ("block", "head", "embed", "propagate")
 
     def __init__(self, model: nn.Module, rows: int, start: int, max_len: int, adapters: str = "stacked"):
-        self.model, self.stack, self.adapters = model, DepthStack(model, adapters), adapters
+        self.model, self.stack = model, DepthStack(model, adapters)
         self.start, self.max_len = start, max_len
         self.pool = self.stack.new_pool(rows, max_len)
         weight = self.stack.embed.weight
@@ -172,7 +172,9 @@ class _Probe:
     def prefill(self, length: int) -> float:
         """The engine's own prefill time for one request of ``length`` prompt tokens."""
         prompt = torch.randint(0, self.stack.embed.weight.shape[0], (length,), generator=self.generator).tolist()
-        return Engine(self.model, max_batch=1, adapters=self.adapters).generate([Request(0, prompt, 1)])[1].prefill_s
+        return (
+            Engine(self.model, max_batch=1, adapters=self.stack.adapters).generate([Request(0, prompt, 1)])[1].prefill_s
+        )
 
     def costs(self, curves: dict[str, Curve]) -> ModelCosts:
         return ModelCosts(self.stack.loops, self.stack.shared, memory=memory_of(self.model), **curves)

@@ -18,6 +18,7 @@ import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -117,18 +118,25 @@ class DepthStack:
             key = tuple(id(m) for _, m in parameter_leaves(layer))
             window = getattr(config, "sliding_window", None) if types[d] == "sliding_attention" else None
             self.depths.append(Depth(layer, types[d], window, leaves.setdefault(key, len(leaves))))
-        self.stacked: list[tuple[nn.Module, RowLoops] | None] = [None] * self.shared
-        for i in range(self.shared):
-            at_i = [self.depths[b * self.shared + i] for b in range(self.loops)]
-            loops_differ = len({d.group for d in at_i}) > 1
-            if adapters == "stacked" and loops_differ and shared_but_adapters([d.layer for d in at_i]):
-                self.stacked[i] = stacked_layer([d.layer for d in at_i])
+        self.adapters = adapters
         attn = attention_of(layers[0])
         self.head_dim = getattr(attn, "head_dim", None) or attn.head_size  # GPT-NeoX: head_size
         self.kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         # the layer's cache argument: ``cache`` (transformers 5.x llama-style layers), ``layer_past`` (GPT-NeoX)
         forward = inspect.signature(layers[0].forward).parameters
         self._cache_arg = "layer_past" if "layer_past" in forward else "cache"
+
+    @cached_property
+    def stacked(self) -> list[tuple[nn.Module, RowLoops] | None]:
+        """Per layer position, the layer with every loop's adapters stacked (relaxed models, ``adapters="stacked"``),
+        else None. Built on first use: only a mixed-loop decode step needs it, not a stack used for its head."""
+        out: list[tuple[nn.Module, RowLoops] | None] = [None] * self.shared
+        for i in range(self.shared):
+            at_i = [self.depths[b * self.shared + i] for b in range(self.loops)]
+            loops_differ = len({d.group for d in at_i}) > 1
+            if self.adapters == "stacked" and loops_differ and shared_but_adapters([d.layer for d in at_i]):
+                out[i] = stacked_layer([d.layer for d in at_i])
+        return out
 
     @contextmanager
     def attention(self, kind: str) -> Iterator[None]:
