@@ -53,7 +53,8 @@ def collect(run: Path) -> dict:
     setting = dict(record["setting"])
     start = start_run(setting)
     uptrain = RunRecord.load(start).data if (start / "record.json").is_file() else None
-    setting["model"] = full_model_name(setting)
+    if uptrain is not None:  # old records named the start run's path as the model: the start run's model it is
+        setting["model"] = full_model_name(uptrain["setting"])
     target = OUT / name_of(setting)
     target.mkdir(parents=True, exist_ok=True)
     _copy_portable(run / "record.json", target / "record.json", run.parent.parent)
