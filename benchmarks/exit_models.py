@@ -2,9 +2,9 @@
 
 ``benchmarks/exit_models.sh`` trains them; this copies each post-trained run's ``record.json`` (and its start run's)
 and ``model/exit_head.json`` into ``benchmarks/results/exit_models/<name>/`` (paths relative to the runs root) and
-writes ``benchmarks/results/exit_models.json``, which ``python -m benchmarks.docs`` renders into docs/serving.md: per
-model, the training that made it, loop-by-loop held-out perplexity, and the exits the oracle and the learned head
-give on held-out text (teacher-forced).
+adds them to ``benchmarks/results/exit_models.json`` (rows of models collected earlier stay), which ``python -m
+benchmarks.docs`` renders into docs/serving.md: per model, the training that made it, loop-by-loop held-out
+perplexity, and the exits the oracle and the learned head give on held-out text (teacher-forced).
 
     python -m benchmarks.exit_models <post-trained run dir> [...]
 """
@@ -23,7 +23,8 @@ OUT = RESULTS / "exit_models"
 
 
 def name_of(setting: dict) -> str:
-    return f"{setting['model']}_{setting['init']}_b{setting['loops']}"
+    """Model, init, loops and exit post-training tokens: models trained with another budget keep their own files."""
+    return f"{setting['model']}_{setting['init']}_b{setting['loops']}_post{setting['token_budget']}"
 
 
 def _copy_portable(source: Path, target: Path, runs_root: Path) -> None:
@@ -116,8 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="post-trained run dirs (with model/exit_head.json)")
     args = parser.parse_args(argv)
-    models = [collect(run) for run in args.runs]
+    collected = [collect(run) for run in args.runs]
     out = RESULTS / "exit_models.json"
+    # models collected before (their runs may be gone from this machine; their files stay) keep their rows
+    names = {m["name"] for m in collected}
+    kept = [m for m in json.loads(out.read_text())["rows"] if m["name"] not in names] if out.is_file() else []
+    models = kept + collected
     out.write_text(json.dumps({"benchmark": "exit_models", "rows": models}, indent=1))
     print(table({"rows": models}))
     print(f"saved {out}")

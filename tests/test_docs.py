@@ -45,3 +45,41 @@ def test_full_model_name_follows_old_records_start_run(tmp_path):
     old = {"model": str(tmp_path / "up"), "start_from": str(tmp_path / "up" / "model")}
     assert full_model_name(old) == "smollm2_135m"
     assert full_model_name({"model": "gemma3_270m", "start_from": None}) == "gemma3_270m"
+
+
+def _post_trained_run(root, name: str, post_tokens: int):
+    """A post-trained run dir as exit_models.sh leaves it: its record, its start run's, and its exit head's report."""
+    from rrt.records import RunRecord
+
+    up = root / "train" / f"up-{name}"
+    RunRecord.create(up, status="complete", setting={"model": "smollm2_135m", "token_budget": 122880})
+    setting = {"model": "smollm2_135m", "init": "stepwise", "loops": 3, "early_exit": "aggressive"}
+    setting |= {"token_budget": post_tokens, "start_from": str(up / "model")}
+    post = root / "train" / name
+    perplexity = [{"exit_loop": b, "ppl": 300.0 - b} for b in (1, 2, 3)]
+    RunRecord.create(post, status="complete", setting=setting, perplexity=perplexity)
+    outcome = {"exit_frac_loop1": 0.7, "mean_exit_loop": 1.4, "agreement": 0.95}
+    head = {"threshold": 0.8, "fit": {"target_agreement": 0.95}}
+    head["heldout"] = {"oracle": outcome, "learned": outcome, "auc": [0.9, 0.8], "tokens": 10}
+    (post / "model").mkdir()
+    (post / "model" / "exit_head.json").write_text(json.dumps(head))
+    return post
+
+
+def test_collecting_a_model_keeps_the_rows_and_files_of_models_collected_before(tmp_path, monkeypatch):
+    """A model post-trained on another budget gets its own name; rows of models whose runs are gone stay."""
+    from benchmarks import exit_models
+
+    monkeypatch.setattr(exit_models, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(exit_models, "OUT", tmp_path / "results" / "exit_models")
+    (tmp_path / "results").mkdir()
+    exit_models.main([str(_post_trained_run(tmp_path / "a", "post", 65536))])
+    exit_models.main([str(_post_trained_run(tmp_path / "b", "post", 131072))])
+    exit_models.main([str(_post_trained_run(tmp_path / "c", "post", 131072))])  # the same model again: replaced
+    rows = json.loads((tmp_path / "results" / "exit_models.json").read_text())["rows"]
+    names = ["smollm2_135m_stepwise_b3_post65536", "smollm2_135m_stepwise_b3_post131072"]
+    assert [r["name"] for r in rows] == names
+    assert [r["post_tokens"] for r in rows] == [65536, 131072]
+    assert sorted(p.name for p in (tmp_path / "results" / "exit_models").iterdir()) == sorted(names)
+    copied = json.loads((tmp_path / "results" / "exit_models" / names[1] / "record.json").read_text())
+    assert copied["setting"]["start_from"] == "train/up-post/model"  # relative to the runs root

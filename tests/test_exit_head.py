@@ -10,7 +10,7 @@ import torch
 
 from rrt.serving import Engine, ExitHead, ExitHeadFit, FullDepth, LearnedExit, exit_trajectories, fit_exit_head
 from rrt.serving.exit_head import NEVER, auc, calibrate, evaluate_exit_head, outcome, teacher_forced_features
-from rrt.serving.trajectories import earliest_at, learned_exits
+from rrt.serving.trajectories import earliest_at, learned_exits, window_trajectories
 from tests.test_serving import _Tokenizer, agreeing_loops_model, documents, make_requests, model_for, reference
 
 SMALL = ExitHeadFit(tokens=120, window=20, width=8, epochs=20, batch_size=32, lr=1e-2, calibration=0.3)
@@ -72,7 +72,7 @@ def test_teacher_forced_learned_exits_are_the_heads_scores_at_its_threshold():
     docs = documents(2)
     trajectories = exit_trajectories(model, _Tokenizer(), docs, exit_head=head)
     windows = [_Tokenizer()(d, return_tensors="pt").input_ids[0] for d in docs]
-    features, agrees = teacher_forced_features(model, windows)
+    features, agrees = teacher_forced_features(model, windows, head.inputs)
     with torch.inference_mode():
         scores = torch.stack([torch.sigmoid(head(x, b)) for b, x in enumerate(features, start=1)])
     torch.testing.assert_close(torch.cat([t.exit_score for t in trajectories], dim=1), scores)
@@ -84,14 +84,48 @@ def test_teacher_forced_learned_exits_are_the_heads_scores_at_its_threshold():
     assert report["oracle"]["agreement"] == 1.0
 
 
+class _RecordedScores(LearnedExit):
+    """Never exits; keeps the head's score of every decision the engine asks for, by (request, token index)."""
+
+    def __init__(self, head: ExitHead):
+        super().__init__(head)
+        self.seen: dict[tuple[int, int, int], float] = {}
+
+    def exits(self, loops, logits, requests, steps, hidden=None, previous=None):
+        for row, score in enumerate(self.head.scores(hidden, list(loops), previous).tolist()):
+            self.seen[requests[row], steps[row], loops[row]] = score
+        return [False] * len(requests)
+
+
+def test_the_engine_scores_each_loop_on_its_own_output_and_input_as_teacher_forcing_does():
+    """Live scores (rows at mixed loops in one step; loop 1's input is the token's embedding, loop 2's the loop-1
+    output) equal the teacher-forced scores over the text the engine generated, at every token and loop."""
+    model = model_for("llama", loops=3, rank=8)
+    head, _ = fit_exit_head(model, _Tokenizer(), documents(8), SMALL)
+    assert head.inputs == "hidden+change"
+    policy, requests = _RecordedScores(head), make_requests()
+    outputs, _ = Engine(model, policy, max_batch=2).generate(requests)
+    windows = [torch.tensor(r.prompt + outputs[r.rid]) for r in requests]
+    trajectories = window_trajectories(model, windows, exit_head=head)
+    expected = {
+        (r.rid, k, b): float(t.exit_score[b - 1, len(r.prompt) - 1 + k])
+        for r, t in zip(requests, trajectories)
+        for k in range(1, r.max_new_tokens)
+        for b in (1, 2)
+    }
+    assert policy.seen.keys() == expected.keys()
+    for key, score in expected.items():
+        assert policy.seen[key] == pytest.approx(score, abs=1e-4), key
+
+
 def test_saved_head_reloads_with_its_threshold_and_scores(tmp_path):
     model = model_for("llama", loops=2, rank=8)
     head, report = fit_exit_head(model, _Tokenizer(), documents(8), SMALL)
     head.save(tmp_path, report)
     loaded = ExitHead.load(tmp_path)
-    hidden = torch.randn(5, head.hidden_size)
-    assert loaded.threshold == head.threshold
-    torch.testing.assert_close(loaded.scores(hidden, [1] * 5), head.scores(hidden, [1] * 5))
+    hidden, previous = torch.randn(2, 5, head.hidden_size)
+    assert (loaded.threshold, loaded.inputs) == (head.threshold, "hidden+change")
+    torch.testing.assert_close(loaded.scores(hidden, [1] * 5, previous), head.scores(hidden, [1] * 5, previous))
     assert ExitHead.load(tmp_path / "elsewhere") is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exit_head.json", "exit_head.safetensors"]
 

@@ -230,7 +230,7 @@ class _Run:
     def _run_block(self, slots: torch.Tensor) -> None:
         stack, stats = self.stack, self.stats
         hidden, positions = self.hidden[slots], self.position[slots][:, None]
-        loops_before = self.loop_of[slots]
+        inputs, loops_before = hidden, self.loop_of[slots]
         start = time.perf_counter()
         for i in range(stack.shared):
             hidden = stack.run_shared_layer(i, hidden, slots, loops_before, positions, self.pool)
@@ -243,7 +243,7 @@ class _Run:
         needs = self.policy.needs_logits and not all(final)
         logits = self._head(hidden[:, 0]) if needs else None  # every row: decisions and final tokens
         start = time.perf_counter()
-        exits = self._decide(slots, hidden, loops, final, logits)
+        exits = self._decide(slots, inputs, hidden, loops, final, logits)
         stats.policy_s += time.perf_counter() - start
         out = [r for r, e in enumerate(exits) if e]
         stay = torch.tensor([r for r, e in enumerate(exits) if not e], dtype=torch.long)
@@ -269,16 +269,18 @@ class _Run:
         self.stats.head_s += time.perf_counter() - start
         return logits
 
-    def _decide(self, slots, hidden, loops, final, logits) -> list[bool]:
-        """Exit = finished all loops, or the policy says so for a non-final item."""
+    def _decide(self, slots, inputs, hidden, loops, final, logits) -> list[bool]:
+        """Exit = finished all loops, or the policy says so for a non-final item (``inputs``: the block's input)."""
         pending = [r for r, f in enumerate(final) if not f]
         if not pending:
             return final
         requests = [self.request[int(slots[r])].rid for r in pending]
         steps = [len(self.outputs[rid]) for rid in requests]
-        normed = self.stack.norm(hidden[pending, 0]) if self.policy.needs_hidden else None
+        normed = previous = None
+        if self.policy.needs_hidden:
+            normed, previous = self.stack.norm(hidden[pending, 0]), self.stack.norm(inputs[pending, 0])
         decided = self.policy.exits(
-            [loops[r] for r in pending], None if logits is None else logits[pending], requests, steps, normed
+            [loops[r] for r in pending], None if logits is None else logits[pending], requests, steps, normed, previous
         )
         exits = list(final)
         for r, e in zip(pending, decided):

@@ -2,7 +2,9 @@
 the final loop predicts, so a live policy can exit without running the final loop and without an LM-head call.
 
 The model is CALM's early-exit classifier (Schuster et al., 2022) and LoopUS's confidence head: a small MLP per
-non-final loop over the final-normed hidden state, trained with binary cross-entropy on teacher-forced agreement
+non-final loop over the final-normed hidden state (``inputs="hidden"``), or over it and its change across the loop
+(``"hidden+change"``: the loop's normed output minus its normed input, the latent change Huginn's exit criteria
+read; the input of loop 1 is the token's embedding), trained with binary cross-entropy on teacher-forced agreement
 labels (argmax after loop b == argmax after loop B) while the recursive model stays frozen, so the head never changes
 what the model predicts. A confidence threshold on the LM head's top-1 probability answers a different question
 (is the model sure?) and exits few tokens of an uncertain small model whose loop 1 nevertheless agrees with its last
@@ -32,6 +34,14 @@ from rrt.serving.trajectories import agreement_of, earliest_at, exit_summary
 from rrt.utils.atomic import atomic_write_bytes, atomic_write_text
 
 WEIGHTS, CONFIG = "exit_head.safetensors", "exit_head.json"
+INPUTS = ("hidden", "hidden+change")  # what the head reads (see the module docstring)
+
+
+def exit_features(inputs: str, hidden: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """The head's input from a loop's final-normed output ``hidden`` and input ``previous`` (both (n, H))."""
+    if inputs == "hidden":
+        return hidden
+    return torch.cat([hidden, hidden - previous], dim=-1)
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class ExitHeadFit:
     lr: float = 1e-3
     calibration: float = 0.25  # share of the windows held back to calibrate the threshold and report
     target_agreement: float = 0.95
+    inputs: str = "hidden+change"
     seed: int = 0
 
     def check(self) -> None:
@@ -67,31 +78,40 @@ class ExitHeadFit:
             raise UserError(f"exit_head.target_agreement={self.target_agreement} must be in (0, 1]")
         if not number("lr") > 0:
             raise UserError(f"exit_head.lr={self.lr} must be > 0")
+        if self.inputs not in INPUTS:
+            raise UserError(f"exit_head.inputs={self.inputs!r} is not one of {list(INPUTS)}")
 
 
 class ExitHead(nn.Module):
-    """One MLP per non-final loop: final-normed hidden (n, H) -> logit of "this loop agrees with the last"."""
+    """One MLP per non-final loop: features of a row's loop (``exit_features``) -> logit of "this loop agrees with the
+    last"."""
 
-    def __init__(self, hidden_size: int, loops: int, width: int = 128, threshold: float = 1.0):
+    def __init__(self, hidden_size: int, loops: int, width: int = 128, threshold: float = 1.0, inputs: str = "hidden"):
         super().__init__()
         if loops < 2:
             raise UserError("an exit head needs a recursive model with at least 2 loops")
+        if inputs not in INPUTS:
+            raise UserError(f"unknown exit-head inputs {inputs!r}; supported: {list(INPUTS)}")
         self.hidden_size, self.loops, self.width, self.threshold = hidden_size, loops, width, threshold
+        self.inputs = inputs
+        features = hidden_size * (1 if inputs == "hidden" else 2)
         self.mlps = nn.ModuleList(
-            nn.Sequential(nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, 1)) for _ in range(loops - 1)
+            nn.Sequential(nn.Linear(features, width), nn.GELU(), nn.Linear(width, 1)) for _ in range(loops - 1)
         )
 
-    def forward(self, hidden: torch.Tensor, loop: int) -> torch.Tensor:
-        """Logits (n,) for rows that all finished ``loop`` (1-based, < loops)."""
-        return self.mlps[loop - 1](hidden.to(self.mlps[0][0].weight.dtype)).squeeze(-1)
+    def forward(self, features: torch.Tensor, loop: int) -> torch.Tensor:
+        """Logits (n,) for rows that all finished ``loop`` (1-based, < loops), from their ``exit_features``."""
+        return self.mlps[loop - 1](features.to(self.mlps[0][0].weight.dtype)).squeeze(-1)
 
-    def scores(self, hidden: torch.Tensor, loops: list[int]) -> torch.Tensor:
-        """Agreement probabilities of rows at different loops (each row's own loop's MLP)."""
+    def scores(self, hidden: torch.Tensor, loops: list[int], previous: torch.Tensor | None = None) -> torch.Tensor:
+        """Agreement probabilities of rows at different loops (each row's own loop's MLP), from their loop's
+        final-normed output ``hidden`` and input ``previous`` (n, H)."""
+        features = exit_features(self.inputs, hidden, previous)
         out = torch.empty(len(loops), device=hidden.device)
         index = torch.tensor(loops, device=hidden.device)
         for b in sorted(set(loops)):
             rows = (index == b).nonzero().squeeze(-1)
-            out[rows] = torch.sigmoid(self(hidden[rows], b)).float()
+            out[rows] = torch.sigmoid(self(features[rows], b)).float()
         return out
 
     def save(self, directory: str | Path, report: dict | None = None) -> None:
@@ -103,6 +123,7 @@ class ExitHead(nn.Module):
             "loops": self.loops,
             "width": self.width,
             "threshold": self.threshold,
+            "inputs": self.inputs,
         }
         atomic_write_text(directory / CONFIG, json.dumps({**config, **(report or {})}, indent=1))
 
@@ -113,26 +134,35 @@ class ExitHead(nn.Module):
         if not (directory / CONFIG).is_file():
             return None
         config = json.loads((directory / CONFIG).read_text())
-        head = cls(config["hidden_size"], config["loops"], config["width"], config["threshold"])
+        # a head saved before ``inputs`` existed read the hidden state only
+        inputs = config.get("inputs", "hidden")
+        head = cls(config["hidden_size"], config["loops"], config["width"], config["threshold"], inputs)
         head.load_state_dict(load_file(str(directory / WEIGHTS)))
         return head.eval()
 
 
+def loop_states(model: nn.Module, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Final-normed states (T, H) of a window's positions before loop 1 (the embedding) and after every loop."""
+    recursive = RecursiveModel(model)
+    embedded = recursive.final_norm(model.get_input_embeddings()(ids[None]))[0]
+    return [embedded] + [h[0] for h in recursive.exit_hiddens(ids[None])]
+
+
 def teacher_forced_features(
-    model: nn.Module, windows: Iterable[torch.Tensor]
+    model: nn.Module, windows: Iterable[torch.Tensor], inputs: str = "hidden"
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Per non-final loop b, the final-normed hidden states (N, H) of every position, and ``agrees`` (B-1, N):
-    whether loop b's argmax equals the final loop's there."""
+    """Per non-final loop b, the head's features (N, F) at every position (``exit_features`` of ``inputs``), and
+    ``agrees`` (B-1, N): whether loop b's argmax equals the final loop's there."""
     recursive = RecursiveModel(model)
     features: list[list[torch.Tensor]] = [[] for _ in range(recursive.loops - 1)]
     agrees = []
     with torch.inference_mode():
         for ids in windows:
-            hiddens = [h[0] for h in recursive.exit_hiddens(ids[None])]
-            final = recursive.logits(hiddens[-1]).argmax(-1)
-            agrees.append(torch.stack([recursive.logits(h).argmax(-1) == final for h in hiddens[:-1]]))
-            for out, hidden in zip(features, hiddens[:-1]):
-                out.append(hidden.float())
+            states = loop_states(model, ids)
+            final = recursive.logits(states[-1]).argmax(-1)
+            agrees.append(torch.stack([recursive.logits(h).argmax(-1) == final for h in states[1:-1]]))
+            for b, out in enumerate(features, start=1):
+                out.append(exit_features(inputs, states[b], states[b - 1]).float())
     return [torch.cat(f) for f in features], torch.cat(agrees, dim=1)
 
 
@@ -187,7 +217,7 @@ def head_scores(head: ExitHead, features: list[torch.Tensor]) -> torch.Tensor:
 def evaluate_exit_head(model: nn.Module, head: ExitHead, windows: list[torch.Tensor]) -> dict:
     """The head at its threshold on teacher-forced windows the fit never saw (e.g. held-out text), beside the
     oracle: tokens, AUC per loop, and the exits and agreement each gives."""
-    features, agrees = teacher_forced_features(model, windows)
+    features, agrees = teacher_forced_features(model, windows, head.inputs)
     scores = head_scores(head, features)
     return {
         "tokens": agrees.shape[1],
@@ -223,10 +253,23 @@ def fit_exit_head(model: nn.Module, tokenizer, documents: Iterable[str], fit: Ex
     held = max(1, round(len(windows) * fit.calibration))
     if len(windows) - held < 1:
         raise UserError(f"exit_head.tokens={fit.tokens} gives {len(windows)} window(s): too few to fit and calibrate")
-    train_x, train_y = teacher_forced_features(model, [windows[i] for i in order[held:]])
-    cal_x, cal_y = teacher_forced_features(model, [windows[i] for i in order[:held]])
+    train = teacher_forced_features(model, [windows[i] for i in order[held:]], fit.inputs)
+    calibration = teacher_forced_features(model, [windows[i] for i in order[:held]], fit.inputs)
+    return fit_on_features(train, calibration, model.get_input_embeddings().weight.shape[1], fit, generator)
 
-    head = ExitHead(train_x[0].shape[-1], recursive.loops, fit.width)
+
+def fit_on_features(
+    train: tuple[list[torch.Tensor], torch.Tensor],
+    calibration: tuple[list[torch.Tensor], torch.Tensor],
+    hidden_size: int,
+    fit: ExitHeadFit,
+    generator: torch.Generator,
+) -> tuple[ExitHead, dict]:
+    """Fit a head on teacher-forced ``train`` features and labels (``teacher_forced_features``), then calibrate
+    its threshold and report on the ``calibration`` ones."""
+    (train_x, train_y), (cal_x, cal_y) = train, calibration
+    loops = len(train_x) + 1
+    head = ExitHead(hidden_size, loops, fit.width, inputs=fit.inputs)
     optimizer = torch.optim.AdamW(head.parameters(), lr=fit.lr, weight_decay=0.01)
     count = train_y.shape[1]
     with torch.enable_grad():
@@ -234,7 +277,7 @@ def fit_exit_head(model: nn.Module, tokenizer, documents: Iterable[str], fit: Ex
             for batch in torch.randperm(count, generator=generator).split(fit.batch_size):
                 loss = sum(
                     F.binary_cross_entropy_with_logits(head(train_x[b][batch], b + 1), train_y[b][batch].float())
-                    for b in range(recursive.loops - 1)
+                    for b in range(loops - 1)
                 )
                 optimizer.zero_grad()
                 loss.backward()

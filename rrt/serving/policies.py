@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 class ExitPolicy:
     """Decides, for rows that just finished a loop < B, which leave now. Subclasses set ``needs_logits`` when
     the decision reads the intermediate head output (which then also costs a head call), ``needs_hidden`` when
-    it reads the final-normed hidden state."""
+    it reads the final-normed hidden states after and before the loop."""
 
     name = "none"
     needs_logits = False
@@ -27,9 +27,11 @@ class ExitPolicy:
         requests: Sequence[int],
         steps: Sequence[int],
         hidden: torch.Tensor | None = None,
+        previous: torch.Tensor | None = None,
     ) -> list[bool]:
         """Per row: loops completed (1-based), head logits (if ``needs_logits``), request id, the index of the
-        token it is producing, and its final-normed hidden state (if ``needs_hidden``)."""
+        token it is producing, and (if ``needs_hidden``) its final-normed hidden state after the loop and before it
+        (the loop's input: the previous loop's output, or the token's embedding for loop 1)."""
         return [False] * len(requests)
 
     def describe(self) -> str:
@@ -49,7 +51,7 @@ class ConfidenceExit(ExitPolicy):
     def __init__(self, threshold: float):
         self.threshold = threshold
 
-    def exits(self, loops, logits, requests, steps, hidden=None):
+    def exits(self, loops, logits, requests, steps, hidden=None, previous=None):
         top = torch.softmax(logits.float(), dim=-1).amax(dim=-1)
         return (top >= self.threshold).tolist()
 
@@ -69,8 +71,8 @@ class LearnedExit(ExitPolicy):
         self.head = head
         self.threshold = head.threshold if threshold is None else threshold
 
-    def exits(self, loops, logits, requests, steps, hidden=None):
-        return (self.head.scores(hidden, list(loops)) >= self.threshold).tolist()
+    def exits(self, loops, logits, requests, steps, hidden=None, previous=None):
+        return (self.head.scores(hidden, list(loops), previous) >= self.threshold).tolist()
 
     def describe(self) -> str:
         return f"learned>={self.threshold:.3g}"
@@ -94,7 +96,7 @@ class ReplayExit(ExitPolicy):
     def describe(self) -> str:
         return f"replay({self.label})"
 
-    def exits(self, loops, logits, requests, steps, hidden=None):
+    def exits(self, loops, logits, requests, steps, hidden=None, previous=None):
         def planned(r: int, k: int) -> int | None:
             plan = self.schedule.get(r, ())
             return plan[k] if k < len(plan) else None

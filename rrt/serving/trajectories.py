@@ -54,13 +54,16 @@ def window_trajectories(
                 final = model(input_ids=ids, use_cache=False).logits[0].argmax(-1)
             oracle = torch.full_like(final, stack.loops)
             confidence, agrees, scores = [], [], []
+            previous = stack.norm(stack.embed(ids)[0])  # loop 1's input, final-normed (an exit head may read it)
             for b, hidden in enumerate(captured, start=1):
                 probs = torch.softmax(stack.logits(hidden[0]).float(), dim=-1)
                 top, argmax = probs.max(-1)
                 confidence.append(top)
                 agrees.append(argmax == final)
+                normed = stack.norm(hidden[0])
                 if exit_head is not None:
-                    scores.append(torch.sigmoid(exit_head(stack.norm(hidden[0]), b)).float())
+                    scores.append(exit_head.scores(normed, [b] * len(normed), previous))
+                previous = normed
             for b in range(stack.loops - 1, 0, -1):
                 oracle = torch.where(agrees[b - 1], b, oracle)
             empty = torch.empty(0, final.numel())
