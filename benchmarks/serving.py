@@ -471,6 +471,13 @@ def table(data: dict) -> str:
     profile["seconds"] = rows["seconds"].map("{:.1f}".format)
     for key, name in parts.items():
         profile[f"{name} %"] = [f"{100 * p[key] / s:.0f}" for p, s in zip(rows["profile"], rows["seconds"])]
+    # what one token costs each way: a prompt token in its request's prefill (all depths) vs a generated token's
+    # share of the decode blocks (its exits included)
+    prompt_tokens = rows["requests"] * data["setting"]["prompt_tokens"]
+    profile["prefill ms / prompt token"] = [
+        f"{1e3 * p['prefill_s'] / n:.2f}" for p, n in zip(rows["profile"], prompt_tokens)
+    ]
+    profile["block ms / new token"] = [f"{1e3 * p['block_s'] / n:.2f}" for p, n in zip(rows["profile"], rows["tokens"])]
     exits = pd.DataFrame(
         [{"policy (teacher-forced)": name, **summary} for name, summary in data["teacher_forced_exits"].items()]
     ).drop(columns="tokens")
