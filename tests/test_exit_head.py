@@ -174,3 +174,41 @@ def test_the_command_fits_saves_and_records_the_head_and_serve_uses_it(saved_run
     assert row["exit_policy"] == f"learned>={head.threshold:.3g}" and row["tokens"] == 8
     with pytest.raises(ValueError, match="needs an exit head"):
         serve(cfg.serve, model, tokenizer, record, None)
+
+
+def test_hidden_features_are_the_first_half_of_hidden_plus_change(model):
+    from benchmarks.exit_head_inputs import features_of
+
+    windows = [torch.arange(3, 40), torch.arange(50, 70)]
+    hidden = teacher_forced_features(model, windows, "hidden")
+    narrowed = features_of("hidden", teacher_forced_features(model, windows, "hidden+change"), model.config.hidden_size)
+    assert len(hidden[0]) == len(narrowed[0]) == 1 and torch.equal(hidden[1], narrowed[1])
+    assert torch.equal(hidden[0][0], narrowed[0][0])
+
+
+def test_the_inputs_benchmark_fits_every_variant_and_judges_it_on_heldout_text(saved_run_dir, tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import common, exit_head_inputs
+    from rrt.records import RunRecord
+
+    RunRecord.load(saved_run_dir).update(setting={"model": "tiny", "init": "stepwise", "loops": 2, "token_budget": 8})
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    exit_head_inputs.main(f"--run {saved_run_dir} --tokens 256 --window 32 --heldout-tokens 64 --threads 1".split())
+    result = json.loads((tmp_path / "results" / "exit_head_inputs.json").read_text())
+    assert [(r["inputs"], r["width"], r["epochs"]) for r in result["rows"]] == exit_head_inputs.VARIANTS
+    assert result["model"] == "tiny_stepwise_b2_post8" and result["heldout_tokens"] == 64
+    assert result["fit_tokens"] + result["calibration_tokens"] == 256
+    assert all(len(r["heldout_auc"]) == 1 and 1 <= r["heldout_mean_exit_loop"] <= 2 for r in result["rows"])
+
+
+def test_the_best_variant_exits_earliest_among_those_keeping_the_target():
+    from benchmarks.exit_head_inputs import best
+
+    rows = [
+        {"heldout_agreement": 0.96, "heldout_mean_exit_loop": 1.5},
+        {"heldout_agreement": 0.97, "heldout_mean_exit_loop": 1.4},
+        {"heldout_agreement": 0.94, "heldout_mean_exit_loop": 1.1},  # earliest, but below the target
+    ]
+    assert best(rows, 0.95) is rows[1]
+    assert best(rows, 0.99) is rows[1]  # none keeps it: the closest

@@ -151,12 +151,14 @@ def check_ties(model: torch.nn.Module) -> None:
 
 
 def assert_same_weights(model: torch.nn.Module, other: torch.nn.Module) -> None:
-    """Equal up to float noise: AdamW's normalised step amplifies reduction-order noise in near-zero gradients
-    (a few of the 16.7M embedding entries move by up to ~3e-4 after 16 steps at lr 1e-2)."""
+    """Equal up to float noise, relative to each tensor's size: AdamW's normalised step amplifies reduction-order
+    noise in near-zero gradients (a few of the 16.7M embedding entries move by up to ~3e-4 after 16 steps at lr 1e-2).
+    Measured on these runs: resumed vs uninterrupted differ by at most 3.6e-5 of a tensor's norm, while a run one
+    step shorter differs from the 16-step one by at least 1.0e-3 (a norm weight) and mostly far more."""
     others = dict(other.named_parameters())
     for name, param in model.named_parameters():
-        difference = (param - others[name]).abs()
-        assert difference.max() <= 1e-3 and difference.mean() <= 1e-6, name
+        difference = param.detach() - others[name].detach()
+        assert difference.abs().max() <= 1e-3 and difference.norm() <= 2e-4 * param.detach().norm(), name
 
 
 @pytest.mark.slow  # the units test compares with one process in CI; this compares whole train.py runs
