@@ -57,3 +57,8 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)
+
+
+def thresholds_text(thresholds: list[float] | None) -> str:
+    """An exit head's per-loop thresholds for a table ("n/a" without a head)."""
+    return " / ".join(f"{t:.3f}" for t in thresholds) if thresholds else "n/a"

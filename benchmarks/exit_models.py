@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.common import RESULTS, portable
+from benchmarks.common import RESULTS, portable, thresholds_text
 from benchmarks.serving import FULL_RECORD
 from rrt.records import RunRecord
 
@@ -78,7 +78,7 @@ def collect(run: Path) -> dict:
         "post_tokens": setting["token_budget"],
         "oracle_exit_frac_loop1": heldout["oracle"]["exit_frac_loop1"],
         "oracle_mean_exit_loop": heldout["oracle"]["mean_exit_loop"],
-        "threshold": head["threshold"],
+        "thresholds": head["thresholds"],
         "learned_exit_frac_loop1": heldout["learned"]["exit_frac_loop1"],
         "learned_mean_exit_loop": heldout["learned"]["mean_exit_loop"],
         "learned_agreement": heldout["learned"]["agreement"],
@@ -102,7 +102,7 @@ def table(data: dict) -> str:
             "oracle: exit at loop 1": f"{m['oracle_exit_frac_loop1']:.3f}",
             "oracle: mean exit loop": f"{m['oracle_mean_exit_loop']:.2f}",
             "head AUC per loop": " / ".join(f"{a:.3f}" for a in m["auc"]),
-            "head threshold": f"{m['threshold']:.3f}",
+            "head thresholds per loop": thresholds_text(m["thresholds"]),
             "learned: exit at loop 1": f"{m['learned_exit_frac_loop1']:.3f}",
             "learned: mean exit loop": f"{m['learned_mean_exit_loop']:.2f}",
             "learned: agreement (target)": f"{m['learned_agreement']:.3f} ({m['target_agreement']:g})",

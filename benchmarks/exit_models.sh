@@ -21,7 +21,9 @@ for B in 2 3; do
     $PY train.py model.name="$UP" model.tokenizer=smollm2_135m early_exit=aggressive_kd budget.tokens=$TOKENS \
       data.skip_tokens=122880 $COMMON eval=ppl eval.perplexity.max_documents=5 "eval.exit_loops=[$(seq -s, 1 $B)]"
     RUN=$(ls -td "$ROOT"/train/*/ | head -1)
-    $PY -m rrt.cli.exit_head run="$RUN" hydra.run.dir="$ROOT/exit_head_b${B}_post$TOKENS"
+    # the 65,536-token models' heads were fitted before inputs=hidden+change and per-loop thresholds existed
+    HEAD=$([ "$TOKENS" = 65536 ] && echo "exit_head.inputs=hidden exit_head.thresholds=shared" || true)
+    $PY -m rrt.cli.exit_head run="$RUN" $HEAD hydra.run.dir="$ROOT/exit_head_b${B}_post$TOKENS"
     echo "B=$B, $TOKENS post-training tokens: $RUN"
     POST[$B-$TOKENS]=$RUN
   done

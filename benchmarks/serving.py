@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import portable, report
+from benchmarks.common import portable, report, thresholds_text
 from rrt.assets import load_pretrained, load_tokenizer
 from rrt.data import load_documents
 from rrt.records import RunRecord
@@ -181,7 +181,7 @@ def setups_for(args, full: Served, recursive: Served, relaxed: Served | None, re
         out.append(Setup(name, recursive, replay, "cdb", oracle, batched_head=True))
     if recursive.exit_head is not None and "learned" in args.exit_setups:
         head = recursive.exit_head
-        learned = [learned_exits(t, head.threshold) for t in recursive.trajectories]
+        learned = [learned_exits(t, head.thresholds) for t in recursive.trajectories]
         out.append(Setup("CDB learned (live)", recursive, LearnedExit(head), "cdb", learned))
         if args.head_batch_slots:
             name = "CDB learned (live), head batch = slots"
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "confidence_threshold": args.confidence,
         "exit_setups": args.exit_setups,
-        "exit_head_threshold": recursive.exit_head.threshold if recursive.exit_head else None,
+        "exit_head_thresholds": recursive.exit_head.thresholds if recursive.exit_head else None,
         "repeats": args.repeats,
     }
     head_report = None
@@ -488,7 +488,7 @@ def table(data: dict) -> str:
         f"{setting['requests']} requests, {setting['prompt_tokens']}-token prompts, "
         f"{setting['new_tokens'][0]}-{setting['new_tokens'][1]} new tokens; {setting['rounds']} interleaved rounds "
         f"(ratios within a round: median (range)); confidence threshold {setting['confidence_threshold']:g}; "
-        f"exit head threshold {setting['exit_head_threshold'] or 'n/a'}; {setting['threads']} thread(s), "
+        f"exit head thresholds {thresholds_text(setting['exit_head_thresholds'])}; {setting['threads']} thread(s), "
         f"torch {data['machine']['torch']}."
     )
     checks = markdown(pd.DataFrame(targets(rows)))

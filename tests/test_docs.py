@@ -59,7 +59,7 @@ def _post_trained_run(root, name: str, post_tokens: int):
     perplexity = [{"exit_loop": b, "ppl": 300.0 - b} for b in (1, 2, 3)]
     RunRecord.create(post, status="complete", setting=setting, perplexity=perplexity)
     outcome = {"exit_frac_loop1": 0.7, "mean_exit_loop": 1.4, "agreement": 0.95}
-    head = {"threshold": 0.8, "fit": {"target_agreement": 0.95}}
+    head = {"thresholds": [0.8], "fit": {"target_agreement": 0.95}}
     head["heldout"] = {"oracle": outcome, "learned": outcome, "auc": [0.9, 0.8], "tokens": 10}
     (post / "model").mkdir()
     (post / "model" / "exit_head.json").write_text(json.dumps(head))

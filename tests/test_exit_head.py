@@ -3,13 +3,22 @@ live by the engine (rrt/serving/exit_head.py, policies.LearnedExit)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
 from rrt.serving import Engine, ExitHead, ExitHeadFit, FullDepth, LearnedExit, exit_trajectories, fit_exit_head
-from rrt.serving.exit_head import NEVER, auc, calibrate, evaluate_exit_head, outcome, teacher_forced_features
+from rrt.serving.exit_head import (
+    NEVER,
+    auc,
+    calibrate,
+    calibrate_per_loop,
+    evaluate_exit_head,
+    outcome,
+    teacher_forced_features,
+)
 from rrt.serving.trajectories import earliest_at, learned_exits, window_trajectories
 from tests.test_serving import _Tokenizer, agreeing_loops_model, documents, make_requests, model_for, reference
 
@@ -34,6 +43,39 @@ def test_calibration_picks_the_smallest_threshold_that_keeps_the_target():
     }
     assert calibrate(scores, torch.zeros_like(agrees), target=1.0) == NEVER  # every early exit is wrong
     assert torch.equal(earliest_at(scores, 0.55), torch.tensor([1, 1, 2, 3]))
+
+
+def test_per_loop_thresholds_exit_earlier_than_a_shared_one_at_the_same_agreement():
+    """Three tokens, B=3, hand-computed. Loop 2's scores run lower than loop 1's: token B is wrong at loop 1 and
+    right at loop 2, token C wrong at both. A shared threshold must stay above B's loop-1 score (0.4) and so above
+    its loop-2 score (0.3) too: B runs all loops (mean 7/3); per loop, B exits at loop 2 (mean 2)."""
+    scores = torch.tensor([[0.9, 0.4, 0.2], [0.5, 0.3, 0.1]])
+    agrees = torch.tensor([[True, False, False], [True, True, False]])
+    assert calibrate(scores, agrees, target=1.0) == pytest.approx(0.5)
+    assert outcome(scores, agrees, 0.5)["mean_exit_loop"] == pytest.approx(7 / 3)
+    thresholds = calibrate_per_loop(scores, agrees, target=1.0)
+    assert thresholds == pytest.approx([0.5, 0.3])
+    assert outcome(scores, agrees, thresholds) == {
+        "exit_frac_loop1": 1 / 3,
+        "exit_frac_loop2": 1 / 3,
+        "exit_frac_loop3": 1 / 3,
+        "mean_exit_loop": 2.0,
+        "agreement": 1.0,
+    }
+    assert torch.equal(earliest_at(scores, [NEVER, 0.3]), torch.tensor([2, 2, 3]))
+    with pytest.raises(ValueError, match="3 exit thresholds for 2 non-final loop"):
+        earliest_at(scores, [0.1, 0.2, 0.3])
+
+
+def test_the_engine_applies_each_loops_threshold_to_the_rows_at_that_loop():
+    model = model_for("llama", loops=3, rank=8)
+    head, _ = fit_exit_head(model, _Tokenizer(), documents(8), SMALL)
+    requests = make_requests()
+    for thresholds, exit_loop in (([NEVER, 0.0], 2), ([0.0, NEVER], 1), ([NEVER, NEVER], 3)):
+        head.thresholds = thresholds
+        _, stats = Engine(model, LearnedExit(head), max_batch=2).generate(requests)
+        assert set(stats.exit_loops) == {exit_loop}, thresholds
+    assert LearnedExit(head, threshold=0.5).thresholds == [0.5, 0.5]
 
 
 def test_auc_is_the_probability_a_positive_outranks_a_negative():
@@ -77,10 +119,10 @@ def test_teacher_forced_learned_exits_are_the_heads_scores_at_its_threshold():
         scores = torch.stack([torch.sigmoid(head(x, b)) for b, x in enumerate(features, start=1)])
     torch.testing.assert_close(torch.cat([t.exit_score for t in trajectories], dim=1), scores)
     assert torch.equal(torch.cat([t.agrees for t in trajectories], dim=1), agrees)
-    exits = torch.cat([learned_exits(t, head.threshold) for t in trajectories])
-    assert torch.equal(exits, earliest_at(scores, head.threshold))
+    exits = torch.cat([learned_exits(t, head.thresholds) for t in trajectories])
+    assert torch.equal(exits, earliest_at(scores, head.thresholds))
     report = evaluate_exit_head(model, head, windows)
-    assert report["tokens"] == 40 and report["learned"] == outcome(scores, agrees, head.threshold)
+    assert report["tokens"] == 40 and report["learned"] == outcome(scores, agrees, head.thresholds)
     assert report["oracle"]["agreement"] == 1.0
 
 
@@ -124,10 +166,16 @@ def test_saved_head_reloads_with_its_threshold_and_scores(tmp_path):
     head.save(tmp_path, report)
     loaded = ExitHead.load(tmp_path)
     hidden, previous = torch.randn(2, 5, head.hidden_size)
-    assert (loaded.threshold, loaded.inputs) == (head.threshold, "hidden+change")
+    assert (loaded.thresholds, loaded.inputs) == (head.thresholds, "hidden+change")
     torch.testing.assert_close(loaded.scores(hidden, [1] * 5, previous), head.scores(hidden, [1] * 5, previous))
     assert ExitHead.load(tmp_path / "elsewhere") is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exit_head.json", "exit_head.safetensors"]
+    # a head saved before per-loop thresholds (and before inputs): one threshold, the hidden state only
+    config = json.loads((tmp_path / "exit_head.json").read_text())
+    old = {k: v for k, v in config.items() if k not in ("thresholds", "inputs")}
+    ExitHead(head.hidden_size, 3, head.width, inputs="hidden").save(tmp_path)
+    (tmp_path / "exit_head.json").write_text(json.dumps({**old, "loops": 3, "threshold": 0.7}))
+    assert (ExitHead.load(tmp_path).thresholds, ExitHead.load(tmp_path).inputs) == ([0.7, 0.7], "hidden")
 
 
 @pytest.mark.parametrize(
@@ -136,6 +184,7 @@ def test_saved_head_reloads_with_its_threshold_and_scores(tmp_path):
         (ExitHeadFit(tokens=0), "exit_head.tokens"),
         (ExitHeadFit(calibration=1.0), "exit_head.calibration"),
         (ExitHeadFit(target_agreement=0.0), "exit_head.target_agreement"),
+        (ExitHeadFit(thresholds="both"), "exit_head.thresholds"),
     ],
 )
 def test_bad_fit_settings_fail_before_any_compute(fit, message):
@@ -164,20 +213,20 @@ def test_the_command_fits_saves_and_records_the_head_and_serve_uses_it(saved_run
     exit_head_cli.main()
     head = ExitHead.load(saved_run_dir / "model")
     section = RunRecord.load(saved_run_dir).data["exit_head"]
-    assert section["threshold"] == head.threshold
+    assert section["thresholds"] == head.thresholds
     assert section["fit_tokens"] + section["calibration"]["tokens"] == 256
     assert section["heldout"]["tokens"] == 64
     cfg = compose_config("serve", f"run={saved_run_dir}", "serve.policy=learned", "serve.requests=2")
     cfg.serve.update(max_batch=2, prompt_tokens=8, min_new_tokens=3, max_new_tokens=4)
     model, tokenizer, record = load_target(cfg)
     row = serve(cfg.serve, model, tokenizer, record, head)
-    assert row["exit_policy"] == f"learned>={head.threshold:.3g}" and row["tokens"] == 8
+    assert row["exit_policy"] == f"learned>={head.thresholds[0]:.3g}" and row["tokens"] == 8
     with pytest.raises(ValueError, match="needs an exit head"):
         serve(cfg.serve, model, tokenizer, record, None)
 
 
 def test_hidden_features_are_the_first_half_of_hidden_plus_change(model):
-    from benchmarks.exit_head_inputs import features_of
+    from benchmarks.exit_head_variants import features_of
 
     windows = [torch.arange(3, 40), torch.arange(50, 70)]
     hidden = teacher_forced_features(model, windows, "hidden")
@@ -189,21 +238,22 @@ def test_hidden_features_are_the_first_half_of_hidden_plus_change(model):
 def test_the_inputs_benchmark_fits_every_variant_and_judges_it_on_heldout_text(saved_run_dir, tmp_path, monkeypatch):
     import json
 
-    from benchmarks import common, exit_head_inputs
+    from benchmarks import common, exit_head_variants
     from rrt.records import RunRecord
 
     RunRecord.load(saved_run_dir).update(setting={"model": "tiny", "init": "stepwise", "loops": 2, "token_budget": 8})
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
-    exit_head_inputs.main(f"--run {saved_run_dir} --tokens 256 --window 32 --heldout-tokens 64 --threads 1".split())
-    result = json.loads((tmp_path / "results" / "exit_head_inputs.json").read_text())
-    assert [(r["inputs"], r["width"], r["epochs"]) for r in result["rows"]] == exit_head_inputs.VARIANTS
+    exit_head_variants.main(f"--run {saved_run_dir} --tokens 256 --window 32 --heldout-tokens 64 --threads 1".split())
+    result = json.loads((tmp_path / "results" / "exit_head_variants.json").read_text())
+    expected = [(*variant, mode) for variant in exit_head_variants.VARIANTS for mode in ("per_loop", "shared")]
+    assert [(r["inputs"], r["width"], r["epochs"], r["thresholds"]) for r in result["rows"]] == expected
     assert result["model"] == "tiny_stepwise_b2_post8" and result["heldout_tokens"] == 64
     assert result["fit_tokens"] + result["calibration_tokens"] == 256
     assert all(len(r["heldout_auc"]) == 1 and 1 <= r["heldout_mean_exit_loop"] <= 2 for r in result["rows"])
 
 
 def test_the_best_variant_exits_earliest_among_those_keeping_the_target():
-    from benchmarks.exit_head_inputs import best
+    from benchmarks.exit_head_variants import best
 
     rows = [
         {"heldout_agreement": 0.96, "heldout_mean_exit_loop": 1.5},

@@ -44,7 +44,7 @@ def main(cfg: DictConfig) -> None:
         windows = token_windows(tokenizer, load_documents("heldout"), fit.window, int(cfg.heldout_tokens))
         report["heldout"] = evaluate_exit_head(model, head, windows)
     head.save(directory, report)
-    summary = {"threshold": head.threshold, **report}
+    summary = {"thresholds": head.thresholds, **report}
     if record is not None:
         record.update(exit_head=summary)
     print(json.dumps(summary, indent=1))

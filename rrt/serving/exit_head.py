@@ -8,8 +8,9 @@ read; the input of loop 1 is the token's embedding), trained with binary cross-e
 labels (argmax after loop b == argmax after loop B) while the recursive model stays frozen, so the head never changes
 what the model predicts. A confidence threshold on the LM head's top-1 probability answers a different question
 (is the model sure?) and exits few tokens of an uncertain small model whose loop 1 nevertheless agrees with its last
-loop; the head is asked the right question. Its threshold is calibrated on held-back tokens: the smallest score at
-which the exits it allows keep ``target_agreement`` of all predictions equal to the final loop's.
+loop; the head is asked the right question. Its thresholds, one per non-final loop, are calibrated on held-back
+tokens: the earliest exits that keep ``target_agreement`` of all predictions equal to the final loop's
+(``calibrate_per_loop``; ``thresholds="shared"``: one threshold for all loops, the smallest that keeps it).
 
 Saved beside the model it was fitted to (``exit_head.safetensors`` + ``exit_head.json``); :class:`LearnedExit`
 (``rrt.serving.policies``) serves it.
@@ -18,7 +19,7 @@ Saved beside the model it was fitted to (``exit_head.safetensors`` + ``exit_head
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,11 +31,12 @@ from torch.nn import functional as F
 
 from rrt.errors import UserError
 from rrt.recursive.model import RecursiveModel
-from rrt.serving.trajectories import agreement_of, earliest_at, exit_summary
+from rrt.serving.trajectories import agreement_of, earliest_at, exit_summary, per_loop_thresholds
 from rrt.utils.atomic import atomic_write_bytes, atomic_write_text
 
 WEIGHTS, CONFIG = "exit_head.safetensors", "exit_head.json"
 INPUTS = ("hidden", "hidden+change")  # what the head reads (see the module docstring)
+THRESHOLDS = ("per_loop", "shared")  # how the exit thresholds are calibrated (see the module docstring)
 
 
 def exit_features(inputs: str, hidden: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
@@ -54,9 +56,10 @@ class ExitHeadFit:
     epochs: int = 4
     batch_size: int = 512
     lr: float = 1e-3
-    calibration: float = 0.25  # share of the windows held back to calibrate the threshold and report
+    calibration: float = 0.25  # share of the windows held back to calibrate the thresholds and report
     target_agreement: float = 0.95
     inputs: str = "hidden+change"
+    thresholds: str = "per_loop"
     seed: int = 0
 
     def check(self) -> None:
@@ -80,19 +83,29 @@ class ExitHeadFit:
             raise UserError(f"exit_head.lr={self.lr} must be > 0")
         if self.inputs not in INPUTS:
             raise UserError(f"exit_head.inputs={self.inputs!r} is not one of {list(INPUTS)}")
+        if self.thresholds not in THRESHOLDS:
+            raise UserError(f"exit_head.thresholds={self.thresholds!r} is not one of {list(THRESHOLDS)}")
 
 
 class ExitHead(nn.Module):
     """One MLP per non-final loop: features of a row's loop (``exit_features``) -> logit of "this loop agrees with the
     last"."""
 
-    def __init__(self, hidden_size: int, loops: int, width: int = 128, threshold: float = 1.0, inputs: str = "hidden"):
+    def __init__(
+        self,
+        hidden_size: int,
+        loops: int,
+        width: int = 128,
+        thresholds: float | Sequence[float] = 1.0,
+        inputs: str = "hidden",
+    ):
         super().__init__()
         if loops < 2:
             raise UserError("an exit head needs a recursive model with at least 2 loops")
         if inputs not in INPUTS:
             raise UserError(f"unknown exit-head inputs {inputs!r}; supported: {list(INPUTS)}")
-        self.hidden_size, self.loops, self.width, self.threshold = hidden_size, loops, width, threshold
+        self.hidden_size, self.loops, self.width = hidden_size, loops, width
+        self.thresholds = per_loop_thresholds(thresholds, loops)  # one per non-final loop
         self.inputs = inputs
         features = hidden_size * (1 if inputs == "hidden" else 2)
         self.mlps = nn.ModuleList(
@@ -122,7 +135,7 @@ class ExitHead(nn.Module):
             "hidden_size": self.hidden_size,
             "loops": self.loops,
             "width": self.width,
-            "threshold": self.threshold,
+            "thresholds": self.thresholds,
             "inputs": self.inputs,
         }
         atomic_write_text(directory / CONFIG, json.dumps({**config, **(report or {})}, indent=1))
@@ -134,9 +147,10 @@ class ExitHead(nn.Module):
         if not (directory / CONFIG).is_file():
             return None
         config = json.loads((directory / CONFIG).read_text())
-        # a head saved before ``inputs`` existed read the hidden state only
+        # a head saved before ``inputs`` existed read the hidden state only; before ``thresholds``, it had one
         inputs = config.get("inputs", "hidden")
-        head = cls(config["hidden_size"], config["loops"], config["width"], config["threshold"], inputs)
+        thresholds = config["thresholds"] if "thresholds" in config else config["threshold"]
+        head = cls(config["hidden_size"], config["loops"], config["width"], thresholds, inputs)
         head.load_state_dict(load_file(str(directory / WEIGHTS)))
         return head.eval()
 
@@ -187,25 +201,56 @@ def token_windows(tokenizer, documents: Iterable[str], window: int, tokens: int)
 NEVER = 1.0 + 1e-6  # a threshold no probability reaches
 
 
-def outcome(scores: torch.Tensor, agrees: torch.Tensor, threshold: float) -> dict:
-    """What exiting at the earliest loop scoring >= ``threshold`` gives on teacher-forced tokens: exit fractions per
-    loop, mean exit loop and agreement with the final loop (``scores``, ``agrees``: (B-1, N))."""
+def outcome(scores: torch.Tensor, agrees: torch.Tensor, threshold: float | Sequence[float]) -> dict:
+    """What exiting at the earliest loop scoring >= its ``threshold`` gives on teacher-forced tokens: exit fractions
+    per loop, mean exit loop and agreement with the final loop (``scores``, ``agrees``: (B-1, N))."""
     exits = earliest_at(scores, threshold)
     summary = exit_summary([exits], loops=scores.shape[0] + 1)
     del summary["tokens"]
     return {**summary, "agreement": agreement_of(agrees, exits)}
 
 
-def calibrate(scores: torch.Tensor, agrees: torch.Tensor, target: float, candidates: int = 400) -> float:
-    """The smallest threshold whose earliest-loop exits keep ``target`` agreement with the final loop (NEVER
-    when none does). Thresholds tried: the scores themselves, evenly thinned to ``candidates`` values."""
+def candidate_thresholds(scores: torch.Tensor, candidates: int) -> list[float]:
+    """The scores themselves (sorted), evenly thinned to ``candidates`` values."""
     values = scores.flatten().unique()  # sorted
     if len(values) > candidates:
         values = values[torch.linspace(0, len(values) - 1, candidates).round().long()]
-    for threshold in values.tolist():
+    return values.tolist()
+
+
+def calibrate(scores: torch.Tensor, agrees: torch.Tensor, target: float, candidates: int = 400) -> float:
+    """The smallest threshold whose earliest-loop exits keep ``target`` agreement with the final loop (NEVER
+    when none does)."""
+    for threshold in candidate_thresholds(scores, candidates):
         if agreement_of(agrees, earliest_at(scores, threshold)) >= target:
             return threshold
     return NEVER
+
+
+def calibrate_per_loop(
+    scores: torch.Tensor, agrees: torch.Tensor, target: float, candidates: int = 400, sweeps: int = 4
+) -> list[float]:
+    """One threshold per non-final loop: the lowest mean exit loop found that keeps ``target`` agreement.
+
+    A shared threshold treats an exit after loop 1 like one after loop B-1, though it saves B-1 loops instead of 1;
+    so, starting from the shared threshold (feasible: never exiting always is), each loop's threshold in turn moves
+    to the candidate that lowers the mean exit loop most while the agreement holds (coordinate descent), until a
+    sweep moves none. It never ends worse than the shared threshold on the tokens it is calibrated on."""
+    thresholds = [calibrate(scores, agrees, target, candidates)] * scores.shape[0]
+    grids = [candidate_thresholds(s, candidates) + [NEVER] for s in scores]
+    best = earliest_at(scores, thresholds).float().mean()
+    for _ in range(sweeps):
+        moved = False
+        for b, grid in enumerate(grids):
+            for value in grid:
+                trial = thresholds[:b] + [value] + thresholds[b + 1 :]
+                exits = earliest_at(scores, trial)
+                mean = exits.float().mean()
+                if mean < best and agreement_of(agrees, exits) >= target:
+                    thresholds, best, moved = trial, mean, True
+        if not moved:
+            break
+    return thresholds
 
 
 def head_scores(head: ExitHead, features: list[torch.Tensor]) -> torch.Tensor:
@@ -215,7 +260,7 @@ def head_scores(head: ExitHead, features: list[torch.Tensor]) -> torch.Tensor:
 
 
 def evaluate_exit_head(model: nn.Module, head: ExitHead, windows: list[torch.Tensor]) -> dict:
-    """The head at its threshold on teacher-forced windows the fit never saw (e.g. held-out text), beside the
+    """The head at its thresholds on teacher-forced windows the fit never saw (e.g. held-out text), beside the
     oracle: tokens, AUC per loop, and the exits and agreement each gives."""
     features, agrees = teacher_forced_features(model, windows, head.inputs)
     scores = head_scores(head, features)
@@ -223,7 +268,7 @@ def evaluate_exit_head(model: nn.Module, head: ExitHead, windows: list[torch.Ten
         "tokens": agrees.shape[1],
         "agree_rate": [float(a.float().mean()) for a in agrees],
         "auc": [auc(s, a) for s, a in zip(scores, agrees)],
-        "learned": outcome(scores, agrees, head.threshold),
+        "learned": outcome(scores, agrees, head.thresholds),
         "oracle": outcome(agrees.float(), agrees, 1.0),
     }
 
@@ -241,8 +286,8 @@ def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 def fit_exit_head(model: nn.Module, tokenizer, documents: Iterable[str], fit: ExitHeadFit) -> tuple[ExitHead, dict]:
     """Fit and calibrate an exit head for ``model`` (frozen) on teacher-forced windows of ``documents``.
 
-    Returns the head (threshold set) and a report: token counts and, on the calibration windows, per-loop
-    agreement base rates and AUCs and what the calibrated threshold and the oracle give."""
+    Returns the head (thresholds set) and a report: token counts and, on the calibration windows, per-loop
+    agreement base rates and AUCs and what the calibrated thresholds and the oracle give."""
     fit.check()
     recursive = RecursiveModel(model)
     if recursive.loops < 2:
@@ -266,7 +311,7 @@ def fit_on_features(
     generator: torch.Generator,
 ) -> tuple[ExitHead, dict]:
     """Fit a head on teacher-forced ``train`` features and labels (``teacher_forced_features``), then calibrate
-    its threshold and report on the ``calibration`` ones."""
+    its thresholds and report on the ``calibration`` ones."""
     (train_x, train_y), (cal_x, cal_y) = train, calibration
     loops = len(train_x) + 1
     head = ExitHead(hidden_size, loops, fit.width, inputs=fit.inputs)
@@ -284,7 +329,10 @@ def fit_on_features(
                 optimizer.step()
     head.eval()
     scores = head_scores(head, cal_x)
-    head.threshold = calibrate(scores, cal_y, fit.target_agreement)
+    if fit.thresholds == "per_loop":
+        head.thresholds = calibrate_per_loop(scores, cal_y, fit.target_agreement)
+    else:
+        head.thresholds = per_loop_thresholds(calibrate(scores, cal_y, fit.target_agreement), loops)
     report = {
         "fit": asdict(fit),
         "fit_tokens": count,
@@ -292,7 +340,7 @@ def fit_on_features(
             "tokens": cal_y.shape[1],
             "agree_rate": [float(a.float().mean()) for a in cal_y],
             "auc": [auc(s, a) for s, a in zip(scores, cal_y)],
-            "learned": outcome(scores, cal_y, head.threshold),
+            "learned": outcome(scores, cal_y, head.thresholds),
             "oracle": outcome(cal_y.float(), cal_y, 1.0),
         },
     }

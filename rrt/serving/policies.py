@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from rrt.serving.trajectories import per_loop_thresholds
+
 if TYPE_CHECKING:
     from rrt.serving.exit_head import ExitHead
 
@@ -60,22 +62,24 @@ class ConfidenceExit(ExitPolicy):
 
 
 class LearnedExit(ExitPolicy):
-    """Exit when the exit head's probability that this loop agrees with the last reaches ``threshold`` (by default
-    the threshold calibrated when the head was fitted). Live: it reads only the loop's hidden state, so it costs
-    one small MLP per row and no LM-head call for the tokens that stay."""
+    """Exit when the exit head's probability that this loop agrees with the last reaches the loop's threshold (by
+    default those calibrated when the head was fitted; ``threshold``: one for every loop). Live: it reads only the
+    loop's hidden state, so it costs one small MLP per row and no LM-head call for the tokens that stay."""
 
     name = "learned"
     needs_hidden = True
 
     def __init__(self, head: ExitHead, threshold: float | None = None):
         self.head = head
-        self.threshold = head.threshold if threshold is None else threshold
+        self.thresholds = head.thresholds if threshold is None else per_loop_thresholds(threshold, head.loops)
 
     def exits(self, loops, logits, requests, steps, hidden=None, previous=None):
-        return (self.head.scores(hidden, list(loops), previous) >= self.threshold).tolist()
+        scores = self.head.scores(hidden, list(loops), previous)
+        bars = torch.tensor([self.thresholds[b - 1] for b in loops], device=scores.device)
+        return (scores >= bars).tolist()
 
     def describe(self) -> str:
-        return f"learned>={self.threshold:.3g}"
+        return "learned>=" + "/".join(f"{t:.3g}" for t in self.thresholds)
 
 
 class ReplayExit(ExitPolicy):

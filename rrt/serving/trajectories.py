@@ -78,12 +78,23 @@ def window_trajectories(
     return trajectories
 
 
-def earliest_at(scores: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Exit loop per token from per-loop scores (B-1, N): the earliest loop scoring >= ``threshold``, else B."""
+def per_loop_thresholds(threshold: float | Sequence[float], loops: int) -> list[float]:
+    """One threshold per non-final loop: ``threshold`` itself when it is one per loop, else it for every loop."""
+    if isinstance(threshold, (int, float)):
+        return [float(threshold)] * (loops - 1)
+    if len(threshold) != loops - 1:
+        raise UserError(f"{len(threshold)} exit thresholds for {loops - 1} non-final loop(s): give one per loop")
+    return [float(t) for t in threshold]
+
+
+def earliest_at(scores: torch.Tensor, threshold: float | Sequence[float]) -> torch.Tensor:
+    """Exit loop per token from per-loop scores (B-1, N): the earliest loop b scoring >= its threshold (one for all
+    loops, or one per non-final loop), else B."""
     loops = scores.shape[0] + 1
+    thresholds = per_loop_thresholds(threshold, loops)
     exits = torch.full(scores.shape[1:], loops)
     for b in range(loops - 1, 0, -1):
-        exits = torch.where(scores[b - 1] >= threshold, b, exits)
+        exits = torch.where(scores[b - 1] >= thresholds[b - 1], b, exits)
     return exits
 
 
@@ -92,8 +103,8 @@ def confidence_exits(trajectory: Trajectory, threshold: float) -> torch.Tensor:
     return earliest_at(trajectory.confidence, threshold)
 
 
-def learned_exits(trajectory: Trajectory, threshold: float) -> torch.Tensor:
-    """Exit loop per token under the exit head's threshold, teacher-forced."""
+def learned_exits(trajectory: Trajectory, threshold: float | Sequence[float]) -> torch.Tensor:
+    """Exit loop per token under the exit head's threshold(s), teacher-forced."""
     if trajectory.exit_score is None or trajectory.exit_score.numel() != trajectory.confidence.numel():
         raise UserError("these trajectories have no exit-head scores: pass exit_head= to exit_trajectories")
     return earliest_at(trajectory.exit_score, threshold)

@@ -1,12 +1,13 @@
-"""What the learned exit head should read: ``exit_head.inputs`` x head width x epochs on one early-exit-trained model.
+"""Which exit head exits earliest: ``exit_head.inputs`` x width x epochs x ``thresholds`` on one early-exit model.
 
-Every variant is fitted on the same teacher-forced windows of the corpus' train split and calibrated to the same
-target agreement on the same held-back windows (``fit_on_features``, as ``rrt-exit-head`` does), then judged on
-held-out text it never saw: the AUC per loop, and the mean exit loop and final-loop agreement its threshold gives
-there. The features are computed once (``hidden+change`` holds ``hidden`` as its first half). The variant with the
-lowest held-out mean exit loop at the target agreement is what ``ExitHeadFit`` defaults to.
+Every head is fitted on the same teacher-forced windows of the corpus' train split (``fit_on_features``, as
+``rrt-exit-head`` does), its thresholds calibrated per loop and shared to the same target agreement on the same
+held-back windows, then judged on held-out text it never saw: the AUC per loop, and the mean exit loop and
+final-loop agreement its thresholds give there. The features are computed once (``hidden+change`` holds ``hidden``
+as its first half). ``ExitHeadFit``'s defaults are the variant with the lowest held-out mean exit loop at the target
+agreement (docs/serving.md).
 
-    python -m benchmarks.exit_head_inputs --run <post-trained run dir> [--tokens 65536] [--heldout-tokens 16384]
+    python -m benchmarks.exit_head_variants --run <post-trained run dir> [--tokens 65536] [--heldout-tokens 16384]
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from benchmarks.common import report
+from benchmarks.common import report, thresholds_text
 from benchmarks.exit_models import name_of
 from rrt.data import load_documents
 from rrt.factory.targets import load_target
 from rrt.serving.exit_head import (
+    THRESHOLDS,
     ExitHeadFit,
     auc,
+    calibrate,
     fit_on_features,
     head_scores,
     outcome,
+    per_loop_thresholds,
     teacher_forced_features,
     token_windows,
 )
@@ -55,14 +59,15 @@ def best(rows: list[dict], target: float) -> dict:
 def table(data: dict) -> str:
     """The variants on held-out text, then which one wins (docs/serving.md)."""
     lines = [
-        "| inputs | width | epochs | AUC per loop (held-out) | mean exit loop | agreement | threshold |",
-        "|---|---|---|---|---|---|---|",
+        "| inputs | width | epochs | AUC per loop (held-out) | thresholds | per loop | mean exit loop | agreement |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in data["rows"]:
         aucs = " / ".join(f"{a:.3f}" for a in row["heldout_auc"])
         lines.append(
-            f"| {row['inputs']} | {row['width']} | {row['epochs']} | {aucs} | {row['heldout_mean_exit_loop']:.3f} | "
-            f"{row['heldout_agreement']:.3f} | {row['threshold']:.3f} |"
+            f"| {row['inputs']} | {row['width']} | {row['epochs']} | {aucs} | {row['thresholds']} | "
+            f"{thresholds_text(row['threshold_values'])} | {row['heldout_mean_exit_loop']:.3f} | "
+            f"{row['heldout_agreement']:.3f} |"
         )
     winner = best(data["rows"], data["target_agreement"])
     lines += [
@@ -70,7 +75,8 @@ def table(data: dict) -> str:
         f"{data['model']}: fitted on {data['fit_tokens']:,} teacher-forced tokens, calibrated to "
         f"{data['target_agreement']} agreement on {data['calibration_tokens']:,}, judged on {data['heldout_tokens']:,} "
         f"held-out tokens (oracle mean exit loop {data['oracle_mean_exit_loop']:.3f}). Earliest exits at the target: "
-        f"**inputs={winner['inputs']}, width={winner['width']}, epochs={winner['epochs']}**.",
+        f"**inputs={winner['inputs']}, width={winner['width']}, epochs={winner['epochs']}, "
+        f"thresholds={winner['thresholds']}**.",
     ]
     return "\n".join(lines)
 
@@ -82,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heldout-tokens", type=int, default=16384)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--window", type=int, default=ExitHeadFit.window)
-    parser.add_argument("--output", default="exit_head_inputs")
+    parser.add_argument("--output", default="exit_head_variants")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, tokenizer, record = load_target(OmegaConf.create({"run": str(args.run), "device": "cpu"}))
@@ -110,20 +116,25 @@ def main(argv: list[str] | None = None) -> None:
         seconds = time.perf_counter() - start
         x, agrees = features_of(inputs, heldout, hidden_size)
         scores = head_scores(head, x)
-        learned = outcome(scores, agrees, head.threshold)
-        rows.append(
-            {
-                "inputs": inputs,
-                "width": width,
-                "epochs": epochs,
-                "threshold": head.threshold,
-                "calibration_auc": fitted["calibration"]["auc"],
-                "heldout_auc": [auc(s, a) for s, a in zip(scores, agrees)],
-                "heldout_mean_exit_loop": learned["mean_exit_loop"],
-                "heldout_agreement": learned["agreement"],
-                "fit_seconds": seconds,
-            }
-        )
+        calibration_scores = head_scores(head, features_of(inputs, calibration, hidden_size)[0])
+        shared = calibrate(calibration_scores, calibration[1], fit.target_agreement)
+        for mode in THRESHOLDS:
+            thresholds = head.thresholds if mode == "per_loop" else per_loop_thresholds(shared, head.loops)
+            learned = outcome(scores, agrees, thresholds)
+            rows.append(
+                {
+                    "inputs": inputs,
+                    "width": width,
+                    "epochs": epochs,
+                    "thresholds": mode,
+                    "threshold_values": thresholds,
+                    "calibration_auc": fitted["calibration"]["auc"],
+                    "heldout_auc": [auc(s, a) for s, a in zip(scores, agrees)],
+                    "heldout_mean_exit_loop": learned["mean_exit_loop"],
+                    "heldout_agreement": learned["agreement"],
+                    "fit_seconds": seconds,
+                }
+            )
     oracle = outcome(heldout[1].float(), heldout[1], 1.0)
     extra = {
         "model": name_of(record.data["setting"]),
@@ -133,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         "target_agreement": base.target_agreement,
         "oracle_mean_exit_loop": oracle["mean_exit_loop"],
     }
-    columns = ["inputs", "width", "epochs", "threshold", "heldout_auc", "heldout_mean_exit_loop", "heldout_agreement"]
+    columns = ["inputs", "width", "epochs", "thresholds", "heldout_auc", "heldout_mean_exit_loop", "heldout_agreement"]
     report(args.output, rows, columns, extra)
     print(table({"rows": rows, **extra}))
 
