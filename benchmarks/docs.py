@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import RESULTS
+from benchmarks.exit_head_variants import table as exit_head_variants_table
 from benchmarks.exit_models import table as exit_models_table
 from benchmarks.lamda import table as lamda_table
 from benchmarks.serving import table as serving_table
@@ -150,6 +151,7 @@ TABLES: dict[str, Table] = {
     "lamda": Table("docs/conversion.md", "lamda.json", lamda_table),
     "simulate": Table("docs/serving.md", "simulate.json", simulate_table),
     "exit_models": Table("docs/serving.md", "exit_models.json", exit_models_table),
+    "exit_head_variants": Table("docs/serving.md", "exit_head_variants.json", exit_head_variants_table),
     "serving": Table("docs/serving.md", "serving.json", serving_table),
     "serving_b3": Table("docs/serving.md", "serving_b3.json", serving_table),
     "serving_b3_large": Table("docs/serving.md", "serving_b3_large.json", serving_table),

@@ -30,6 +30,8 @@ for B in 2 3; do
 done
 POSTS=("${POST[2-65536]}" "${POST[3-65536]}" "${POST[3-131072]}")
 $PY -m benchmarks.exit_models "${POSTS[@]}"
+# Which exit head (inputs, size, per-loop or shared thresholds) exits earliest at the target: ExitHeadFit's defaults
+$PY -m benchmarks.exit_head_variants --run "${POST[3-131072]}"
 # The measured-vs-simulated serving benchmark of each model on one workload (docs/serving.md), one thread and
 # nothing else running; --record adds the rows to the runs' records (analysis Table K.2).
 SERVE="--requests 64 --prompt-tokens 16 --min-new 16 --max-new 80 --batches 16 32 --rounds 3 --record"

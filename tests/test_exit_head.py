@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -143,8 +144,7 @@ def test_the_engine_scores_each_loop_on_its_own_output_and_input_as_teacher_forc
     """Live scores (rows at mixed loops in one step; loop 1's input is the token's embedding, loop 2's the loop-1
     output) equal the teacher-forced scores over the text the engine generated, at every token and loop."""
     model = model_for("llama", loops=3, rank=8)
-    head, _ = fit_exit_head(model, _Tokenizer(), documents(8), SMALL)
-    assert head.inputs == "hidden+change"
+    head, _ = fit_exit_head(model, _Tokenizer(), documents(8), replace(SMALL, inputs="hidden+change"))
     policy, requests = _RecordedScores(head), make_requests()
     outputs, _ = Engine(model, policy, max_batch=2).generate(requests)
     windows = [torch.tensor(r.prompt + outputs[r.rid]) for r in requests]
@@ -162,7 +162,7 @@ def test_the_engine_scores_each_loop_on_its_own_output_and_input_as_teacher_forc
 
 def test_saved_head_reloads_with_its_threshold_and_scores(tmp_path):
     model = model_for("llama", loops=2, rank=8)
-    head, report = fit_exit_head(model, _Tokenizer(), documents(8), SMALL)
+    head, report = fit_exit_head(model, _Tokenizer(), documents(8), replace(SMALL, inputs="hidden+change"))
     head.save(tmp_path, report)
     loaded = ExitHead.load(tmp_path)
     hidden, previous = torch.randn(2, 5, head.hidden_size)

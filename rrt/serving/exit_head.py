@@ -58,7 +58,7 @@ class ExitHeadFit:
     lr: float = 1e-3
     calibration: float = 0.25  # share of the windows held back to calibrate the thresholds and report
     target_agreement: float = 0.95
-    inputs: str = "hidden+change"
+    inputs: str = "hidden"  # measured: benchmarks/results/exit_head_variants.json (docs/serving.md)
     thresholds: str = "per_loop"
     seed: int = 0
 
