@@ -44,7 +44,7 @@ OMP_NUM_THREADS=1 $PY -m benchmarks.serving --run "${POST[3-65536]}" --requests 
   --output serving_b3_large
 # The B=3 model post-trained on 131,072 tokens on a decode-heavy workload (the paper's 64-192 new tokens per
 # request): vanilla, CSB, CDB without exits, replaying the oracle pattern and with the live learned head
-OMP_NUM_THREADS=1 $PY -m benchmarks.serving --run "${POST[3-131072]}" --requests 64 --prompt-tokens 16 --min-new 64 \
+OMP_NUM_THREADS=1 $PY -m benchmarks.serving --run "${POST[3-131072]}" --requests 48 --prompt-tokens 16 --min-new 64 \
   --max-new 192 --batches 16 32 --rounds 3 --record --no-head-batch-slots --exit-setups replay learned \
   --relaxed-rank 0 --output serving_b3_decode
 # The paper's simulation (App. K) of both models at the memory-capped batch
