@@ -155,6 +155,7 @@ TABLES: dict[str, Table] = {
     "serving": Table("docs/serving.md", "serving.json", serving_table),
     "serving_b3": Table("docs/serving.md", "serving_b3.json", serving_table),
     "serving_b3_large": Table("docs/serving.md", "serving_b3_large.json", serving_table),
+    "serving_b3_decode": Table("docs/serving.md", "serving_b3_decode.json", serving_table),
     "simulate_trained": Table("docs/serving.md", "simulate_trained.json", simulate_table),
     "anchor": Table("docs/evaluation.md", "gemma3_270m_paper7.json", anchor, in_docs=True, rows_key="evals"),
     "anchor_ppl": Table(
